@@ -1,0 +1,173 @@
+"""The `dqnrun` console script (also `python -m dqnrun`).
+
+It picks the subcommand, checks the overrides and the composed config(s) before any run directory
+exists (so bad input costs one clear line and exit code 2, and touches no files), then hands the
+remaining arguments to that subcommand's Hydra app.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable
+
+from dqnrun import __version__
+from dqnrun.errors import UsageError
+
+USAGE = f"""dqnrun {__version__}: train and evaluate DQN agents on Gymnasium environments
+
+usage:
+  dqnrun train [key=value ...]          train one run (Hydra overrides, e.g. env=acrobot seed=3)
+  dqnrun train -m key=a,b [key=c,d ...] a sweep: one run per combination (Hydra multirun)
+  dqnrun eval ckpt=PATH [episodes=N] [video=true]
+  dqnrun train --cfg job                print the composed config and exit
+  dqnrun train --help                   config groups and Hydra's own flags
+
+examples:
+  dqnrun train env=cartpole seed=3 optimizer.lr=5e-4
+  dqnrun train -m optimizer.lr=1e-3,3e-4 seed=0,1,2
+  dqnrun eval ckpt=outputs/<date>/<time>/checkpoints/best.pt episodes=100
+"""
+
+COMMANDS = ("train", "eval")
+# Flags that make Hydra print something instead of running: skip the preflight for them.
+_INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc",
+               "--resolve", "--package", "-p", "--version"}
+_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+MAX_PREFLIGHT_JOBS = 256
+
+
+def one_line(message: str, known_keys: list[str] | None = None) -> str:
+    """Turn a multi-line Hydra/OmegaConf message into one line that says what to do."""
+    text = str(message)
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m and "To append to your config" in text:
+        key = m.group(1)
+        close = difflib.get_close_matches(key, known_keys or [], n=1, cutoff=0.7)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        return (f"unknown config key '{key}'{hint}; run `dqnrun train --cfg job` to list the keys, "
+                f"or add a new key with +{key}=...")
+    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if m:
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+        listed = f"; choose one of: {', '.join(options)}" if options else ""
+        return f"unknown {m.group(1)} preset '{m.group(2)}'{listed}"
+    keep = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("full_key:", "object_type", "reference_type", "Set the environment")):
+            continue
+        keep.append(line.rstrip("."))
+    return "; ".join(keep)
+
+
+def _flat_keys(cfg: object, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    keys = []
+    if isinstance(cfg, DictConfig):
+        for k in cfg.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += _flat_keys(cfg._get_node(k), full + ".")
+    return keys
+
+
+def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """Expand comma sweeps and ranges into per-job override lists; leave other sweeps (e.g. Optuna's
+    interval()) to the sweeper by dropping them from the preflight."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    expandable = []
+    for o in parsed:
+        if o.is_sweep_override() and not (o.is_choice_sweep() or o.is_range_sweep()):
+            continue
+        expandable.append(o)
+    batches = BasicSweeper.split_arguments(expandable, max_batch_size=None)
+    return [job for batch in batches for job in batch] or [[]]
+
+
+def preflight(command: str, args: list[str]) -> None:
+    """Compose and validate every job's config; raise UsageError for the first problem."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in args if not a.startswith("-")]
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    try:
+        jobs = _sweep_jobs(overrides) if multirun else [overrides]
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UsageError(one_line(str(exc))) from None
+    if not multirun and len(jobs) == 1:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise UsageError(one_line(str(exc))) from None
+        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+        if sweeps:
+            raise UsageError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
+    seen_envs: set[str] = set()
+    with initialize_config_module(config_module="dqnrun.conf", version_base=None):
+        for job in jobs[:MAX_PREFLIGHT_JOBS]:
+            try:
+                cfg = compose(config_name=command, overrides=job)
+                if command == "train":
+                    from dqnrun.builders import build_env_spec
+                    from dqnrun.validate import validate_train_config
+
+                    validate_train_config(cfg)
+                    key = repr((cfg.env.id, cfg.env.get("kwargs")))
+                    if key not in seen_envs:
+                        seen_envs.add(key)
+                        build_env_spec(cfg.env)
+                else:
+                    from dqnrun.evaluate import load_policy
+                    from dqnrun.validate import validate_eval_config
+
+                    validate_eval_config(cfg)
+                    load_policy(cfg.ckpt)
+            except (HydraException, OmegaConfBaseException) as exc:
+                known = _flat_keys(compose(config_name=command)) if command == "train" else []
+                raise UsageError(one_line(str(exc), known)) from None
+
+
+def _app(command: str) -> Callable[[], object]:
+    if command == "train":
+        from dqnrun.train import main as app
+    else:
+        from dqnrun.evaluate import main as app
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if args else 2)
+    if args[0] == "--version":
+        print(f"dqnrun {__version__}")
+        sys.exit(0)
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"dqnrun: error: unknown command {command!r}; use one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    # Hydra rejects overrides on both sides of -m; let users put it anywhere.
+    flags = [a for a in rest if a in ("-m", "--multirun")]
+    rest = flags[:1] + [a for a in rest if a not in ("-m", "--multirun")]
+    if not any(a.split("=")[0] in _INFO_FLAGS | _CONFIG_FLAGS for a in rest):
+        try:
+            preflight(command, rest)
+        except UsageError as exc:
+            print(f"dqnrun {command}: error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+    if "COMP_LINE" in os.environ:  # shell completion: hide the subcommand from Hydra
+        os.environ["COMP_LINE"] = os.environ["COMP_LINE"].replace(f" {command}", "", 1)
+    sys.argv = [sys.argv[0], *rest]
+    _app(command)()

@@ -1,0 +1,128 @@
+"""A validation pass over the composed config, run before any work starts.
+
+Each failure is a UsageError naming the key, the bad value and what to do instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dqnrun.envs import SEED_LIMIT
+from dqnrun.errors import UsageError
+
+INF = math.inf
+# key: (kind, low, high, low_inclusive, high_inclusive, nullable)
+TRAIN_RULES: dict[str, tuple[str, float, float, bool, bool, bool]] = {
+    "seed": ("int", 0, SEED_LIMIT, True, False, False),
+    "total_steps": ("int", 1, INF, True, True, False),
+    "torch_threads": ("int", 1, 1024, True, True, False),
+    "env.num_envs": ("int", 1, 4096, True, True, False),
+    "optimizer.lr": ("float", 0, INF, False, True, False),
+    "replay.capacity": ("int", 1, INF, True, True, False),
+    "replay.batch_size": ("int", 1, INF, True, True, False),
+    "schedule.start": ("float", 0, 1, True, True, False),
+    "schedule.end": ("float", 0, 1, True, True, False),
+    "schedule.decay_steps": ("int", 0, INF, True, True, False),
+    "learner.gamma": ("float", 0, 1, True, True, False),
+    "learner.train_freq": ("int", 1, INF, True, True, False),
+    "learner.gradient_steps": ("int", 1, INF, True, True, False),
+    "learner.learning_starts": ("int", 0, INF, True, True, False),
+    "learner.target_update_interval": ("int", 1, INF, True, True, False),
+    "learner.tau": ("float", 0, 1, False, True, False),
+    "learner.max_grad_norm": ("float", 0, INF, False, True, True),
+    "eval.every": ("int", 0, INF, True, True, False),
+    "eval.episodes": ("int", 1, INF, True, True, False),
+    "eval.epsilon": ("float", 0, 1, True, True, False),
+    "eval.max_envs": ("int", 1, 4096, True, True, False),
+    "checkpoint.every": ("int", 0, INF, True, True, False),
+    "checkpoint.keep_last": ("int", 0, INF, True, True, False),
+    "checkpoint.replay_max_gb": ("float", 0, INF, True, True, False),
+    "log.every": ("int", 1, INF, True, True, False),
+}
+EVAL_RULES = {
+    "episodes": ("int", 1, INF, True, True, False),
+    "epsilon": ("float", 0, 1, True, True, False),
+    "seed": ("int", 0, SEED_LIMIT, True, True, False),
+}
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "learner.loss": ("huber", "mse"),
+    "env.vectorization": ("auto", "sync", "async", "vector"),
+}
+
+
+def _interval(low: float, high: float, lo_inc: bool, hi_inc: bool) -> str:
+    lo = "[" if lo_inc else "("
+    hi = "]" if hi_inc and high != INF else ")"
+    return f"{lo}{low:g}, {'inf' if high == INF else f'{high:g}'}{hi}"
+
+
+def check_value(key: str, value: Any, rule: tuple[str, float, float, bool, bool, bool]) -> None:
+    kind, low, high, lo_inc, hi_inc, nullable = rule
+    if value is None:
+        if nullable:
+            return
+        raise UsageError(f"{key} must be set (got null)")
+    ok_type = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "int":
+        ok_type = ok_type and float(value).is_integer()
+    if not ok_type:
+        want, example = ("an integer", "1000") if kind == "int" else ("a number", "3e-4")
+        raise UsageError(f"{key}={value!r} is not {want}; pass e.g. {key}={example}")
+    v = float(value)
+    if math.isnan(v) or (v < low or (v == low and not lo_inc)) or (v > high or (v == high and not hi_inc)):
+        raise UsageError(f"{key}={value!r} is out of range; it must lie in {_interval(low, high, lo_inc, hi_inc)}")
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Raise UsageError for the first impossible value in a composed train config."""
+    if OmegaConf.is_missing(cfg.env, "id"):
+        raise UsageError("env.id is not set; pick a preset (env=cartpole) or set env.id=<Gymnasium id>")
+    if not isinstance(cfg.env.id, str):
+        raise UsageError(f"env.id={cfg.env.id!r} must be a string such as CartPole-v1")
+    for key, rule in TRAIN_RULES.items():
+        check_value(key, _get(cfg, key), rule)
+    for key, choices in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise UsageError(f"{key}={value!r} is not one of {' | '.join(choices)}")
+    hidden = _get(cfg, "network.hidden")
+    if hidden is not None and (
+        not OmegaConf.is_list(hidden)
+        or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)
+    ):
+        raise UsageError(f"network.hidden={hidden} must be a list of positive integers, e.g. [64,64]")
+    if cfg.replay.batch_size > cfg.replay.capacity:
+        raise UsageError(
+            f"replay.batch_size={cfg.replay.batch_size} exceeds replay.capacity={cfg.replay.capacity}; "
+            "lower the batch size or raise the capacity"
+        )
+    if cfg.total_steps < cfg.learner.learning_starts:
+        raise UsageError(
+            f"total_steps={cfg.total_steps} is below learner.learning_starts={cfg.learner.learning_starts}: "
+            "the run would never update; raise total_steps or lower learning_starts"
+        )
+    if _get(cfg, "schedule._target_") == "dqnrun.schedules.ExponentialSchedule" and (
+        cfg.schedule.start <= 0 or cfg.schedule.end <= 0
+    ):
+        raise UsageError("schedule=exponential needs schedule.start > 0 and schedule.end > 0; "
+                         "use schedule=linear to decay to 0")
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
+        raise UsageError("ckpt is required: dqnrun eval ckpt=outputs/<date>/<time>/checkpoints/best.pt")
+    for key, rule in EVAL_RULES.items():
+        check_value(key, cfg[key], rule)
