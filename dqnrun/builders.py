@@ -88,7 +88,8 @@ def build_optimizer(cfg_optimizer: DictConfig, params: Any, device: torch.device
         raise UsageError(f"optimizer: cannot build {cfg_optimizer.get('_target_')}: {cause}") from None
 
 
-def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, seed: int) -> ReplayBuffer:
+def check_replay_memory(cfg_replay: DictConfig, spec: EnvSpec) -> None:
+    """Estimate the buffer's bytes before allocating it; refuse what the machine cannot hold."""
     np_dtype, shape, _ = obs_dtype_and_shape(spec.observation_space)
     dtype = torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
     need = ReplayBuffer.nbytes(cfg_replay.capacity, shape, dtype)
@@ -98,6 +99,12 @@ def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, se
             f"replay.capacity={cfg_replay.capacity} needs {need / 2**30:.1f} GiB but only "
             f"{avail / 2**30:.1f} GiB of memory is available; lower replay.capacity"
         )
+
+
+def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, seed: int) -> ReplayBuffer:
+    check_replay_memory(cfg_replay, spec)
+    np_dtype, shape, _ = obs_dtype_and_shape(spec.observation_space)
+    dtype = torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
     return instantiate(cfg_replay, obs_shape=shape, obs_dtype=dtype, device=device, seed=seed)
 
 

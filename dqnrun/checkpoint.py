@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
+import re
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if os.environ.get("DQNRUN_TEST_SLOW_SAVE"):  # test hook: widen the window for a kill mid-save
+            time.sleep(float(os.environ["DQNRUN_TEST_SLOW_SAVE"]))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -39,6 +43,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+def _corrupt(path: Path, exc: BaseException) -> str:
+    return (f"ckpt={path} is truncated or corrupt and cannot be read ({type(exc).__name__}); "
+            "use another checkpoint, e.g. checkpoints/last.pt or best.pt")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a dqnrun checkpoint, turning every failure into a one-line UsageError."""
     path = Path(path)
@@ -48,18 +57,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.is_dir():
         raise UsageError(f"ckpt={path} is a directory; pass a .pt file inside its checkpoints/ folder")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(
-            f"ckpt={path} was refused by the safe loader (it holds objects other than tensors and plain "
-            f"data, so loading it could run code): {first}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UsageError(
-            f"ckpt={path} is truncated or corrupt and cannot be read ({type(exc).__name__}); "
-            "use another checkpoint, e.g. checkpoints/last.pt or best.pt"
-        ) from None
+        text = str(exc)
+        if "Weights only load failed" in text:
+            culprit = re.search(r"GLOBAL (\S+) was not", text)
+            what = f" ({culprit.group(1)})" if culprit else ""
+            raise UsageError(
+                f"ckpt={path} was refused by the safe loader: it holds Python objects{what} beyond tensors and "
+                "plain data, so loading it could run code. dqnrun checkpoints never do; use one written by "
+                "`dqnrun train`"
+            ) from None
+        raise UsageError(_corrupt(path, exc)) from None
+    except Exception as exc:  # any parse failure of the file's bytes means it is damaged
+        raise UsageError(_corrupt(path, exc)) from None
     if not isinstance(obj, dict) or "format_version" not in obj:
         raise UsageError(f"ckpt={path} is not a dqnrun checkpoint (no format_version)")
     version = obj["format_version"]
@@ -73,3 +86,69 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise UsageError(f"ckpt={path} is not a complete dqnrun checkpoint (missing {', '.join(missing)})")
     return obj
+
+
+# --- resume state: the vector env and the replay buffer, beside last.pt -----------------------------
+# last.pt is the commit point: the env and replay files are written first and carry the step they
+# belong to, so a crash between the writes is detected (step mismatch) instead of resuming inconsistently.
+ENV_STATE_NAME = "last.env.pkl"
+REPLAY_STATE_NAME = "last.replay.pt"
+
+
+def atomic_write_bytes(blob: bytes, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_env_state(ckpt_dir: Path, step: int, envs: Any, cursor: Any) -> bool:
+    """Pickle the vector env (physics, time-limit counters, RNGs) and the loop's env cursor.
+
+    Gymnasium has no state API, so pickling is the general route. Returns False (and writes nothing) for
+    envs that cannot be pickled; resume then resets them and says so.
+    """
+    try:
+        blob = pickle.dumps({"step": step, "envs": envs, "cursor": cursor}, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # unpicklable native handles (e.g. Box2D worlds)
+        (ckpt_dir / ENV_STATE_NAME).unlink(missing_ok=True)
+        return False
+    atomic_write_bytes(blob, ckpt_dir / ENV_STATE_NAME)
+    return True
+
+
+def load_env_state(ckpt_dir: Path, step: int) -> dict[str, Any] | None:
+    """Unpickle the env state written by *this run* (resume trusts its own run directory; `eval` never
+    unpickles anything). None if absent or from another step."""
+    path = ckpt_dir / ENV_STATE_NAME
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        state = pickle.load(f)  # noqa: S301 - our own run directory, see docs/reliability.md
+    return state if state.get("step") == step else None
+
+
+def save_replay_state(ckpt_dir: Path, step: int, replay: Any, max_gb: float) -> bool:
+    """Write the replay buffer as a tensor file (no pickle) if it is under ``max_gb``."""
+    path = ckpt_dir / REPLAY_STATE_NAME
+    state = replay.state_dict()
+    nbytes = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    if nbytes > max_gb * 2**30:
+        path.unlink(missing_ok=True)
+        return False
+    atomic_torch_save({"step": step, "replay": state}, path)
+    return True
+
+
+def load_replay_state(ckpt_dir: Path, step: int) -> dict[str, Any] | None:
+    path = ckpt_dir / REPLAY_STATE_NAME
+    if not path.exists():
+        return None
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj["replay"] if obj.get("step") == step else None

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from dqnrun import __version__
 from dqnrun.errors import UsageError
@@ -68,7 +69,7 @@ def _flat_keys(cfg: object, prefix: str = "") -> list[str]:
 
     keys = []
     if isinstance(cfg, DictConfig):
-        for k in cfg.keys():
+        for k in cfg:
             full = f"{prefix}{k}"
             keys.append(full)
             keys += _flat_keys(cfg._get_node(k), full + ".")
@@ -91,8 +92,11 @@ def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in batches for job in batch] or [[]]
 
 
-def preflight(command: str, args: list[str]) -> None:
-    """Compose and validate every job's config; raise UsageError for the first problem."""
+def preflight(command: str, args: list[str]) -> list[str]:
+    """Compose and validate every job's config; raise UsageError for the first problem.
+
+    Returns extra overrides for Hydra: a resume of an existing run continues in that run's directory.
+    """
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -114,19 +118,27 @@ def preflight(command: str, args: list[str]) -> None:
         if sweeps:
             raise UsageError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
     seen_envs: set[str] = set()
+    extra: list[str] = []
     with initialize_config_module(config_module="dqnrun.conf", version_base=None):
         for job in jobs[:MAX_PREFLIGHT_JOBS]:
             try:
                 cfg = compose(config_name=command, overrides=job)
                 if command == "train":
-                    from dqnrun.builders import build_env_spec
+                    from dqnrun.builders import build_env_spec, check_replay_memory
                     from dqnrun.validate import validate_train_config
 
                     validate_train_config(cfg)
+                    if cfg.resume not in (None, "", "auto") and not multirun:
+                        from dqnrun.train import resolve_resume
+
+                        ckpt = resolve_resume(cfg.resume, Path("."))
+                        run_dir = str(ckpt.parent.parent.resolve()).replace("\\", "\\\\").replace('"', '\\"')
+                        extra = [f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=.hydra/resume-${now:%Y%m%d-%H%M%S}"]
                     key = repr((cfg.env.id, cfg.env.get("kwargs")))
                     if key not in seen_envs:
                         seen_envs.add(key)
-                        build_env_spec(cfg.env)
+                        spec = build_env_spec(cfg.env)
+                    check_replay_memory(cfg.replay, spec)
                 else:
                     from dqnrun.evaluate import load_policy
                     from dqnrun.validate import validate_eval_config
@@ -136,6 +148,7 @@ def preflight(command: str, args: list[str]) -> None:
             except (HydraException, OmegaConfBaseException) as exc:
                 known = _flat_keys(compose(config_name=command)) if command == "train" else []
                 raise UsageError(one_line(str(exc), known)) from None
+    return extra
 
 
 def _app(command: str) -> Callable[[], object]:
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     rest = flags[:1] + [a for a in rest if a not in ("-m", "--multirun")]
     if not any(a.split("=")[0] in _INFO_FLAGS | _CONFIG_FLAGS for a in rest):
         try:
-            preflight(command, rest)
+            rest += preflight(command, rest)
         except UsageError as exc:
             print(f"dqnrun {command}: error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)

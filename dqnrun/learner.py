@@ -133,15 +133,19 @@ class Learner:
         for b_src, b_dst in zip(self.online.buffers(), self.target.buffers(), strict=True):
             b_dst.copy_(b_src)
 
+    def check_finite(self) -> None:
+        """Raise FloatingPointError if any loss or Q-value since the last read was NaN or inf (one sync)."""
+        if bool(self._nonfinite):
+            raise FloatingPointError("non-finite loss or Q-value")
+
     def read_metrics(self) -> dict[str, float] | None:
         """Mean loss and Q since the last call (one host sync), or None if no update ran.
 
         Raises FloatingPointError if any loss or Q-value since the last read was NaN or inf.
         """
+        self.check_finite()
         if self._n == 0:
             return None
-        if bool(self._nonfinite):
-            raise FloatingPointError("non-finite loss or Q-value")
         out = {"td_loss": float(self._loss_sum) / self._n, "q_values": float(self._q_sum) / self._n}
         self._loss_sum.zero_()
         self._q_sum.zero_()
@@ -154,6 +158,9 @@ class Learner:
             "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "updates": self.updates,
+            # metric sums since the last log write, so a resumed run logs the same interval means
+            "metric_sums": {"loss": self._loss_sum.clone(), "q": self._q_sum.clone(), "n": self._n,
+                            "nonfinite": self._nonfinite.clone()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -161,3 +168,9 @@ class Learner:
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
+        sums = state.get("metric_sums")
+        if sums is not None:
+            self._loss_sum.copy_(sums["loss"])
+            self._q_sum.copy_(sums["q"])
+            self._n = int(sums["n"])
+            self._nonfinite.copy_(sums["nonfinite"])

@@ -113,6 +113,16 @@ def _crossings(before: int, after: int, every: int) -> int:
     return after // every - before // every if every > 0 else 0
 
 
+def _check_finite(learner: Learner, since: int, step: int) -> None:
+    try:
+        learner.check_finite()
+    except FloatingPointError:
+        raise TrainingError(
+            f"non-finite loss or Q-value between env steps {since} and {step}; the last checkpoint is left "
+            "intact. Lower optimizer.lr, or set learner.max_grad_norm"
+        ) from None
+
+
 def train_loop(
     envs: gym.vector.VectorEnv,
     learner: Learner,
@@ -194,13 +204,8 @@ def train_loop(
             state.train_seconds += now - seg_start
             seg_start = now
             scalars: dict[str, float] = {M.EPSILON: epsilon, M.SPS: state.step / max(state.train_seconds, 1e-9)}
-            try:
-                lm = learner.read_metrics()
-            except FloatingPointError:
-                raise TrainingError(
-                    f"non-finite loss or Q-value between env steps {last_log_step} and {state.step}; "
-                    "the last checkpoint is left intact. Lower optimizer.lr, or set learner.max_grad_norm"
-                ) from None
+            _check_finite(learner, last_log_step, state.step)
+            lm = learner.read_metrics()
             last_log_step = state.step
             if lm is not None:
                 scalars[M.TD_LOSS], scalars[M.Q_VALUES] = lm["td_loss"], lm["q_values"]
@@ -223,6 +228,7 @@ def train_loop(
         )
         do_ckpt = _crossings(before, state.step, s.checkpoint_every) > 0
         if do_eval or do_ckpt:
+            _check_finite(learner, last_log_step, state.step)  # never checkpoint non-finite weights
             state.train_seconds += time.perf_counter() - seg_start
             if do_eval:
                 ret = evaluate()  # type: ignore[misc]
