@@ -122,7 +122,7 @@ def build_learner(cfg: DictConfig, spec: EnvSpec) -> tuple[Learner, torch.device
     lc = cfg.learner
     learner = Learner(
         online, target, optimizer, gamma=lc.gamma, loss=lc.loss, max_grad_norm=lc.max_grad_norm,
-        tau=lc.tau, double=lc.get("double", False),
+        tau=lc.tau, double=lc.get("double", False), fast_mlp=lc.get("fast_mlp", True),
     )
     return learner, device
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from dqnrun.mlp_update import ManualMLPGradient, clip_grad_norm, mlp_forward, supports
 from dqnrun.replay import Batch
 
 
@@ -54,8 +55,9 @@ class Learner:
 
     The target network is frozen for a whole burst of gradient steps (syncs happen between bursts, on
     env-step boundaries, as in SB3), so the target values of all G batches are computed in one batched
-    forward before the burst. Metrics stay on the device and are read only at logging time: no host
-    sync in the hot path.
+    forward before the burst. Plain MLPs take a hand-written backward pass (``dqnrun.mlp_update``, tested
+    equal to autograd); other networks use autograd. Metrics stay on the device and are read only at
+    logging time: no host sync in the hot path.
     """
 
     def __init__(
@@ -68,19 +70,26 @@ class Learner:
         max_grad_norm: float | None = 10.0,
         tau: float = 1.0,
         double: bool = False,
+        fast_mlp: bool = True,
     ) -> None:
         self.online, self.target, self.optimizer = online, target, optimizer
         self.gamma, self.tau, self.double = float(gamma), float(tau), bool(double)
+        self.loss_name = loss
         self.loss_fn = LOSSES[loss]
         self.max_grad_norm = max_grad_norm
         self.target.requires_grad_(False)
+        self.manual = ManualMLPGradient(online, loss) if fast_mlp and supports(online) else None
         self.updates = 0
         device = next(online.parameters()).device
-        # Running sums since the last read, as device tensors.
+        # Running sums since the last read, as device tensors. A NaN or inf anywhere makes a sum non-finite,
+        # so checking the sums at read time catches every bad step without a per-step check.
         self._loss_sum = torch.zeros((), device=device)
         self._q_sum = torch.zeros((), device=device)
         self._n = 0
-        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    def _q(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+        """No-grad Q-values (B, A), through the lean MLP forward where it applies."""
+        return mlp_forward(net, obs) if self.manual is not None else net(obs)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def targets(self, batch: Batch) -> torch.Tensor | None:
@@ -88,7 +97,7 @@ class Learner:
         if self.double:
             return None
         g, b = batch.action.shape
-        next_q = self.target(batch.next_obs.flatten(0, 1)).view(g, b, -1)
+        next_q = self._q(self.target, batch.next_obs.flatten(0, 1)).view(g, b, -1)
         return td_target(batch.reward, batch.terminated, next_q, self.gamma)
 
     def update(self, batch: Batch) -> None:
@@ -97,29 +106,28 @@ class Learner:
         for g in range(batch.action.shape[0]):
             obs, action = batch.obs[g], batch.action[g]
             if y_all is None:
-                # Double DQN: one online forward over [s; s'] selects a* with the current weights.
-                b = obs.shape[0]
-                q_all = self.online(torch.cat([obs, batch.next_obs[g]]))
-                q_sa = q_all[:b].gather(1, action.unsqueeze(1)).squeeze(1)
-                with torch.no_grad():
-                    next_q_t = self.target(batch.next_obs[g])
-                    y = td_target(
-                        batch.reward[g], batch.terminated[g], next_q_t, self.gamma, q_all[b:].detach()
-                    )
+                with torch.no_grad():  # Double DQN: a* from the current online weights
+                    next_obs = batch.next_obs[g]
+                    y = td_target(batch.reward[g], batch.terminated[g], self._q(self.target, next_obs),
+                                  self.gamma, self._q(self.online, next_obs))
+            else:
+                y = y_all[g]
+            if self.manual is not None:
+                loss, q_mean = self.manual(obs, action, y)
+                if self.max_grad_norm is not None:
+                    clip_grad_norm(self.manual.grads, self.max_grad_norm)
             else:
                 q_sa = self.online(obs).gather(1, action.unsqueeze(1)).squeeze(1)
-                y = y_all[g]
-            loss = self.loss_fn(q_sa, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(self.online.parameters(), self.max_grad_norm, foreach=True)
+                loss = self.loss_fn(q_sa, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self.online.parameters(), self.max_grad_norm, foreach=True)
+                loss, q_mean = loss.detach(), q_sa.detach().mean()
             self.optimizer.step()
             self.updates += 1
-            loss_d, q_d = loss.detach(), q_sa.detach().mean()
-            self._loss_sum += loss_d
-            self._q_sum += q_d
-            self._nonfinite |= ~(torch.isfinite(loss_d) & torch.isfinite(q_d))
+            self._loss_sum += loss
+            self._q_sum += q_mean
             self._n += 1
 
     @torch.no_grad()
@@ -135,7 +143,7 @@ class Learner:
 
     def check_finite(self) -> None:
         """Raise FloatingPointError if any loss or Q-value since the last read was NaN or inf (one sync)."""
-        if bool(self._nonfinite):
+        if not bool(torch.isfinite(self._loss_sum + self._q_sum)):
             raise FloatingPointError("non-finite loss or Q-value")
 
     def read_metrics(self) -> dict[str, float] | None:
@@ -159,8 +167,7 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "updates": self.updates,
             # metric sums since the last log write, so a resumed run logs the same interval means
-            "metric_sums": {"loss": self._loss_sum.clone(), "q": self._q_sum.clone(), "n": self._n,
-                            "nonfinite": self._nonfinite.clone()},
+            "metric_sums": {"loss": self._loss_sum.clone(), "q": self._q_sum.clone(), "n": self._n},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -173,4 +180,3 @@ class Learner:
             self._loss_sum.copy_(sums["loss"])
             self._q_sum.copy_(sums["q"])
             self._n = int(sums["n"])
-            self._nonfinite.copy_(sums["nonfinite"])

@@ -35,6 +35,7 @@ class MLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.n_obs_categories = n_obs_categories
+        self.activation = activation
         in_dim = n_obs_categories if n_obs_categories else int(torch.Size(obs_shape).numel())
         layers: list[nn.Module] = []
         for width in hidden:
@@ -43,13 +44,19 @@ class MLP(nn.Module):
         layers.append(nn.Linear(in_dim, n_actions))
         self.net = nn.Sequential(*layers)
 
+    @property
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs (B, *obs_shape) -> the float input of the first layer, (B, in_dim)."""
+        if self.n_obs_categories:
+            return nn.functional.one_hot(obs.long(), self.n_obs_categories).float()
+        return obs.flatten(1).float()
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """obs: (B, *obs_shape) in the observation dtype -> Q: (B, A) float32."""
-        if self.n_obs_categories:
-            x = nn.functional.one_hot(obs.long(), self.n_obs_categories).float()
-        else:
-            x = obs.flatten(1).float()
-        return self.net(x)
+        return self.net(self.features(obs))
 
 
 def greedy_actor(

@@ -88,6 +88,10 @@ class ReplayBuffer:
             obs, action, reward, next_obs, terminated = (
                 obs[keep], action[keep], reward[keep], next_obs[keep], terminated[keep]
             )
+        if len(action) > self.capacity:  # more rows than slots: only the newest survive anyway
+            obs, action, reward, next_obs, terminated = (
+                x[-self.capacity:] for x in (obs, action, reward, next_obs, terminated)
+            )
         k = len(action)
         tensors = (
             (self.obs, obs), (self.next_obs, next_obs), (self.action, action),

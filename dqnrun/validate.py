@@ -77,6 +77,13 @@ def check_value(key: str, value: Any, rule: tuple[str, float, float, bool, bool,
         raise UsageError(f"{key}={value!r} is out of range; it must lie in {_interval(low, high, lo_inc, hi_inc)}")
 
 
+def _normalize_int(cfg: DictConfig, key: str, rule: tuple) -> None:
+    """`total_steps=1e5` parses as a float; an integer setting gets the int it denotes."""
+    value = _get(cfg, key)
+    if rule[0] == "int" and isinstance(value, float):
+        OmegaConf.update(cfg, key, int(value))
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=False)
 
@@ -89,6 +96,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise UsageError(f"env.id={cfg.env.id!r} must be a string such as CartPole-v1")
     for key, rule in TRAIN_RULES.items():
         check_value(key, _get(cfg, key), rule)
+        _normalize_int(cfg, key, rule)
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
@@ -104,9 +112,9 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"replay.batch_size={cfg.replay.batch_size} exceeds replay.capacity={cfg.replay.capacity}; "
             "lower the batch size or raise the capacity"
         )
-    if cfg.total_steps < cfg.learner.learning_starts:
+    if cfg.total_steps <= cfg.learner.learning_starts:
         raise UsageError(
-            f"total_steps={cfg.total_steps} is below learner.learning_starts={cfg.learner.learning_starts}: "
+            f"total_steps={cfg.total_steps} is not above learner.learning_starts={cfg.learner.learning_starts}: "
             "the run would never update; raise total_steps or lower learning_starts"
         )
     if _get(cfg, "schedule._target_") == "dqnrun.schedules.ExponentialSchedule" and (
@@ -126,3 +134,4 @@ def validate_eval_config(cfg: DictConfig) -> None:
         raise UsageError("ckpt is required: dqnrun eval ckpt=outputs/<date>/<time>/checkpoints/best.pt")
     for key, rule in EVAL_RULES.items():
         check_value(key, cfg[key], rule)
+        _normalize_int(cfg, key, rule)

@@ -41,3 +41,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = [p.parent for p in (cwd / "outputs").rglob("results.json")]
     assert len(runs) == 1, runs
     return runs[0]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    # Tests use tiny tensors: a second OpenMP thread only spins against the other jobs on a 2-core box.
+    import torch
+
+    torch.set_num_threads(1)

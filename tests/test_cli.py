@@ -84,7 +84,7 @@ def test_eval_video_writes_a_playable_mp4(trained_run: Path, tmp_path: Path) -> 
 
 
 def test_two_runs_started_together_get_distinct_directories(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "dqnrun", "train", "total_steps=100", "learner.learning_starts=100",
+    args = [sys.executable, "-m", "dqnrun", "train", "total_steps=100", "learner.learning_starts=50",
             "eval.every=0", "log.progress=false"]
     procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]

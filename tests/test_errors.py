@@ -27,7 +27,7 @@ TRAIN_CASES = [
     (["learner.gamma=1.5"], "learner.gamma=1.5 is out of range; it must lie in [0, 1]"),
     (["replay.batch_size=256", "replay.capacity=100"], "replay.batch_size=256 exceeds replay.capacity=100"),
     (["env.num_envs=0"], "env.num_envs=0 is out of range"),
-    (["total_steps=500", "learner.learning_starts=1000"], "total_steps=500 is below learner.learning_starts"),
+    (["total_steps=500", "learner.learning_starts=1000"], "total_steps=500 is not above learner.learning_starts"),
     (["schedule.start=1.5"], "schedule.start=1.5 is out of range"),
     (["eval.epsilon=2"], "eval.epsilon=2 is out of range"),
     (["learner.loss=l1"], "learner.loss='l1' is not one of huber | mse"),

@@ -1,0 +1,96 @@
+"""The hand-written MLP backward must compute what autograd computes, step after step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dqnrun.learner import Learner
+from dqnrun.mlp_update import mlp_forward, supports
+from dqnrun.networks import MLP
+from dqnrun.replay import Batch
+
+
+def _batch(g: int, b: int, obs_dim: int | None, n_actions: int, seed: int, categories: int | None = None) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    if categories:
+        obs = torch.randint(0, categories, (g, b), generator=gen)
+        nxt = torch.randint(0, categories, (g, b), generator=gen)
+    else:
+        obs = torch.randn(g, b, obs_dim, generator=gen) * 3  # large enough that huber's linear part is used
+        nxt = torch.randn(g, b, obs_dim, generator=gen) * 3
+    return Batch(obs, torch.randint(0, n_actions, (g, b), generator=gen), torch.randn(g, b, generator=gen) * 5,
+                 nxt, (torch.rand(g, b, generator=gen) < 0.2).float())
+
+
+def _pair(activation: str, loss: str, double: bool, clip: float | None, categories: int | None = None):
+    torch.manual_seed(0)
+    net = MLP((5,) if not categories else (), 3, [16, 8], activation, n_obs_categories=categories)
+    learners = []
+    for fast in (False, True):
+        online = copy.deepcopy(net)
+        target = copy.deepcopy(net)
+        with torch.no_grad():
+            for p in target.parameters():
+                p.add_(0.05)
+        opt = torch.optim.Adam(online.parameters(), lr=1e-2)
+        learners.append(Learner(online, target, opt, gamma=0.9, loss=loss, max_grad_norm=clip, double=double,
+                                fast_mlp=fast))
+    return learners
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("loss", ["huber", "mse"])
+@pytest.mark.parametrize("double", [False, True])
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_manual_backward_matches_autograd_over_many_updates(activation, loss, double, clip) -> None:
+    slow, fast = _pair(activation, loss, double, clip)
+    assert slow.manual is None and fast.manual is not None
+    for step in range(30):
+        batch = _batch(2, 32, 5, 3, seed=step)
+        slow.update(batch)
+        fast.update(batch)
+        if step % 10 == 9:
+            slow.sync_target()
+            fast.sync_target()
+    for ps, pf in zip(slow.online.parameters(), fast.online.parameters(), strict=True):
+        torch.testing.assert_close(pf, ps, rtol=1e-5, atol=1e-6)
+    ms, mf = slow.read_metrics(), fast.read_metrics()
+    assert ms is not None and mf is not None
+    assert mf["td_loss"] == pytest.approx(ms["td_loss"], rel=1e-5)
+    assert mf["q_values"] == pytest.approx(ms["q_values"], rel=1e-5)
+
+
+def test_manual_gradient_equals_autograd_gradient_exactly_enough_on_one_step() -> None:
+    slow, fast = _pair("relu", "huber", False, None)
+    batch = _batch(1, 64, 5, 3, seed=7)
+    y = slow.targets(batch)[0]
+    q = slow.online(batch.obs[0]).gather(1, batch.action[0].unsqueeze(1)).squeeze(1)
+    torch.nn.functional.smooth_l1_loss(q, y).backward()
+    fast.manual(batch.obs[0], batch.action[0], y)
+    for ps, pf in zip(slow.online.parameters(), fast.online.parameters(), strict=True):
+        torch.testing.assert_close(pf.grad, ps.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_manual_backward_handles_one_hot_observations() -> None:
+    slow, fast = _pair("relu", "mse", False, 10.0, categories=6)
+    for step in range(10):
+        batch = _batch(1, 16, None, 3, seed=step, categories=6)
+        slow.update(batch)
+        fast.update(batch)
+    for ps, pf in zip(slow.online.parameters(), fast.online.parameters(), strict=True):
+        torch.testing.assert_close(pf, ps, rtol=1e-5, atol=1e-6)
+
+
+def test_lean_forward_equals_module_forward() -> None:
+    net = MLP((4,), 2, [32, 32], "tanh")
+    x = torch.randn(10, 4)
+    torch.testing.assert_close(mlp_forward(net, x), net(x), rtol=0, atol=0)
+
+
+def test_only_plain_mlps_take_the_manual_path() -> None:
+    assert supports(MLP((4,), 2, [8], "relu"))
+    assert not supports(MLP((4,), 2, [8], "gelu"))  # derivative not written out: autograd
+    assert not supports(torch.nn.Sequential(torch.nn.Linear(4, 2)))
