@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dqnrun.mlp_update import ManualMLPGradient, clip_grad_norm, mlp_forward, supports
+from dqnrun.mlp_update import FusedAdamStep, ManualMLPGradient, clip_grad_norm, mlp_forward, supports
 from dqnrun.replay import Batch
 
 
@@ -79,6 +79,8 @@ class Learner:
         self.max_grad_norm = max_grad_norm
         self.target.requires_grad_(False)
         self.manual = ManualMLPGradient(online, loss) if fast_mlp and supports(online) else None
+        # The lean Adam step needs grads that persist between steps, which only the manual path keeps.
+        self.step_optimizer = FusedAdamStep(optimizer) if self.manual is not None else optimizer.step
         self.updates = 0
         device = next(online.parameters()).device
         # Running sums since the last read, as device tensors. A NaN or inf anywhere makes a sum non-finite,
@@ -86,6 +88,11 @@ class Learner:
         self._loss_sum = torch.zeros((), device=device)
         self._q_sum = torch.zeros((), device=device)
         self._n = 0
+
+    @torch.inference_mode()
+    def act_q(self, obs: torch.Tensor) -> torch.Tensor:
+        """Online Q-values (E, A) for acting."""
+        return self._q(self.online, obs)
 
     def _q(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """No-grad Q-values (B, A), through the lean MLP forward where it applies."""
@@ -124,7 +131,7 @@ class Learner:
                 if self.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(self.online.parameters(), self.max_grad_norm, foreach=True)
                 loss, q_mean = loss.detach(), q_sa.detach().mean()
-            self.optimizer.step()
+            self.step_optimizer()
             self.updates += 1
             self._loss_sum += loss
             self._q_sum += q_mean
@@ -174,6 +181,8 @@ class Learner:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(self.step_optimizer, FusedAdamStep):
+            self.step_optimizer.rebind()
         self.updates = int(state["updates"])
         sums = state.get("metric_sums")
         if sums is not None:

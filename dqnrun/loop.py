@@ -164,8 +164,7 @@ def train_loop(
         if state.step < s.learning_starts:
             actions = rng.integers(0, n_actions, n_envs)
         else:
-            with torch.inference_mode():
-                greedy = learner.online(torch.as_tensor(c.obs, device=device)).argmax(1).cpu().numpy()
+            greedy = learner.act_q(torch.as_tensor(c.obs, device=device)).argmax(1).cpu().numpy()
             explore = rng.random(n_envs) < epsilon
             actions = np.where(explore, rng.integers(0, n_actions, n_envs), greedy)
 

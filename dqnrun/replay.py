@@ -53,6 +53,9 @@ class ReplayBuffer:
         self.terminated = torch.zeros(self.capacity, dtype=torch.float32, device=self.device)
         self.pos = 0
         self.size = 0
+        self._stores = (self.obs, self.next_obs, self.action, self.reward, self.terminated)
+        # On the CPU, numpy views of the same memory take a vector step's rows ~5x cheaper than torch indexing.
+        self._views = [t.numpy() for t in self._stores] if self.device.type == "cpu" else None
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
 
@@ -93,16 +96,18 @@ class ReplayBuffer:
                 x[-self.capacity:] for x in (obs, action, reward, next_obs, terminated)
             )
         k = len(action)
-        tensors = (
-            (self.obs, obs), (self.next_obs, next_obs), (self.action, action),
-            (self.reward, reward), (self.terminated, terminated),
-        )
+        values = (obs, next_obs, action, reward, terminated)
         if self.pos + k <= self.capacity:
-            rows: slice | torch.Tensor = slice(self.pos, self.pos + k)
+            rows: slice | np.ndarray = slice(self.pos, self.pos + k)
         else:
-            rows = torch.arange(self.pos, self.pos + k, device=self.device) % self.capacity
-        for store, value in tensors:
-            store[rows] = torch.as_tensor(value, device=self.device).to(store.dtype)
+            rows = np.arange(self.pos, self.pos + k) % self.capacity
+        if self._views is not None:
+            for view, value in zip(self._views, values, strict=True):
+                view[rows] = value
+        else:
+            idx = rows if isinstance(rows, slice) else torch.from_numpy(rows).to(self.device)
+            for store, value in zip(self._stores, values, strict=True):
+                store[idx] = torch.as_tensor(value, device=self.device).to(store.dtype)
         self.pos = (self.pos + k) % self.capacity
         self.size = min(self.size + k, self.capacity)
 

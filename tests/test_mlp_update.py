@@ -94,3 +94,41 @@ def test_only_plain_mlps_take_the_manual_path() -> None:
     assert supports(MLP((4,), 2, [8], "relu"))
     assert not supports(MLP((4,), 2, [8], "gelu"))  # derivative not written out: autograd
     assert not supports(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+
+
+def test_lean_fused_adam_step_is_bit_identical_to_optimizer_step() -> None:
+    from dqnrun.mlp_update import FusedAdamStep
+
+    torch.manual_seed(0)
+    a = MLP((4,), 2, [8])
+    b = copy.deepcopy(a)
+    opt_a = torch.optim.Adam(a.parameters(), lr=3e-3, eps=1e-5, weight_decay=1e-4, fused=True)
+    opt_b = torch.optim.Adam(b.parameters(), lr=3e-3, eps=1e-5, weight_decay=1e-4, fused=True)
+    lean = FusedAdamStep(opt_b)
+    assert lean.enabled
+    for p in b.parameters():
+        p.grad = torch.zeros_like(p)
+    for step in range(20):
+        grads = [torch.randn_like(p) for p in a.parameters()]
+        for p, g in zip(a.parameters(), grads, strict=True):
+            p.grad = g.clone()
+        for p, g in zip(b.parameters(), grads, strict=True):
+            p.grad.copy_(g)
+        opt_a.step()
+        lean()
+        if step == 10:  # a checkpoint round trip in the middle replaces the state tensors
+            opt_b.load_state_dict(copy.deepcopy(opt_b.state_dict()))
+            lean.rebind()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_a.state[pa][key], opt_b.state[pb][key])
+
+
+def test_lean_adam_step_falls_back_for_other_optimizers() -> None:
+    from dqnrun.mlp_update import FusedAdamStep
+
+    net = MLP((4,), 2, [8])
+    assert not FusedAdamStep(torch.optim.Adam(net.parameters(), fused=False)).enabled
+    assert not FusedAdamStep(torch.optim.SGD(net.parameters(), lr=0.1)).enabled
+    assert not FusedAdamStep(torch.optim.Adam(net.parameters(), amsgrad=True, fused=True)).enabled
