@@ -69,11 +69,15 @@ def probe_spaces(env_id: str, kwargs: dict[str, Any]) -> tuple[gym.Space, gym.Sp
         env.close()
 
 
-def _mode(env_id: str, vectorization: str) -> str:
+# From this many copies on, an env's own numpy vector env (CartPole) beats SyncVectorEnv: it steps all copies
+# in one call (~50 µs whatever n), while sync costs ~11 µs per copy (bench/floor.py; at n=4 sync wins).
+NUMPY_VECTOR_MIN_ENVS = 8
+
+
+def _mode(env_id: str, vectorization: str, num_envs: int) -> str:
     if vectorization == "auto":
-        # Gymnasium's own numpy vector envs (CartPole) step all copies in one call: ~1.5x faster than sync
-        # at n=8 and ~10x at n=64 on this CPU (../shared/STACK.md).
-        return "vector_entry_point" if gym.spec(env_id).vector_entry_point is not None else "sync"
+        has_own = gym.spec(env_id).vector_entry_point is not None
+        return "vector_entry_point" if has_own and num_envs >= NUMPY_VECTOR_MIN_ENVS else "sync"
     return {"sync": "sync", "async": "async", "vector": "vector_entry_point"}[vectorization]
 
 
@@ -83,7 +87,7 @@ def make_vector_env(
     """A vector env with NEXT_STEP autoreset (Gymnasium's default, which the training loop relies on)."""
     env_id = resolve_env_id(env_id)
     kwargs = dict(kwargs or {})
-    mode = _mode(env_id, vectorization)
+    mode = _mode(env_id, vectorization, num_envs)
     if mode == "vector_entry_point":
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
         if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from dqnrun.mlp_update import FusedAdamStep, ManualMLPGradient, clip_grad_norm, mlp_forward, supports
+from dqnrun.mlp_update import (
+    FusedAdamStep,
+    ManualMLPGradient,
+    NumpyGreedyActor,
+    clip_grad_norm,
+    mlp_forward,
+    supports,
+)
 from dqnrun.replay import Batch
 
 
@@ -83,16 +91,20 @@ class Learner:
         self.step_optimizer = FusedAdamStep(optimizer) if self.manual is not None else optimizer.step
         self.updates = 0
         device = next(online.parameters()).device
+        self.device = device
+        self.np_actor = NumpyGreedyActor(online) if self.manual is not None and device.type == "cpu" else None
         # Running sums since the last read, as device tensors. A NaN or inf anywhere makes a sum non-finite,
         # so checking the sums at read time catches every bad step without a per-step check.
         self._loss_sum = torch.zeros((), device=device)
         self._q_sum = torch.zeros((), device=device)
         self._n = 0
 
-    @torch.inference_mode()
-    def act_q(self, obs: torch.Tensor) -> torch.Tensor:
-        """Online Q-values (E, A) for acting."""
-        return self._q(self.online, obs)
+    def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
+        """obs (E, *obs_shape) -> argmax_a Q_online(obs, a), (E,) int64."""
+        if self.np_actor is not None:
+            return self.np_actor(obs)
+        with torch.inference_mode():
+            return self._q(self.online, torch.as_tensor(obs, device=self.device)).argmax(1).cpu().numpy()
 
     def _q(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """No-grad Q-values (B, A), through the lean MLP forward where it applies."""

@@ -14,7 +14,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from dqnrun import metrics as M
 from dqnrun.errors import TrainingError
@@ -146,7 +145,6 @@ def train_loop(
     s = settings
     n_envs = envs.num_envs
     n_actions = int(envs.single_action_space.n)
-    device = next(learner.online.parameters()).device
     c = cursor
     pending_episodes: list[tuple[int, float, int]] = []
     recent_returns: deque[float] = deque(maxlen=20)
@@ -164,9 +162,10 @@ def train_loop(
         if state.step < s.learning_starts:
             actions = rng.integers(0, n_actions, n_envs)
         else:
-            greedy = learner.act_q(torch.as_tensor(c.obs, device=device)).argmax(1).cpu().numpy()
             explore = rng.random(n_envs) < epsilon
-            actions = np.where(explore, rng.integers(0, n_actions, n_envs), greedy)
+            actions = rng.integers(0, n_actions, n_envs)
+            if not explore.all():  # the Q forward is needed only for envs that act greedily
+                actions = np.where(explore, actions, learner.greedy_actions(c.obs))
 
         # --- step and store. NEXT_STEP autoreset: an env that ended last step now returns its reset
         # observation (action ignored, reward 0); that row is not a transition and is skipped. `next_obs`

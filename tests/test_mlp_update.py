@@ -132,3 +132,29 @@ def test_lean_adam_step_falls_back_for_other_optimizers() -> None:
     assert not FusedAdamStep(torch.optim.Adam(net.parameters(), fused=False)).enabled
     assert not FusedAdamStep(torch.optim.SGD(net.parameters(), lr=0.1)).enabled
     assert not FusedAdamStep(torch.optim.Adam(net.parameters(), amsgrad=True, fused=True)).enabled
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_numpy_actor_matches_the_torch_network_and_follows_weight_updates(activation: str) -> None:
+    from dqnrun.mlp_update import NumpyGreedyActor
+
+    torch.manual_seed(1)
+    net = MLP((3, 2), 4, [16, 16], activation)
+    actor = NumpyGreedyActor(net)
+    obs = torch.randn(50, 3, 2)
+    np_q = actor.q_values(obs.numpy())
+    torch.testing.assert_close(torch.from_numpy(np_q), net(obs), rtol=1e-5, atol=1e-5)
+    assert (actor(obs.numpy()) == net(obs).argmax(1).numpy()).all()
+    with torch.no_grad():  # in-place changes (optimizer steps, target syncs, loads) are seen at once
+        for p in net.parameters():
+            p.mul_(-0.5)
+    torch.testing.assert_close(torch.from_numpy(actor.q_values(obs.numpy())), net(obs), rtol=1e-5, atol=1e-5)
+
+
+def test_numpy_actor_one_hot_encodes_discrete_observations() -> None:
+    from dqnrun.mlp_update import NumpyGreedyActor
+
+    net = MLP((), 3, [8], n_obs_categories=5)
+    obs = torch.tensor([0, 4, 2, 2])
+    torch.testing.assert_close(torch.from_numpy(NumpyGreedyActor(net).q_values(obs.numpy())), net(obs),
+                               rtol=1e-5, atol=1e-6)
