@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -16,6 +17,7 @@ from dqnrun import __version__
 from dqnrun.errors import UsageError
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("format_version", "online", "target", "optimizer", "step", "config")
 
 
@@ -114,11 +116,19 @@ def save_env_state(ckpt_dir: Path, step: int, envs: Any, cursor: Any) -> bool:
     Gymnasium has no state API, so pickling is the general route. Returns False (and writes nothing) for
     envs that cannot be pickled; resume then resets them and says so.
     """
+    # SyncVectorEnv keeps the factory closures it was built from; they are not state and do not pickle.
+    env_fns = getattr(envs, "env_fns", None)
+    if env_fns is not None:
+        envs.env_fns = None
     try:
         blob = pickle.dumps({"step": step, "envs": envs, "cursor": cursor}, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # unpicklable native handles (e.g. Box2D worlds)
+    except Exception as exc:  # unpicklable native handles (e.g. Box2D worlds)
         (ckpt_dir / ENV_STATE_NAME).unlink(missing_ok=True)
+        log.warning("env state not saved (%s: %s); a resume will start new episodes", type(exc).__name__, exc)
         return False
+    finally:
+        if env_fns is not None:
+            envs.env_fns = env_fns
     atomic_write_bytes(blob, ckpt_dir / ENV_STATE_NAME)
     return True
 
