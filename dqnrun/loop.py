@@ -78,24 +78,33 @@ class EnvCursor:
 
 
 class StopFlag:
-    """Turns SIGINT/SIGTERM (and submitit's SIGUSR2) into a request the loop honours at a step boundary.
+    """Turns SIGINT, SIGTERM and SIGUSR2 into a request the loop honours at a step boundary.
 
-    A second SIGINT aborts at once.
+    A second SIGINT aborts at once. SIGUSR2 is what submitit (SLURM) sends before preempting a job; once the
+    caller has saved its checkpoint it calls ``chain()``, which hands the signal on to the handler installed
+    before ours (submitit's checkpoint-and-requeue).
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def install(self, signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> StopFlag:
+    def install(self, signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)) -> StopFlag:
         for s in signums:
             self._previous[s] = signal.signal(s, self._handle)
         return self
 
+    def chain(self) -> bool:
+        """Call the previous handler of the received signal if it was a Python callable; True if called."""
+        previous = self._previous.get(self.signum) if self.signum is not None else None
+        if callable(previous):
+            previous(self.signum, None)
+            return True
+        return False
+
     def uninstall(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:

@@ -182,6 +182,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     )
     # On resume, drop events the interrupted run wrote after its checkpoint: no duplicated points.
     logger = M.ScalarLogger(run_dir / "tb", purge_step=state.step + 1 if ckpt is not None else None)
+    log.info("training in %s (pid %d)", run_dir, os.getpid())
     stop = StopFlag().install()
     try:
         state, status = train_loop(
@@ -225,6 +226,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         results["final_eval_return"], results["best_eval_return"], results["solved_at_step"],
     )
     if status == "interrupted" and stop.signum is not None:
+        # Checkpoint and results are on disk: let a launcher's own handler act now (submitit requeues the
+        # job, which lands in this run dir again and continues with resume=auto). Else exit 128+signum.
+        if stop.signum == signal.SIGUSR2 and stop.chain():
+            return results
         results["exit_code"] = 128 + stop.signum
     return results
 
