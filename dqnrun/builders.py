@@ -56,9 +56,11 @@ def build_vector_env(cfg_env: DictConfig, num_envs: int | None = None) -> gym.ve
     return make_vector_env(cfg_env.id, n, env_kwargs(cfg_env), cfg_env.get("vectorization", "auto"))
 
 
-def build_network(cfg_network: DictConfig, spec: EnvSpec) -> nn.Module:
+def build_network(cfg_network: DictConfig, spec: EnvSpec, cfg_learner: DictConfig | None = None) -> nn.Module:
     _, shape, n_cat = obs_dtype_and_shape(spec.observation_space)
-    extra = {"n_obs_categories": n_cat} if n_cat else {}
+    extra: dict[str, Any] = {"n_obs_categories": n_cat} if n_cat else {}
+    if cfg_learner is not None and cfg_learner.get("distributional"):
+        extra.update(n_atoms=cfg_learner.atoms, v_min=cfg_learner.v_min, v_max=cfg_learner.v_max)
     try:
         return instantiate(cfg_network, obs_shape=shape, n_actions=spec.n_actions, **extra)
     except Exception as exc:  # instantiate wraps constructor errors; surface the cause in one line
@@ -101,11 +103,12 @@ def check_replay_memory(cfg_replay: DictConfig, spec: EnvSpec) -> None:
         )
 
 
-def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, seed: int) -> ReplayBuffer:
+def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, seed: int,
+                 gamma: float = 0.99) -> ReplayBuffer:
     check_replay_memory(cfg_replay, spec)
     np_dtype, shape, _ = obs_dtype_and_shape(spec.observation_space)
     dtype = torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
-    return instantiate(cfg_replay, obs_shape=shape, obs_dtype=dtype, device=device, seed=seed)
+    return instantiate(cfg_replay, obs_shape=shape, obs_dtype=dtype, device=device, seed=seed, gamma=gamma)
 
 
 def build_schedule(cfg_schedule: DictConfig) -> Any:
@@ -114,7 +117,7 @@ def build_schedule(cfg_schedule: DictConfig) -> Any:
 
 def build_learner(cfg: DictConfig, spec: EnvSpec) -> tuple[Learner, torch.device]:
     """Online and target networks (same init), optimizer and learner, on the resolved device."""
-    online = build_network(cfg.network, spec)
+    online = build_network(cfg.network, spec, cfg.learner)
     device = resolve_device(cfg.device, online, spec)
     online = online.to(device)
     target = copy.deepcopy(online)
@@ -123,6 +126,7 @@ def build_learner(cfg: DictConfig, spec: EnvSpec) -> tuple[Learner, torch.device
     learner = Learner(
         online, target, optimizer, gamma=lc.gamma, loss=lc.loss, max_grad_norm=lc.max_grad_norm,
         tau=lc.tau, double=lc.get("double", False), fast_mlp=lc.get("fast_mlp", True),
+        distributional=lc.get("distributional", False),
     )
     return learner, device
 

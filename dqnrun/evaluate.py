@@ -30,7 +30,7 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu") -> tuple[torch.nn.Mo
     ckpt = load_checkpoint(ckpt_path, map_location=device)
     cfg = OmegaConf.create(ckpt["config"])
     spec = builders.build_env_spec(cfg.env)
-    net = builders.build_network(cfg.network, spec).to(device)
+    net = builders.build_network(cfg.network, spec, cfg.get("learner")).to(device)
     try:
         net.load_state_dict(ckpt["online"])
     except (RuntimeError, KeyError, TypeError) as exc:

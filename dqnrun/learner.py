@@ -52,9 +52,46 @@ def td_target(
     return (reward + gamma * (1.0 - terminated) * next_v).detach()
 
 
+def categorical_projection(
+    next_probs: torch.Tensor,
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float | torch.Tensor,
+    support: torch.Tensor,
+) -> torch.Tensor:
+    """C51's target: project the distribution of r + gamma (1 - terminated) Z(s', a*) onto the support.
+
+    Each shifted atom Tz_j = clip(r + gamma (1 - d) z_j, v_min, v_max) splits its probability between
+    the two neighbouring atoms l = floor(b), u = ceil(b), b = (Tz_j - v_min) / dz, in proportion to
+    closeness; an atom that lands exactly on a support point keeps all of it.
+
+    Args:
+        next_probs: (B, N) probabilities of Z(s', a*).
+        reward, terminated: (B,).
+        gamma: scalar or (B,) per-sample discount (n-step windows).
+        support: (N,) atoms z_0 < ... < z_{N-1}, evenly spaced.
+    Returns:
+        (B, N) target probabilities.
+    """
+    n = support.numel()
+    v_min, v_max = float(support[0]), float(support[-1])
+    dz = (v_max - v_min) / (n - 1)
+    g = gamma.unsqueeze(-1) if isinstance(gamma, torch.Tensor) else gamma
+    tz = (reward.unsqueeze(-1) + g * (1.0 - terminated.unsqueeze(-1)) * support).clamp(v_min, v_max)
+    b = (tz - v_min) / dz
+    lower, upper = b.floor().long().clamp(0, n - 1), b.ceil().long().clamp(0, n - 1)
+    m = torch.zeros_like(next_probs)
+    m.scatter_add_(-1, lower, next_probs * (upper.float() - b + (lower == upper).float()))
+    m.scatter_add_(-1, upper, next_probs * (b - lower.float()))
+    return m
+
+
+# Per-sample losses (B,); `half_sse` is summed, not averaged, so that with SGD one step on one transition is
+# the textbook tabular update Q += alpha * (y - Q) (a mean squared error would double the step).
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "huber": nn.functional.smooth_l1_loss,
-    "mse": nn.functional.mse_loss,
+    "huber": lambda q, y: nn.functional.smooth_l1_loss(q, y, reduction="none"),
+    "mse": lambda q, y: (q - y) ** 2,
+    "half_sse": lambda q, y: 0.5 * (q - y) ** 2,
 }
 
 
@@ -79,14 +116,18 @@ class Learner:
         tau: float = 1.0,
         double: bool = False,
         fast_mlp: bool = True,
+        distributional: bool = False,
     ) -> None:
         self.online, self.target, self.optimizer = online, target, optimizer
         self.gamma, self.tau, self.double = float(gamma), float(tau), bool(double)
+        self.distributional = bool(distributional)
+        self.noisy = any(hasattr(m, "reset_noise") for m in online.modules() if m is not online)
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
         self.max_grad_norm = max_grad_norm
         self.target.requires_grad_(False)
-        self.manual = ManualMLPGradient(online, loss) if fast_mlp and supports(online) else None
+        manual_ok = fast_mlp and supports(online) and loss in ("huber", "mse")
+        self.manual = ManualMLPGradient(online, loss) if manual_ok else None
         # The lean Adam step needs grads that persist between steps, which only the manual path keeps.
         self.step_optimizer = FusedAdamStep(optimizer) if self.manual is not None else optimizer.step
         self.updates = 0
@@ -112,42 +153,80 @@ class Learner:
 
     @torch.no_grad()
     def targets(self, batch: Batch) -> torch.Tensor | None:
-        """TD targets for a (G, B) burst in one target forward; None for Double DQN (needs online net)."""
-        if self.double:
+        """TD targets for a whole (G, B) burst from one target forward (the target net is frozen within a
+        burst); None where each step needs the current online net (Double DQN) or a distribution (C51)."""
+        if self.double or self.distributional:
             return None
         g, b = batch.action.shape
         next_q = self._q(self.target, batch.next_obs.flatten(0, 1)).view(g, b, -1)
-        return td_target(batch.reward, batch.terminated, next_q, self.gamma)
+        gamma = self.gamma if batch.discount is None else batch.discount
+        return td_target(batch.reward, batch.terminated, next_q, gamma)  # type: ignore[arg-type]
 
-    def update(self, batch: Batch) -> None:
-        """Run G gradient steps on a (G, B) burst sampled before it."""
+    def update(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Run G gradient steps on a (G, B) burst sampled before it.
+
+        Returns (rows, |TD error|) per step for prioritized replay (empty list otherwise).
+        """
+        if batch.action.shape[-1] == 0:  # `latest` replay after a reset-only vector step: nothing to learn
+            return []
         y_all = self.targets(batch)
+        priorities: list[tuple[np.ndarray, np.ndarray]] = []
         for g in range(batch.action.shape[0]):
-            obs, action = batch.obs[g], batch.action[g]
-            if y_all is None:
-                with torch.no_grad():  # Double DQN: a* from the current online weights
-                    next_obs = batch.next_obs[g]
-                    y = td_target(batch.reward[g], batch.terminated[g], self._q(self.target, next_obs),
-                                  self.gamma, self._q(self.online, next_obs))
+            b = Batch(*(None if x is None else x[g] for x in batch))
+            if self.noisy:  # NoisyNet: fresh parameter noise for every gradient step
+                self.online.reset_noise()  # type: ignore[operator]
+                self.target.reset_noise()  # type: ignore[operator]
+            gamma = self.gamma if b.discount is None else b.discount
+            if self.distributional:
+                per_sample, q_mean, td_abs = self._c51_loss(b, gamma)
             else:
-                y = y_all[g]
-            if self.manual is not None:
-                loss, q_mean = self.manual(obs, action, y)
-                if self.max_grad_norm is not None:
-                    clip_grad_norm(self.manual.grads, self.max_grad_norm)
-            else:
-                q_sa = self.online(obs).gather(1, action.unsqueeze(1)).squeeze(1)
-                loss = self.loss_fn(q_sa, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(self.online.parameters(), self.max_grad_norm, foreach=True)
-                loss, q_mean = loss.detach(), q_sa.detach().mean()
-            self.step_optimizer()
-            self.updates += 1
-            self._loss_sum += loss
-            self._q_sum += q_mean
-            self._n += 1
+                if y_all is not None:
+                    y = y_all[g]
+                else:
+                    with torch.no_grad():  # Double DQN: a* from the current online weights
+                        y = td_target(b.reward, b.terminated, self._q(self.target, b.next_obs), gamma,
+                                      self._q(self.online, b.next_obs))  # type: ignore[arg-type]
+                if self.manual is not None and b.weights is None:
+                    loss, q_mean = self.manual(b.obs, b.action, y)
+                    if self.max_grad_norm is not None:
+                        clip_grad_norm(self.manual.grads, self.max_grad_norm)
+                    self._finish_step(loss, q_mean)
+                    continue
+                q_sa = self.online(b.obs).gather(1, b.action.unsqueeze(1)).squeeze(1)
+                per_sample = self.loss_fn(q_sa, y)
+                q_mean, td_abs = q_sa.detach().mean(), (q_sa.detach() - y).abs()
+            if b.weights is not None:
+                per_sample = per_sample * b.weights
+            loss = per_sample.sum() if self.loss_name == "half_sse" else per_sample.mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(self.online.parameters(), self.max_grad_norm, foreach=True)
+            self._finish_step(loss.detach(), q_mean)
+            if b.indices is not None:
+                priorities.append((b.indices, td_abs.cpu().numpy()))
+        return priorities
+
+    def _finish_step(self, loss: torch.Tensor, q_mean: torch.Tensor) -> None:
+        self.step_optimizer()
+        self.updates += 1
+        self._loss_sum += loss
+        self._q_sum += q_mean
+        self._n += 1
+
+    def _c51_loss(self, b: Batch, gamma: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample cross-entropy to the projected target distribution; (loss (B,), mean Q, priority (B,))."""
+        support = self.online.support  # type: ignore[union-attr]
+        rows = torch.arange(b.action.shape[0], device=b.action.device)
+        with torch.no_grad():
+            next_probs = self.target.dist_logits(b.next_obs).softmax(-1)  # type: ignore[operator]
+            next_q = self.online(b.next_obs) if self.double else (next_probs * support).sum(-1)
+            target_dist = categorical_projection(next_probs[rows, next_q.argmax(1)], b.reward, b.terminated,
+                                                 gamma, support)
+        logits = self.online.dist_logits(b.obs)[rows, b.action]  # type: ignore[operator]
+        per_sample = -(target_dist * logits.log_softmax(-1)).sum(-1)
+        q_mean = (logits.detach().softmax(-1) * support).sum(-1).mean()
+        return per_sample, q_mean, per_sample.detach()
 
     @torch.no_grad()
     def sync_target(self) -> None:

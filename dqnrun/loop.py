@@ -203,7 +203,9 @@ def train_loop(
                 learner.sync_target()
             bursts = _crossings(before, state.step, s.train_freq)
             if bursts:
-                learner.update(replay.sample(n_batches=bursts * s.gradient_steps))
+                batch = replay.sample(n_batches=bursts * s.gradient_steps, step=state.step)
+                for rows, td_abs in learner.update(batch):  # prioritized replay only
+                    replay.update_priorities(rows, td_abs)
 
         # --- log (the only place that reads device-side metrics, so the only host sync) --------------
         if _crossings(before, state.step, s.log_every) or state.step >= s.total_steps:

@@ -25,7 +25,9 @@ _DERIVATIVES = {
 
 
 def supports(net: nn.Module) -> bool:
-    return type(net) is MLP and net.activation in _DERIVATIVES
+    """Plain MLPs only: no dueling, noisy or distributional head."""
+    return (type(net) is MLP and net.activation in _DERIVATIVES and not net.dueling and not net.noisy
+            and not net.n_atoms)
 
 
 def mlp_forward(net: MLP, obs: torch.Tensor) -> torch.Tensor:

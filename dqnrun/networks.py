@@ -1,7 +1,14 @@
-"""Q-networks. Every network maps obs (B, *obs_shape) -> Q-values (B, A)."""
+"""Q-networks. Every network maps obs (B, *obs_shape) -> Q-values (B, A).
+
+Variants are options of one class, not copies: ``dueling`` (value + advantage - mean advantage),
+``noisy`` (NoisyNet layers with factorised Gaussian noise) and ``n_atoms`` (C51: the net also exposes
+``dist_logits`` (B, A, n_atoms), and ``forward`` returns the expected value under the categorical
+distribution). ``QTable`` is tabular Q-learning expressed as a network.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -9,6 +16,42 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+class NoisyLinear(nn.Module):
+    """Linear layer with factorised Gaussian parameter noise (Fortunato et al. 2018).
+
+    In training mode y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b with eps_w = f(eps_out) f(eps_in)^T
+    and f(x) = sign(x) sqrt(|x|); ``reset_noise`` draws new eps. In eval mode only the means are used.
+    """
+
+    def __init__(self, in_features: int, out_features: int, sigma0: float = 0.5) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.weight_sigma = nn.Parameter(torch.full((out_features, in_features), sigma0 * bound))
+        self.bias_mu = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.bias_sigma = nn.Parameter(torch.full((out_features,), sigma0 * bound))
+        self.register_buffer("eps_in", torch.zeros(in_features))
+        self.register_buffer("eps_out", torch.zeros(out_features))
+        self.reset_noise()
+
+    @staticmethod
+    def _f(x: torch.Tensor) -> torch.Tensor:
+        return x.sign() * x.abs().sqrt()
+
+    @torch.no_grad()
+    def reset_noise(self) -> None:
+        self.eps_in.copy_(self._f(torch.randn(self.in_features, device=self.eps_in.device)))
+        self.eps_out.copy_(self._f(torch.randn(self.out_features, device=self.eps_out.device)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return nn.functional.linear(x, self.weight_mu, self.bias_mu)
+        w = self.weight_mu + self.weight_sigma * torch.outer(self.eps_out, self.eps_in)
+        b = self.bias_mu + self.bias_sigma * self.eps_out
+        return nn.functional.linear(x, w, b)
 
 
 class MLP(nn.Module):
@@ -21,6 +64,10 @@ class MLP(nn.Module):
         activation: one of ``relu | tanh | elu | gelu``.
         n_obs_categories: for a Discrete observation space, its size n; observations are then int64
             indices ``(B,)`` and are one-hot encoded to ``(B, n)`` here.
+        dueling: split the head into V(s) and A(s, a); Q = V + A - mean_a A.
+        noisy: NoisyLinear layers everywhere (exploration by parameter noise).
+        n_atoms, v_min, v_max: C51 categorical head over ``n_atoms`` atoms on [v_min, v_max]
+            (passed by the builder when ``learner.distributional=true``).
     """
 
     def __init__(
@@ -30,19 +77,35 @@ class MLP(nn.Module):
         hidden: Sequence[int] = (64, 64),
         activation: str = "relu",
         n_obs_categories: int | None = None,
+        dueling: bool = False,
+        noisy: bool = False,
+        n_atoms: int | None = None,
+        v_min: float = -10.0,
+        v_max: float = 10.0,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.n_obs_categories = n_obs_categories
         self.activation = activation
+        self.dueling, self.noisy, self.n_actions = bool(dueling), bool(noisy), int(n_actions)
+        self.n_atoms = int(n_atoms) if n_atoms else None
+        linear: Callable[[int, int], nn.Module] = NoisyLinear if self.noisy else nn.Linear
         in_dim = n_obs_categories if n_obs_categories else int(torch.Size(obs_shape).numel())
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [nn.Linear(in_dim, int(width)), ACTIVATIONS[activation]()]
+            layers += [linear(in_dim, int(width)), ACTIVATIONS[activation]()]
             in_dim = int(width)
-        layers.append(nn.Linear(in_dim, n_actions))
-        self.net = nn.Sequential(*layers)
+        out = self.n_atoms or 1
+        if self.dueling:
+            self.body = nn.Sequential(*layers)
+            self.value = linear(in_dim, out)
+            self.advantage = linear(in_dim, n_actions * out)
+        else:
+            layers.append(linear(in_dim, n_actions * out))
+            self.net = nn.Sequential(*layers)
+        if self.n_atoms:
+            self.register_buffer("support", torch.linspace(float(v_min), float(v_max), self.n_atoms))
 
     @property
     def linears(self) -> list[nn.Linear]:
@@ -54,9 +117,54 @@ class MLP(nn.Module):
             return nn.functional.one_hot(obs.long(), self.n_obs_categories).float()
         return obs.flatten(1).float()
 
+    def head(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, A) Q-values, or (B, A, n_atoms) logits for C51."""
+        x = self.features(obs)
+        out = self.n_atoms or 1
+        if self.dueling:
+            h = self.body(x)
+            v = self.value(h).view(-1, 1, out)
+            a = self.advantage(h).view(-1, self.n_actions, out)
+            y = v + a - a.mean(dim=1, keepdim=True)
+        else:
+            y = self.net(x).view(-1, self.n_actions, out)
+        return y if self.n_atoms else y.squeeze(-1)
+
+    def dist_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """C51 only: (B, A, n_atoms) logits of the return distribution."""
+        return self.head(obs)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """obs: (B, *obs_shape) in the observation dtype -> Q: (B, A) float32."""
-        return self.net(self.features(obs))
+        y = self.head(obs)
+        if self.n_atoms:
+            return (y.softmax(-1) * self.support).sum(-1)
+        return y
+
+    def reset_noise(self) -> None:
+        for m in self.modules():
+            if isinstance(m, NoisyLinear):
+                m.reset_noise()
+
+
+class QTable(nn.Module):
+    """Tabular Q-learning as a network: a (n_states, A) table of parameters; Q(s, .) = table[s].
+
+    With ``learner.loss=half_sse`` and ``optimizer=sgd`` (lr = alpha) one gradient step on a transition is
+    exactly Q(s,a) <- Q(s,a) + alpha [r + gamma max_a' Q(s',a') - Q(s,a)].
+    """
+
+    def __init__(self, obs_shape: Sequence[int], n_actions: int, n_obs_categories: int | None = None,
+                 init: float = 0.0, hidden: object = None, activation: object = None) -> None:
+        """``hidden`` and ``activation`` are accepted and ignored: an env preset may set them for MLPs."""
+        super().__init__()
+        if not n_obs_categories:
+            raise ValueError("network=tabular needs a Discrete observation space (e.g. env=frozenlake)")
+        self.table = nn.Parameter(torch.full((int(n_obs_categories), int(n_actions)), float(init)))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs: (B,) int64 state indices -> Q: (B, A)."""
+        return self.table[obs.long()]
 
 
 def greedy_actor(

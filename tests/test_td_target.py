@@ -142,7 +142,7 @@ def hand_batch(g: int = 1) -> Batch:
         next_obs=t([[2.0, 1.0], [1.0, 3.0]]),
         terminated=t([0.0, 1.0]),
     )
-    return Batch(*(x.unsqueeze(0).expand(g, *x.shape).contiguous() for x in one))
+    return Batch(*(None if x is None else x.unsqueeze(0).expand(g, *x.shape).contiguous() for x in one))
 
 
 def test_learner_targets_match_hand_computation() -> None:
@@ -256,7 +256,7 @@ def test_burst_update_equals_sequential_single_batch_updates() -> None:
     batch = random_batch(3, 5, (4,), seed=2)
     la.update(batch)
     for i in range(3):
-        lb.update(Batch(*(x[i : i + 1] for x in batch)))
+        lb.update(Batch(*(None if x is None else x[i : i + 1] for x in batch)))
     for pa, pb in zip(a_on.parameters(), b_on.parameters(), strict=True):
         torch.testing.assert_close(pa, pb)
     assert la.updates == lb.updates == 3
