@@ -1,0 +1,129 @@
+"""Learning-quality table: each preset/variant over seeds, judged on a fresh `dqnrun eval` of best.pt.
+
+    python bench/learning.py                        # every row, seeds 0-4, 2 jobs at a time
+    python bench/learning.py --rows cartpole,cartpole-rainbow --seeds 0,1,2 --jobs 2 --json out.json
+
+Each seed trains through the real CLI into its own run dir, then `dqnrun eval ckpt=<run>/checkpoints/best.pt`
+runs from another directory on held-out seeds (100 episodes; 1,000 for FrozenLake). A row passes when at
+least `need` of its seeds reach the threshold on that fresh evaluation (not on the in-training eval).
+Train-seconds exclude evaluation; with --jobs 2 two runs share the 2 cores, so seconds are inflated a bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Row:
+    overrides: tuple[str, ...]
+    threshold: float
+    need: int  # seeds (of 5) that must reach the threshold
+    episodes: int = 100
+
+
+ROWS: dict[str, Row] = {
+    "cartpole": Row(("env=cartpole",), 475, 4),
+    "cartpole-double": Row(("env=cartpole", "learner.double=true"), 475, 4),
+    "cartpole-dueling": Row(("env=cartpole", "network=dueling_mlp"), 475, 4),
+    "cartpole-nstep3": Row(("env=cartpole", "replay.n_step=3"), 475, 4),
+    "cartpole-per": Row(("env=cartpole", "replay=prioritized"), 475, 4),
+    "cartpole-noisy": Row(("env=cartpole", "network=noisy_mlp", "schedule.start=0", "schedule.end=0"), 475, 4),
+    "cartpole-c51": Row(("env=cartpole", "learner.distributional=true"), 475, 4),
+    "cartpole-rainbow": Row(("env=cartpole", "experiment=rainbow"), 475, 4),
+    "acrobot": Row(("env=acrobot",), -100, 4),
+    "mountaincar": Row(("env=mountaincar",), -110, 3),
+    "lunarlander": Row(("env=lunarlander",), 200, 3),
+    "frozenlake": Row(("env=frozenlake",), 0.65, 4, episodes=1000),
+    "taxi": Row(("env=taxi",), 7.5, 4),
+}
+
+
+def run_seed(name: str, row: Row, seed: int, root: Path) -> dict:
+    run_dir = root / name / f"seed{seed}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.time()
+    train = subprocess.run([sys.executable, "-m", "dqnrun", "train", *row.overrides, f"seed={seed}",
+                            "log.progress=false", f"hydra.run.dir={run_dir}"],
+                           capture_output=True, text=True, env=env)
+    wall = time.time() - t0
+    if train.returncode != 0:
+        return {"row": name, "seed": seed, "error": train.stderr.strip().splitlines()[-1:]}
+    results = json.loads((run_dir / "results.json").read_text())
+    elsewhere = root / "eval" / name / f"seed{seed}"
+    elsewhere.mkdir(parents=True, exist_ok=True)
+    ev = subprocess.run([sys.executable, "-m", "dqnrun", "eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}",
+                         f"episodes={row.episodes}", f"seed={seed}"], cwd=elsewhere, capture_output=True,
+                        text=True, env=env)
+    if ev.returncode != 0:
+        return {"row": name, "seed": seed, "error": ev.stderr.strip().splitlines()[-1:]}
+    (eval_json,) = elsewhere.rglob("eval.json")
+    mean = json.loads(eval_json.read_text())["mean_return"]
+    return {"row": name, "seed": seed, "eval_mean": mean, "passed": mean >= row.threshold,
+            "solved_at_step": results["solved_at_step"], "solved_at_seconds": results["solved_at_seconds"],
+            "train_seconds": results["train_seconds"], "steps": results["steps"], "wall_seconds": wall,
+            "best_in_training_eval": results["best_eval_return"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of: {', '.join(ROWS)}")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, help="keep run dirs here instead of a temp dir")
+    args = ap.parse_args()
+    names = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in names if r not in ROWS]
+    if unknown:
+        sys.exit(f"unknown rows: {unknown}; choose from {list(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = args.keep or Path(tempfile.mkdtemp(prefix="dqnrun-learning-"))
+    jobs = [(n, s) for n in names for s in seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        out = list(pool.map(lambda job: run_seed(job[0], ROWS[job[0]], job[1], root), jobs))
+    for r in out:
+        print(json.dumps(r), flush=True)
+    command = f"python bench/learning.py --rows {args.rows} --seeds {args.seeds} --jobs {args.jobs}"
+    print(f"\n# learning table ({time.strftime('%Y-%m-%d')}, `{command}`)\n")
+    print("| row | threshold | fresh-eval mean per seed | median | solved seeds | need | pass | median env steps to "
+          "solve (in-training eval) | median train-s to solve | median train-s total |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    table = []
+    for name in names:
+        rs = [r for r in out if r["row"] == name]
+        ok = [r for r in rs if "error" not in r]
+        means = [r["eval_mean"] for r in ok]
+        n_pass = sum(r["passed"] for r in ok)
+        need = ROWS[name].need * len(seeds) // 5 or 1
+        solved = [r for r in ok if r["solved_at_step"] is not None]
+        med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+        row = {"row": name, "threshold": ROWS[name].threshold, "means": means, "median": med(means),
+               "passed": n_pass, "seeds": len(seeds), "need": need, "pass": n_pass >= need and not
+               (len(ok) < len(rs)), "steps_to_solve": med([r["solved_at_step"] for r in solved]),
+               "secs_to_solve": med([r["solved_at_seconds"] for r in solved]),
+               "train_seconds": med([r["train_seconds"] for r in ok]),
+               "errors": [r["error"] for r in rs if "error" in r]}
+        table.append(row)
+        fmt = lambda x: "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))  # noqa: E731
+        print(f"| {name} | {row['threshold']} | {' '.join(fmt(m) for m in means)} | {fmt(row['median'])} | "
+              f"{n_pass}/{len(seeds)} | {need} | {'yes' if row['pass'] else 'NO'} | {fmt(row['steps_to_solve'])} | "
+              f"{fmt(row['secs_to_solve'])} | {fmt(row['train_seconds'])} |")
+        if row["errors"]:
+            print(f"|  errors: {row['errors']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": table, "runs": out}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
