@@ -186,11 +186,13 @@ class Learner:
                     with torch.no_grad():  # Double DQN: a* from the current online weights
                         y = td_target(b.reward, b.terminated, self._q(self.target, b.next_obs), gamma,
                                       self._q(self.online, b.next_obs))  # type: ignore[arg-type]
-                if self.manual is not None and b.weights is None:
-                    loss, q_mean = self.manual(b.obs, b.action, y)
+                if self.manual is not None:
+                    loss, q_mean, diff = self.manual(b.obs, b.action, y, b.weights)
                     if self.max_grad_norm is not None:
                         clip_grad_norm(self.manual.grads, self.max_grad_norm)
                     self._finish_step(loss, q_mean)
+                    if b.indices is not None:
+                        priorities.append((b.indices, diff.abs().cpu().numpy()))
                     continue
                 q_sa = self.online(b.obs).gather(1, b.action.unsqueeze(1)).squeeze(1)
                 per_sample = self.loss_fn(q_sa, y)

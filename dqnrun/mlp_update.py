@@ -58,8 +58,13 @@ class ManualMLPGradient:
         self.grads = [p.grad for p in self.params]
 
     @torch.no_grad()
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loss, mean Q(s, a)) as 0-d tensors; gradients land in ``p.grad``."""
+    def __call__(
+        self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (loss, mean Q(s, a), q_sa - y (B,)); gradients land in ``p.grad``.
+
+        ``weights`` (B,): per-sample importance weights (prioritized replay) multiplying each sample's loss.
+        """
         net = self.net
         layers = net.linears
         relu = net.activation == "relu"
@@ -76,18 +81,22 @@ class ManualMLPGradient:
         diff = q_sa - y
         if self.loss == "huber":
             absd = diff.abs()
-            loss = torch.where(absd < 1.0, 0.5 * diff * diff, absd - 0.5).mean()
+            per_sample = torch.where(absd < 1.0, 0.5 * diff * diff, absd - 0.5)
             g = diff.clamp(-1.0, 1.0).div_(b)
         else:
-            loss = (diff * diff).mean()
+            per_sample = diff * diff
             g = diff.mul(2.0 / b)
+        if weights is not None:
+            per_sample = per_sample * weights
+            g.mul_(weights)
+        loss = per_sample.mean()
         dq = torch.zeros_like(q).scatter_(1, action.unsqueeze(1), g.unsqueeze(1))
         for i in range(len(layers) - 1, -1, -1):
             torch.mm(dq.t(), acts[i], out=self.grads[2 * i])
             torch.sum(dq, 0, out=self.grads[2 * i + 1])
             if i > 0:
                 dq = dq.mm(layers[i].weight).mul_(self.derivative(acts[i]))
-        return loss, q_sa.mean()
+        return loss, q_sa.mean(), diff
 
 
 @torch.no_grad()

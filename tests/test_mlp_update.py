@@ -45,13 +45,21 @@ def _pair(activation: str, loss: str, double: bool, clip: float | None, categori
 @pytest.mark.parametrize("loss", ["huber", "mse"])
 @pytest.mark.parametrize("double", [False, True])
 @pytest.mark.parametrize("clip", [None, 0.5])
-def test_manual_backward_matches_autograd_over_many_updates(activation, loss, double, clip) -> None:
+@pytest.mark.parametrize("weighted", [False, True])
+def test_manual_backward_matches_autograd_over_many_updates(activation, loss, double, clip, weighted) -> None:
     slow, fast = _pair(activation, loss, double, clip)
     assert slow.manual is None and fast.manual is not None
     for step in range(30):
         batch = _batch(2, 32, 5, 3, seed=step)
-        slow.update(batch)
-        fast.update(batch)
+        if weighted:  # prioritized replay: IS weights on the loss, |TD| back as priorities
+            gen = torch.Generator().manual_seed(100 + step)
+            batch = batch._replace(weights=torch.rand(2, 32, generator=gen) + 0.1,
+                                   indices=torch.arange(64).view(2, 32).numpy())
+        ps, pf = slow.update(batch), fast.update(batch)
+        assert len(ps) == len(pf) == (2 if weighted else 0)
+        for (rs, ts), (rf, tf) in zip(ps, pf, strict=True):
+            assert (rs == rf).all()
+            torch.testing.assert_close(torch.from_numpy(tf), torch.from_numpy(ts), rtol=1e-4, atol=1e-5)
         if step % 10 == 9:
             slow.sync_target()
             fast.sync_target()
