@@ -168,11 +168,11 @@ def train_loop(
             break
         # --- act: uniform-random before learning starts, then epsilon-greedy, batched over envs ------
         epsilon = schedule(state.step)
-        if state.step < s.learning_starts:
-            actions = rng.integers(0, n_actions, n_envs)
-        else:
-            explore = rng.random(n_envs) < epsilon
-            actions = rng.integers(0, n_actions, n_envs)
+        # One uniform draw per env and purpose; Generator.integers costs ~4x more per call on tiny arrays.
+        u = rng.random(2 * n_envs)
+        actions = (u[n_envs:] * n_actions).astype(np.int64)  # uniform random actions
+        if state.step >= s.learning_starts:
+            explore = u[:n_envs] < epsilon
             if not explore.all():  # the Q forward is needed only for envs that act greedily
                 actions = np.where(explore, actions, learner.greedy_actions(c.obs))
 

@@ -17,10 +17,11 @@ from torch import nn
 
 from dqnrun.networks import MLP
 
-# activation -> derivative expressed through the activation's *output* h
+# activation -> backward through it, from the upstream gradient and the activation's *output* h, as the
+# single aten kernels autograd itself uses (one op instead of a mask and a multiply)
 _DERIVATIVES = {
-    "relu": lambda h: h > 0,
-    "tanh": lambda h: 1.0 - h * h,
+    "relu": lambda grad, h: torch.ops.aten.threshold_backward(grad, h, 0),
+    "tanh": lambda grad, h: torch.ops.aten.tanh_backward(grad, h),
 }
 
 
@@ -95,7 +96,7 @@ class ManualMLPGradient:
             torch.mm(dq.t(), acts[i], out=self.grads[2 * i])
             torch.sum(dq, 0, out=self.grads[2 * i + 1])
             if i > 0:
-                dq = dq.mm(layers[i].weight).mul_(self.derivative(acts[i]))
+                dq = self.derivative(dq.mm(layers[i].weight), acts[i])
         return loss, q_sa.mean(), diff
 
 
