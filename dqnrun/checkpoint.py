@@ -98,6 +98,7 @@ REPLAY_STATE_NAME = "last.replay.pt"
 
 
 def atomic_write_bytes(blob: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

@@ -124,6 +124,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"replay.batch_size={cfg.replay.batch_size} exceeds replay.capacity={cfg.replay.capacity}; "
             "lower the batch size or raise the capacity"
         )
+    if _get(cfg, "replay.latest") and cfg.learner.train_freq != cfg.env.num_envs:
+        raise UsageError(
+            f"replay=latest learns from each vector step once, so learner.train_freq={cfg.learner.train_freq} "
+            f"must equal env.num_envs={cfg.env.num_envs}; set learner.train_freq={cfg.env.num_envs}"
+        )
     if cfg.total_steps <= cfg.learner.learning_starts:
         raise UsageError(
             f"total_steps={cfg.total_steps} is not above learner.learning_starts={cfg.learner.learning_starts}: "

@@ -78,3 +78,11 @@ def test_different_seed_gives_different_losses_and_weights(three_runs: tuple[Pat
     wa, wc = weights(a), weights(c)
     assert not same_weights(wa, wc)
     assert all(not torch.equal(wa["online"][k], wc["online"][k]) for k in wa["online"] if k != "support")
+
+
+def test_run_without_eval_or_saved_replay_still_writes_its_checkpoint(tmp_path: Path) -> None:
+    cfg = compose_train(["env=cartpole", "device=cpu", "total_steps=300", "learner.learning_starts=100",
+                         "log.progress=false", "eval.every=0", "checkpoint.save_replay=false", "seed=0"])
+    results = run(cfg, tmp_path / "run")
+    assert results["status"] == "completed"
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()

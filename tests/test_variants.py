@@ -337,6 +337,38 @@ def test_c51_learner_bootstraps_from_the_greedy_action_of_the_right_network(doub
     assert rows.tolist() == [0] and td_abs.tolist() == [pytest.approx(expected, rel=1e-5)]
 
 
+def test_prioritized_weights_take_the_same_steps_on_the_fast_mlp_path_as_with_autograd() -> None:
+    # Regression: IS weights on a plain MLP once went through autograd while the lean fused-Adam step read the
+    # hand-written backward's stale gradient buffers. Both paths must now take identical steps.
+    torch.manual_seed(0)
+    net = MLP((4,), n_actions=3, hidden=(8, 8))
+    gen = torch.Generator().manual_seed(5)
+    g, b = 3, 6
+    batch = Batch(obs=torch.randn(g, b, 4, generator=gen), action=torch.randint(0, 3, (g, b), generator=gen),
+                  reward=3 * torch.randn(g, b, generator=gen), next_obs=torch.randn(g, b, 4, generator=gen),
+                  terminated=(torch.rand(g, b, generator=gen) < 0.3).float(),
+                  weights=0.1 + 0.9 * torch.rand(g, b, generator=gen), indices=np.arange(g * b).reshape(g, b))
+    learners, priorities = [], []
+    for fast in (True, False):
+        online, target = copy.deepcopy(net), copy.deepcopy(net)
+        with torch.no_grad():
+            for p in target.parameters():
+                p.mul_(0.5)
+        opt = torch.optim.Adam(online.parameters(), lr=1e-2, fused=True)
+        learner = Learner(online, target, opt, gamma=0.9, loss="huber", max_grad_norm=10.0, fast_mlp=fast)
+        assert (learner.manual is not None) == fast
+        priorities.append(learner.update(batch))
+        learners.append(learner)
+    fast_l, slow_l = learners
+    for pf, ps in zip(fast_l.online.parameters(), slow_l.online.parameters(), strict=True):
+        torch.testing.assert_close(pf, ps, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(next(fast_l.online.parameters()), next(net.parameters()))
+    for (rows_f, td_f), (rows_s, td_s) in zip(*priorities, strict=True):
+        assert np.array_equal(rows_f, rows_s)
+        np.testing.assert_allclose(td_f, td_s, rtol=1e-5, atol=1e-6)
+    assert fast_l.read_metrics()["td_loss"] == pytest.approx(slow_l.read_metrics()["td_loss"], rel=1e-5)
+
+
 # --- dueling head ---------------------------------------------------------------------------------------
 
 
@@ -562,6 +594,18 @@ def test_frozenlake_preset_builds_the_textbook_tabular_learner() -> None:
     expected = before.clone()
     expected[5, 1] = 21 / 8 + 0.25 * (1 + 0.5 * 27 / 8 - 21 / 8)
     torch.testing.assert_close(learner.online.table.detach(), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("env", ["frozenlake", "taxi", "cliffwalking"])
+def test_tabular_presets_update_once_per_vector_step_on_the_latest_rows(env: str) -> None:
+    # With `latest` replay a burst sees only the last vector step's rows: train_freq above num_envs would
+    # silently skip transitions, below it would repeat them. Both stay coupled in every tabular preset.
+    cfg = compose_train([f"env={env}"])
+    assert cfg.replay.latest and cfg.network._target_ == "dqnrun.networks.QTable"
+    assert cfg.learner.train_freq == cfg.env.num_envs and cfg.learner.gradient_steps == 1
+    assert cfg.replay.capacity >= cfg.env.num_envs
+    assert cfg.learner.target_update_interval <= cfg.env.num_envs  # the target is the current table
+    assert cfg.learner.loss == "half_sse" and cfg.optimizer._target_ == "torch.optim.SGD"
 
 
 def latest_buffer(capacity: int = 5) -> ReplayBuffer:
