@@ -95,10 +95,17 @@ def make_vector_env(
             mode = "sync"
         else:
             return envs
+    # copy=False: the env returns its own observation buffer instead of a deepcopy (~3-10 µs a step); the
+    # training loop copies the few rows it keeps (see `shares_obs_buffer`).
     return gym.make_vec(
         env_id, num_envs=num_envs, vectorization_mode=mode,
-        vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP}, **kwargs,
+        vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP, "copy": False}, **kwargs,
     )
+
+
+def shares_obs_buffer(envs: gym.vector.VectorEnv) -> bool:
+    """True if ``step``/``reset`` return an observation buffer that the next call overwrites."""
+    return getattr(envs, "copy", True) is False
 
 
 def obs_dtype_and_shape(space: gym.Space) -> tuple[np.dtype, tuple[int, ...], int | None]:

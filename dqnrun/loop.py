@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from dqnrun import metrics as M
+from dqnrun.envs import shares_obs_buffer
 from dqnrun.errors import TrainingError
 from dqnrun.learner import Learner
 from dqnrun.replay import ReplayBuffer
@@ -155,6 +156,9 @@ def train_loop(
     n_envs = envs.num_envs
     n_actions = int(envs.single_action_space.n)
     c = cursor
+    shared_obs = shares_obs_buffer(envs)  # the env overwrites its obs array in place on every step
+    if shared_obs:
+        c.obs = c.obs.copy()
     pending_episodes: list[tuple[int, float, int]] = []
     recent_returns: deque[float] = deque(maxlen=20)
     bar = M.progress_bar(s.total_steps, initial=state.step, enabled=s.progress)
@@ -182,11 +186,12 @@ def train_loop(
         next_obs, reward, terminated, truncated, _ = envs.step(actions)
         valid = ~c.autoreset
         replay.add(c.obs, actions, reward, next_obs, terminated, truncated, valid)
-        c.ep_return += np.where(valid, reward, 0.0)
+        done = terminated | truncated
+        c.ep_return += reward * valid
         c.ep_length += valid
-        ended = (terminated | truncated) & valid
         before = state.step
         state.step += n_envs
+        ended = done & valid
         if ended.any():
             for e in np.flatnonzero(ended):
                 pending_episodes.append((state.step, float(c.ep_return[e]), int(c.ep_length[e])))
@@ -194,8 +199,8 @@ def train_loop(
             c.ep_return[ended] = 0.0
             c.ep_length[ended] = 0
             state.episodes += int(ended.sum())
-        c.autoreset = terminated | truncated
-        c.obs = next_obs
+        c.autoreset = done
+        c.obs = next_obs.copy() if shared_obs else next_obs
 
         # --- learn: target sync first (SB3 order), then one burst; the target is frozen within it ------
         if state.step > s.learning_starts:

@@ -65,7 +65,7 @@ class MLP(nn.Module):
         n_obs_categories: for a Discrete observation space, its size n; observations are then int64
             indices ``(B,)`` and are one-hot encoded to ``(B, n)`` here.
         dueling: split the head into V(s) and A(s, a); Q = V + A - mean_a A.
-        noisy: NoisyLinear layers everywhere (exploration by parameter noise).
+        noisy: NoisyLinear layers everywhere (exploration by parameter noise), initial noise scale ``sigma0``.
         n_atoms, v_min, v_max: C51 categorical head over ``n_atoms`` atoms on [v_min, v_max]
             (passed by the builder when ``learner.distributional=true``).
     """
@@ -82,6 +82,7 @@ class MLP(nn.Module):
         n_atoms: int | None = None,
         v_min: float = -10.0,
         v_max: float = 10.0,
+        sigma0: float = 0.5,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -90,7 +91,9 @@ class MLP(nn.Module):
         self.activation = activation
         self.dueling, self.noisy, self.n_actions = bool(dueling), bool(noisy), int(n_actions)
         self.n_atoms = int(n_atoms) if n_atoms else None
-        linear: Callable[[int, int], nn.Module] = NoisyLinear if self.noisy else nn.Linear
+        linear: Callable[[int, int], nn.Module] = (
+            (lambda i, o: NoisyLinear(i, o, sigma0)) if self.noisy else nn.Linear
+        )
         in_dim = n_obs_categories if n_obs_categories else int(torch.Size(obs_shape).numel())
         layers: list[nn.Module] = []
         for width in hidden:
