@@ -198,44 +198,48 @@ class ReplayBuffer:
         self.size = min(self.size + k, self.capacity)
 
     def _add_n_step(self, obs, action, reward, next_obs, terminated, truncated, valid) -> None:  # noqa: ANN001
-        """Per-env windows of the last n (obs, action, reward). A full window emits its oldest entry with
-        the n-step return; an episode end emits every pending entry with its shortened return."""
+        """n-step windows over a ring of the last n vector steps. Within an episode an env's steps are
+        consecutive vector steps, so an env with k steps in its current episode has its window at ring
+        positions t-k+1..t. A full window (k == n) emits its oldest step with the n-step return; an episode
+        end emits every pending step with its shortened return and discount gamma^(steps left)."""
         n, n_envs = self.n_step, len(action)
         if self._window is None:
             self._window = {
-                "obs": np.zeros((n_envs, n, *obs.shape[1:]), dtype=obs.dtype),
-                "action": np.zeros((n_envs, n), dtype=np.int64),
-                "reward": np.zeros((n_envs, n), dtype=np.float64),
-                "count": np.zeros(n_envs, dtype=np.int64),
+                "obs": np.zeros((n, n_envs, *obs.shape[1:]), dtype=obs.dtype),
+                "action": np.zeros((n, n_envs), dtype=np.int64),
+                "reward": np.zeros((n, n_envs), dtype=np.float64),
+                "length": np.zeros(n_envs, dtype=np.int64),  # steps of the current episode in the ring
+                "t": np.zeros((), dtype=np.int64),
             }
         w = self._window
+        t = int(w["t"])
+        slot = t % n
         ok = np.ones(n_envs, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-        envs = np.flatnonzero(ok)
-        slot = w["count"][envs]  # windows are kept left-aligned: slot = current length
-        w["obs"][envs, slot] = obs[envs]
-        w["action"][envs, slot] = action[envs]
-        w["reward"][envs, slot] = reward[envs]
-        w["count"][envs] += 1
+        w["obs"][slot, ok] = obs[ok]
+        w["action"][slot, ok] = action[ok]
+        w["reward"][slot, ok] = reward[ok]
+        w["length"][ok] = np.minimum(w["length"][ok] + 1, n)
+        w["t"] = np.array(t + 1, dtype=np.int64)
         done = ok & (np.asarray(terminated) | np.asarray(truncated))
-        full = ok & ~done & (w["count"] == n)
+        full = ok & ~done & (w["length"] == n)
         rows: list[tuple] = []
         powers = self.gamma ** np.arange(n)
         if full.any():
+            pos = (t - n + 1 + np.arange(n)) % n  # oldest .. newest
+            ret = powers @ w["reward"][pos][:, full]
             f = np.flatnonzero(full)
-            ret = (w["reward"][f] * powers).sum(1)
-            rows.append((w["obs"][f, 0], next_obs[f], w["action"][f, 0], ret, np.zeros(len(f)),
+            rows.append((w["obs"][pos[0], f], next_obs[f], w["action"][pos[0], f], ret, np.zeros(len(f)),
                          np.full(len(f), self.gamma ** n)))
-            for key in ("obs", "action", "reward"):  # drop the oldest entry
-                w[key][f] = np.roll(w[key][f], -1, axis=1)
-            w["count"][f] -= 1
         for e in np.flatnonzero(done):
-            k = int(w["count"][e])
+            k = int(w["length"][e])
+            pos = (t - k + 1 + np.arange(k)) % n
+            rew = w["reward"][pos, e]
             for i in range(k):
                 m = k - i
-                ret = float((w["reward"][e, i:k] * powers[:m]).sum())
-                rows.append((w["obs"][e, i][None], next_obs[e][None], w["action"][e, i:i + 1], np.array([ret]),
-                             np.array([float(terminated[e])]), np.array([self.gamma ** m])))
-            w["count"][e] = 0
+                rows.append((w["obs"][pos[i], e][None], next_obs[e][None], w["action"][pos[i], e][None],
+                             np.array([float(powers[:m] @ rew[i:])]), np.array([float(terminated[e])]),
+                             np.array([self.gamma ** m])))
+            w["length"][e] = 0
         if not rows:
             self._last = (self.pos, 0)
             return
