@@ -34,6 +34,7 @@ class Row:
 
 ROWS: dict[str, Row] = {
     "cartpole": Row(("env=cartpole",), 475, 4),
+    "cartpole-1step": Row(("env=cartpole", "replay.n_step=1", "learner.target_update_interval=200"), 475, 4),
     "cartpole-double": Row(("env=cartpole", "learner.double=true"), 475, 4),
     "cartpole-dueling": Row(("env=cartpole", "network=dueling_mlp"), 475, 4),
     "cartpole-nstep3": Row(("env=cartpole", "replay.n_step=3"), 475, 4),
