@@ -12,7 +12,7 @@ EXTRAS ?= video,box2d,launchers,dev
 STAMP := $(VENV)/.installed-$(shell echo "$(TORCH) $(EXTRAS)" | cksum | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: help install train test test-slow lint bench tensorboard clean
+.PHONY: help install train test test-slow lint bench bench-learning tensorboard clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: install ## benchmarks against Stable-Baselines3 (installs the bench extra
 	$(PY) bench/floor.py
 	$(PY) bench/throughput.py
 	$(PY) bench/solve_time.py
+
+bench-learning: install ## the learning-quality table over presets and seeds (long: ~30 min)
+	$(PY) bench/learning.py $(ARGS)
 
 tensorboard: install ## serve TensorBoard over outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
