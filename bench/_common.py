@@ -73,7 +73,7 @@ class DQNConfig:
         return [
             "env=cartpole", f"env.num_envs={self.num_envs}", f"seed={seed}", "device=cpu", "torch_threads=1",
             f"network.hidden={hidden}", f"optimizer.lr={self.lr}",
-            f"replay.capacity={self.buffer_size}", f"replay.batch_size={self.batch_size}",
+            f"replay.capacity={self.buffer_size}", f"replay.batch_size={self.batch_size}", "replay.n_step=1",
             f"learner.train_freq={self.train_freq}", f"learner.gradient_steps={self.gradient_steps}",
             f"learner.learning_starts={self.learning_starts}",
             f"learner.target_update_interval={self.target_update_interval}", f"learner.tau={self.tau}",

@@ -74,7 +74,8 @@ def make_dqnrun_update(hidden: tuple[int, ...], batch: int, g: int,
         from dqnrun.replay import Batch
 
         hid = "[" + ",".join(map(str, hidden)) + "]"
-        cfg = C.compose_dqnrun(["env=cartpole", "device=cpu", f"network.hidden={hid}", f"replay.batch_size={batch}",
+        cfg = C.compose_dqnrun(["env=cartpole", "replay.n_step=1", "device=cpu",
+                                f"network.hidden={hid}", f"replay.batch_size={batch}",
                                 *extra])
         learner, _ = builders.build_learner(cfg, builders.build_env_spec(cfg.env))
     except Exception as exc:  # the benchmark must not break on an API change elsewhere

@@ -159,3 +159,26 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
     assert "Traceback" not in proc.stderr
     ckpt = load_checkpoint(d / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in ckpt["online"].values())
+
+
+def test_in_training_evaluation_never_perturbs_the_training_streams(tmp_path: Path) -> None:
+    """Evaluating every 300 steps, or never, must not change a single weight: eval has its own env and RNG."""
+    runs = []
+    for every in ("300", "0"):
+        d = tmp_path / f"eval{every}"
+        proc = run_cli(["train", *BASE, "total_steps=1200", f"eval.every={every}", f"hydra.run.dir={d}"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(torch.load(d / "checkpoints" / "last.pt", weights_only=True))
+    assert runs[0]["loop"]["eval_history"] and not runs[1]["loop"]["eval_history"]
+    for k in runs[0]["online"]:
+        assert torch.equal(runs[0]["online"][k], runs[1]["online"][k]), k
+
+
+def test_only_keep_last_periodic_checkpoints_are_kept(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    proc = run_cli(["train", *BASE, "total_steps=2000", "checkpoint.every=400", "checkpoint.keep_last=2",
+                    f"hydra.run.dir={d}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in (d / "checkpoints").glob("*.pt"))
+    assert names == ["best.pt", "last.pt", "last.replay.pt", "step_0000001600.pt", "step_0000002000.pt"]
+    assert load_checkpoint(d / "checkpoints" / "step_0000001600.pt")["step"] == 1600
