@@ -42,6 +42,7 @@ bench: install ## benchmarks against Stable-Baselines3 (installs the bench extra
 	$(PY) bench/floor.py
 	$(PY) bench/throughput.py
 	$(PY) bench/solve_time.py
+	$(PY) bench/scaling.py
 
 bench-learning: install ## the learning-quality table over presets and seeds (long: ~30 min)
 	$(PY) bench/learning.py $(ARGS)
