@@ -90,10 +90,15 @@ def build_optimizer(cfg_optimizer: DictConfig, params: Any, device: torch.device
         raise UsageError(f"optimizer: cannot build {cfg_optimizer.get('_target_')}: {cause}") from None
 
 
+def _obs_storage(spec: EnvSpec) -> tuple[tuple[int, ...], torch.dtype]:
+    """Per-observation shape and the torch dtype replay stores it in (the observation space's dtype)."""
+    np_dtype, shape, _ = obs_dtype_and_shape(spec.observation_space)
+    return shape, torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
+
+
 def check_replay_memory(cfg_replay: DictConfig, spec: EnvSpec) -> None:
     """Estimate the buffer's bytes before allocating it; refuse what the machine cannot hold."""
-    np_dtype, shape, _ = obs_dtype_and_shape(spec.observation_space)
-    dtype = torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
+    shape, dtype = _obs_storage(spec)
     need = ReplayBuffer.nbytes(cfg_replay.capacity, shape, dtype)
     avail = available_memory_bytes()
     if avail is not None and need > avail:
@@ -106,8 +111,7 @@ def check_replay_memory(cfg_replay: DictConfig, spec: EnvSpec) -> None:
 def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, seed: int,
                  gamma: float = 0.99) -> ReplayBuffer:
     check_replay_memory(cfg_replay, spec)
-    np_dtype, shape, _ = obs_dtype_and_shape(spec.observation_space)
-    dtype = torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
+    shape, dtype = _obs_storage(spec)
     return instantiate(cfg_replay, obs_shape=shape, obs_dtype=dtype, device=device, seed=seed, gamma=gamma)
 
 

@@ -8,8 +8,9 @@ import pickle
 import re
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -21,15 +22,15 @@ log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("format_version", "online", "target", "optimizer", "step", "config")
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same directory, fsync, then ``os.replace``: a crash at any moment
-    leaves either the old file or the new one, never a torn one."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write through ``write(file)`` to a temp file in the same directory, fsync it, ``os.replace`` it over
+    ``path`` and fsync the directory: a crash at any moment leaves the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if os.environ.get("DQNRUN_TEST_SLOW_SAVE"):  # test hook: widen the window for a kill mid-save
@@ -43,6 +44,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _corrupt(path: Path, exc: BaseException) -> str:
@@ -97,20 +102,6 @@ ENV_STATE_NAME = "last.env.pkl"
 REPLAY_STATE_NAME = "last.replay.pt"
 
 
-def atomic_write_bytes(blob: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_env_state(ckpt_dir: Path, step: int, envs: Any, cursor: Any) -> bool:
     """Pickle the vector env (physics, time-limit counters, RNGs) and the loop's env cursor.
 
@@ -130,7 +121,7 @@ def save_env_state(ckpt_dir: Path, step: int, envs: Any, cursor: Any) -> bool:
     finally:
         if env_fns is not None:
             envs.env_fns = env_fns
-    atomic_write_bytes(blob, ckpt_dir / ENV_STATE_NAME)
+    atomic_write(ckpt_dir / ENV_STATE_NAME, lambda f: f.write(blob))
     return True
 
 

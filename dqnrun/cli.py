@@ -76,13 +76,18 @@ def _flat_keys(cfg: object, prefix: str = "") -> list[str]:
     return keys
 
 
-def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """Expand comma sweeps and ranges into per-job override lists; leave other sweeps (e.g. Optuna's
-    interval()) to the sweeper by dropping them from the preflight."""
+def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """Per-job override lists. Multirun: comma sweeps and ranges are expanded; other sweeps (e.g. Optuna's
+    interval()) are left to the sweeper by dropping them from the preflight. Single run: a sweep is an error."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
+    if not multirun:
+        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+        if sweeps:
+            raise UsageError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
+        return [overrides]
     expandable = []
     for o in parsed:
         if o.is_sweep_override() and not (o.is_choice_sweep() or o.is_range_sweep()):
@@ -104,19 +109,9 @@ def preflight(command: str, args: list[str]) -> list[str]:
     overrides = [a for a in args if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in args)
     try:
-        jobs = _sweep_jobs(overrides) if multirun else [overrides]
+        jobs = _jobs(overrides, multirun)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UsageError(one_line(str(exc))) from None
-    if not multirun and len(jobs) == 1:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        try:
-            parsed = OverridesParser.create().parse_overrides(overrides)
-        except (HydraException, OmegaConfBaseException) as exc:
-            raise UsageError(one_line(str(exc))) from None
-        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
-        if sweeps:
-            raise UsageError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
     seen_envs: set[str] = set()
     extra: list[str] = []
     with initialize_config_module(config_module="dqnrun.conf", version_base=None):

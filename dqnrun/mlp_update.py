@@ -32,14 +32,22 @@ def supports(net: nn.Module) -> bool:
             and not net.n_atoms)
 
 
-def mlp_forward(net: MLP, obs: torch.Tensor) -> torch.Tensor:
-    """Q-values (B, A) without building an autograd graph (same arithmetic as ``net(obs)``)."""
+def mlp_forward(net: MLP, obs: torch.Tensor, acts: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Q-values (B, A) without building an autograd graph (same arithmetic as ``net(obs)``).
+
+    If ``acts`` is given, each layer's input (the features, then every hidden activation) is appended to it,
+    which is what the backward pass needs.
+    """
     h = net.features(obs)
     layers = net.linears
-    act = net.activation
+    relu = net.activation == "relu"
     for layer in layers[:-1]:
+        if acts is not None:
+            acts.append(h)
         h = torch.addmm(layer.bias, h, layer.weight.t())
-        h = h.relu_() if act == "relu" else h.tanh_()
+        h = h.relu_() if relu else h.tanh_()
+    if acts is not None:
+        acts.append(h)
     last = layers[-1]
     return torch.addmm(last.bias, h, last.weight.t())
 
@@ -67,17 +75,9 @@ class ManualMLPGradient:
 
         ``weights`` (B,): per-sample importance weights (prioritized replay) multiplying each sample's loss.
         """
-        net = self.net
-        layers = net.linears
-        relu = net.activation == "relu"
-        x = net.features(obs)
-        acts = [x]
-        h = x
-        for layer in layers[:-1]:
-            h = torch.addmm(layer.bias, h, layer.weight.t())
-            h = h.relu_() if relu else h.tanh_()
-            acts.append(h)
-        q = torch.addmm(layers[-1].bias, h, layers[-1].weight.t())
+        layers = self.net.linears
+        acts: list[torch.Tensor] = []
+        q = mlp_forward(self.net, obs, acts)
         b = q.shape[0]
         q_sa = q.gather(1, action.unsqueeze(1)).squeeze(1)
         diff = q_sa - y
