@@ -9,7 +9,7 @@
 Then it predicts the per-env-step cost of the two configurations that bench/throughput.py runs:
 updates/step x update + acting + env step (+ replay add), and the steps/s a whole run would reach.
 
-    .venv/bin/python bench/floor.py [--quick] [--rounds 5] [--json out.json]
+    .venv/bin/python bench/floor.py [--quick] [--rounds 5] [--compile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -188,6 +188,8 @@ def main() -> None:
     p.add_argument("--cleanrl-total", type=int, default=30_000,
                    help="total_steps assumed for config (b) in the whole-run prediction (as throughput.py)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--compile", action="store_true",
+                   help="also time dqnrun's compile=true update (adds ~20-40 s of compiling per net)")
     args = p.parse_args()
     rounds, u_iters, s_iters = args.rounds, args.update_iters, 2000
     if args.quick:
@@ -200,6 +202,7 @@ def main() -> None:
 
     # --- updates: fused vs default Adam, alternated ----------------------------------------------------
     upd: dict[str, dict[str, float]] = {}
+    compile_s: dict[str, float] = {}
     rows = []
     for hidden, batch in NETS:
         key = f"{list(hidden)}/{batch}"
@@ -212,6 +215,13 @@ def main() -> None:
         autograd = make_dqnrun_update(hidden, batch, 1, ("++learner.fast_mlp=false",))
         if autograd is not None:
             fns["dqnrun_autograd_g1"] = autograd
+        if args.compile:  # compile=true: torch.compile of the autograd update; the first call compiles
+            compiled = make_dqnrun_update(hidden, batch, 1, ("compile=true",))
+            if compiled is not None:
+                t0 = time.perf_counter()
+                compiled()
+                compile_s[key] = time.perf_counter() - t0
+                fns["dqnrun_compiled_g1"] = compiled
         r = bench_alternating(fns, u_iters, rounds, warmup=max(u_iters // 5, 5), divide={f"dqnrun_g{g}": g})
         if f"dqnrun_g{g}" in r:  # one call did g gradient steps: report per step
             r[f"dqnrun_g{g}"] = r[f"dqnrun_g{g}"] / g
@@ -221,11 +231,13 @@ def main() -> None:
                      C.fmt(r["dqnrun_g1"] / r["fused"], 2) if "dqnrun_g1" in r else "-",
                      C.fmt(r.get("dqnrun_autograd_g1")),
                      C.fmt(r["dqnrun_autograd_g1"] / r["dqnrun_g1"], 2)
-                     if "dqnrun_autograd_g1" in r and "dqnrun_g1" in r else "-"])
+                     if "dqnrun_autograd_g1" in r and "dqnrun_g1" in r else "-"]
+                    + ([C.fmt(r.get("dqnrun_compiled_g1")), C.fmt(compile_s.get(key), 1)] if args.compile else []))
     print("## One DQN update (µs per gradient step)\n")
     print(C.md_table(["net", "batch", "bare, Adam(fused=True)", "bare, Adam (default)", "default/fused",
                       "dqnrun Learner.update, burst of 1", f"dqnrun, burst of {g} (per step)",
-                      "dqnrun(1)/bare fused", "dqnrun fast_mlp=false, burst of 1", "fast_mlp speedup"], rows))
+                      "dqnrun(1)/bare fused", "dqnrun fast_mlp=false, burst of 1", "fast_mlp speedup"]
+                     + (["dqnrun compile=true, burst of 1", "compile seconds"] if args.compile else []), rows))
     print("\nbare = target forward, online forward + gather, Huber, backward, clip_grad_norm_(foreach), Adam step, "
           "on a preallocated batch (autograd). dqnrun = its Learner.update as built by dqnrun.builders (its own "
           "update path, incl. its metric accumulation); a burst of G shares one batched target forward. "
@@ -286,8 +298,8 @@ def main() -> None:
 
     print(f"\nload average at start: {env['loadavg_at_start']}; {C.load_note()}")
     env["load_at_end"] = C.load_note()
-    C.write_json(args.json, {"env": env, "update_us": upd, "env_step_us": env_us, "act_us": act_us,
-                             "replay_us": rep, "predictions": preds, "args": vars(args)})
+    C.write_json(args.json, {"env": env, "update_us": upd, "compile_seconds": compile_s, "env_step_us": env_us,
+                             "act_us": act_us, "replay_us": rep, "predictions": preds, "args": vars(args)})
 
 
 if __name__ == "__main__":

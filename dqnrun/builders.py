@@ -130,7 +130,7 @@ def build_learner(cfg: DictConfig, spec: EnvSpec) -> tuple[Learner, torch.device
     learner = Learner(
         online, target, optimizer, gamma=lc.gamma, loss=lc.loss, max_grad_norm=lc.max_grad_norm,
         tau=lc.tau, double=lc.get("double", False), fast_mlp=lc.get("fast_mlp", True),
-        distributional=lc.get("distributional", False),
+        distributional=lc.get("distributional", False), compile=cfg.get("compile", False),
     )
     return learner, device
 

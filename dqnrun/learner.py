@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dqnrun.errors import UsageError
 from dqnrun.mlp_update import (
     FusedAdamStep,
     ManualMLPGradient,
@@ -117,6 +118,7 @@ class Learner:
         double: bool = False,
         fast_mlp: bool = True,
         distributional: bool = False,
+        compile: bool = False,
     ) -> None:
         self.online, self.target, self.optimizer = online, target, optimizer
         self.gamma, self.tau, self.double = float(gamma), float(tau), bool(double)
@@ -126,7 +128,11 @@ class Learner:
         self.loss_fn = LOSSES[loss]
         self.max_grad_norm = max_grad_norm
         self.target.requires_grad_(False)
-        manual_ok = fast_mlp and supports(online) and loss in ("huber", "mse")
+        # compile=true: torch.compile the autograd loss (forward and, through AOTAutograd, backward) instead
+        # of taking the hand-written MLP path; tests/test_compile.py checks it against eager step by step.
+        self.compiled = bool(compile)
+        self._loss = torch.compile(self._loss_terms, dynamic=False) if self.compiled else self._loss_terms
+        manual_ok = fast_mlp and not self.compiled and supports(online) and loss in ("huber", "mse")
         self.manual = ManualMLPGradient(online, loss) if manual_ok else None
         # The lean Adam step needs grads that persist between steps, which only the manual path keeps.
         self.step_optimizer = FusedAdamStep(optimizer) if self.manual is not None else optimizer.step
@@ -177,29 +183,26 @@ class Learner:
                 self.online.reset_noise()  # type: ignore[operator]
                 self.target.reset_noise()  # type: ignore[operator]
             gamma = self.gamma if b.discount is None else b.discount
-            if self.distributional:
-                per_sample, q_mean, td_abs = self._c51_loss(b, gamma)
-            else:
-                if y_all is not None:
-                    y = y_all[g]
-                else:
+            y = None if y_all is None else y_all[g]
+            if self.manual is not None:  # plain MLP, scalar Q: the hand-written backward
+                if y is None:
                     with torch.no_grad():  # Double DQN: a* from the current online weights
                         y = td_target(b.reward, b.terminated, self._q(self.target, b.next_obs), gamma,
                                       self._q(self.online, b.next_obs))  # type: ignore[arg-type]
-                if self.manual is not None:
-                    loss, q_mean, diff = self.manual(b.obs, b.action, y, b.weights)
-                    if self.max_grad_norm is not None:
-                        clip_grad_norm(self.manual.grads, self.max_grad_norm)
-                    self._finish_step(loss, q_mean)
-                    if b.indices is not None:
-                        priorities.append((b.indices, diff.abs().cpu().numpy()))
-                    continue
-                q_sa = self.online(b.obs).gather(1, b.action.unsqueeze(1)).squeeze(1)
-                per_sample = self.loss_fn(q_sa, y)
-                q_mean, td_abs = q_sa.detach().mean(), (q_sa.detach() - y).abs()
-            if b.weights is not None:
-                per_sample = per_sample * b.weights
-            loss = per_sample.sum() if self.loss_name == "half_sse" else per_sample.mean()
+                loss, q_mean, diff = self.manual(b.obs, b.action, y, b.weights)
+                if self.max_grad_norm is not None:
+                    clip_grad_norm(self.manual.grads, self.max_grad_norm)
+                self._finish_step(loss, q_mean)
+                if b.indices is not None:
+                    priorities.append((b.indices, diff.abs().cpu().numpy()))
+                continue
+            try:
+                loss, q_mean, td_abs = self._loss(b.obs, b.action, b.reward, b.next_obs, b.terminated, gamma,
+                                                  b.weights, y)
+            except torch._dynamo.exc.BackendCompilerFailed as exc:  # e.g. no C++ compiler for inductor
+                cause = str(exc.inner_exception).strip().splitlines() or [type(exc.inner_exception).__name__]
+                raise UsageError(f"compile=true: torch.compile failed ({cause[0][:200]}); "
+                                 "run with compile=false") from None
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.max_grad_norm is not None:
@@ -209,6 +212,37 @@ class Learner:
                 priorities.append((b.indices, td_abs.cpu().numpy()))
         return priorities
 
+    def _loss_terms(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        gamma: float | torch.Tensor,
+        weights: torch.Tensor | None,
+        y: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The autograd step's loss: (scalar loss, mean Q(s,a), per-sample priority (B,)).
+
+        ``y`` is the precomputed TD target, or None when it needs the current online net (Double DQN) or
+        a distribution (C51). This is the function that ``compile=true`` hands to ``torch.compile``.
+        """
+        if self.distributional:
+            per_sample, q_mean, td_abs = self._c51_loss(obs, action, reward, next_obs, terminated, gamma)
+        else:
+            if y is None:
+                with torch.no_grad():  # Double DQN: a* from the current online weights
+                    y = td_target(reward, terminated, self._q(self.target, next_obs), gamma,
+                                  self._q(self.online, next_obs))
+            q_sa = self.online(obs).gather(1, action.unsqueeze(1)).squeeze(1)
+            per_sample = self.loss_fn(q_sa, y)
+            q_mean, td_abs = q_sa.detach().mean(), (q_sa.detach() - y).abs()
+        if weights is not None:
+            per_sample = per_sample * weights
+        loss = per_sample.sum() if self.loss_name == "half_sse" else per_sample.mean()
+        return loss, q_mean, td_abs
+
     def _finish_step(self, loss: torch.Tensor, q_mean: torch.Tensor) -> None:
         self.step_optimizer()
         self.updates += 1
@@ -216,16 +250,18 @@ class Learner:
         self._q_sum += q_mean
         self._n += 1
 
-    def _c51_loss(self, b: Batch, gamma: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _c51_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
+                  terminated: torch.Tensor, gamma: float | torch.Tensor,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample cross-entropy to the projected target distribution; (loss (B,), mean Q, priority (B,))."""
         support = self.online.support  # type: ignore[union-attr]
-        rows = torch.arange(b.action.shape[0], device=b.action.device)
+        rows = torch.arange(action.shape[0], device=action.device)
         with torch.no_grad():
-            next_probs = self.target.dist_logits(b.next_obs).softmax(-1)  # type: ignore[operator]
-            next_q = self.online(b.next_obs) if self.double else (next_probs * support).sum(-1)
-            target_dist = categorical_projection(next_probs[rows, next_q.argmax(1)], b.reward, b.terminated,
+            next_probs = self.target.dist_logits(next_obs).softmax(-1)  # type: ignore[operator]
+            next_q = self.online(next_obs) if self.double else (next_probs * support).sum(-1)
+            target_dist = categorical_projection(next_probs[rows, next_q.argmax(1)], reward, terminated,
                                                  gamma, support)
-        logits = self.online.dist_logits(b.obs)[rows, b.action]  # type: ignore[operator]
+        logits = self.online.dist_logits(obs)[rows, action]  # type: ignore[operator]
         per_sample = -(target_dist * logits.log_softmax(-1)).sum(-1)
         q_mean = (logits.detach().softmax(-1) * support).sum(-1).mean()
         return per_sample, q_mean, per_sample.detach()
