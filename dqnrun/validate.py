@@ -55,6 +55,8 @@ EVAL_RULES = {
     "epsilon": ("float", 0, 1, True, True, False),
     "seed": ("int", 0, SEED_LIMIT, True, True, False),
 }
+BOOL_KEYS = ("compile", "learner.double", "learner.distributional", "learner.fast_mlp", "network.dueling",
+             "network.noisy", "checkpoint.save_replay", "log.progress")
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "learner.loss": ("huber", "mse", "half_sse"),
@@ -85,6 +87,13 @@ def check_value(key: str, value: Any, rule: tuple[str, float, float, bool, bool,
         raise UsageError(f"{key}={value!r} is out of range; it must lie in {_interval(low, high, lo_inc, hi_inc)}")
 
 
+def check_bool(cfg: DictConfig, key: str) -> None:
+    """A switch must be true or false: `learner.double=yes` would otherwise be a truthy string."""
+    value = OmegaConf.select(cfg, key, default=_ABSENT)
+    if value is not _ABSENT and not isinstance(value, bool):
+        raise UsageError(f"{key}={value!r} is not a boolean; pass {key}=true or {key}=false")
+
+
 def _normalize_int(cfg: DictConfig, key: str, rule: tuple) -> None:
     """`total_steps=1e5` parses as a float; an integer setting gets the int it denotes."""
     value = _get(cfg, key)
@@ -109,6 +118,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         _normalize_int(cfg, key, rule)
     if _get(cfg, "learner.distributional") and not cfg.learner.v_min < cfg.learner.v_max:
         raise UsageError(f"learner.v_min={cfg.learner.v_min} must be below learner.v_max={cfg.learner.v_max}")
+    for key in BOOL_KEYS:
+        check_bool(cfg, key)
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
@@ -152,3 +163,4 @@ def validate_eval_config(cfg: DictConfig) -> None:
     for key, rule in EVAL_RULES.items():
         check_value(key, cfg[key], rule)
         _normalize_int(cfg, key, rule)
+    check_bool(cfg, "video")

@@ -37,6 +37,8 @@ TRAIN_CASES = [
     (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
     (["replay.capacity=100000000000"], "lower replay.capacity"),
     (["seed=0,1"], "seed=0,1 is a sweep; add -m"),
+    (["learner.double=yes"], "learner.double='yes' is not a boolean; pass learner.double=true or"),
+    (["compile=1"], "compile=1 is not a boolean"),
     (["resume=/nonexistent/run"], "resume=/nonexistent/run: no checkpoint found"),
 ]
 
