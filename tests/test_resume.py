@@ -125,7 +125,7 @@ def test_external_signal_saves_last_checkpoint_and_exits_128_plus_signum(signum:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
     ckpt = load_checkpoint(d / "checkpoints" / "last.pt")
-    assert ckpt["step"] > 500  # written at the stop, after the first periodic checkpoint
+    assert ckpt["step"] >= 500  # written at the stop (which may come right after the periodic save at 500)
     results = json.loads((d / "results.json").read_text())
     assert results["status"] == "interrupted" and results["steps"] == ckpt["step"]
 
