@@ -81,6 +81,52 @@ def _mode(env_id: str, vectorization: str, num_envs: int) -> str:
     return {"sync": "sync", "async": "async", "vector": "vector_entry_point"}[vectorization]
 
 
+class SingleVectorEnv(gym.vector.VectorEnv):
+    """One env behind the VectorEnv API: what ``SyncVectorEnv`` does for ``num_envs=1`` (NEXT_STEP autoreset,
+    reset seed ``seed``, ``copy=False``), without its per-step batching machinery (info merging, space-driven
+    concatenation, three array copies). For CartPole the step costs about half of SyncVectorEnv's, and with
+    1 env and few updates per step that is a tenth of the loop (bench/floor.py, docs/benchmarks.md).
+    ``tests/test_transitions.py`` checks that it yields exactly SyncVectorEnv's steps.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    copy = False  # like SyncVectorEnv(copy=False): `step` and `reset` return one observation buffer
+
+    def __init__(self, env: gym.Env) -> None:
+        self.env = env
+        self.num_envs = 1
+        self.single_observation_space, self.single_action_space = env.observation_space, env.action_space
+        self.observation_space = gym.vector.utils.batch_space(env.observation_space, 1)
+        self.action_space = gym.vector.utils.batch_space(env.action_space, 1)
+        self.render_mode = env.render_mode
+        self.spec = env.spec
+        self._obs = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
+        self._autoreset = False
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None,
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        if isinstance(seed, list):
+            (seed,) = seed
+        self._obs[0], info = self.env.reset(seed=seed, options=options)
+        self._autoreset = False
+        return self._obs, info
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._autoreset:  # NEXT_STEP: the step after an episode's end only resets (reward 0, not done)
+            self._obs[0], info = self.env.reset()
+            self._autoreset = False
+            return self._obs, np.zeros(1), np.zeros(1, bool), np.zeros(1, bool), {}
+        self._obs[0], reward, terminated, truncated, info = self.env.step(actions[0])
+        self._autoreset = terminated or truncated
+        return self._obs, np.array([reward], np.float64), np.array([terminated], bool), np.array([truncated], bool), {}
+
+    def render(self) -> Any:
+        return (self.env.render(),)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.env.close()
+
+
 def make_vector_env(
     env_id: str, num_envs: int, kwargs: dict[str, Any] | None = None, vectorization: str = "auto"
 ) -> gym.vector.VectorEnv:
@@ -88,6 +134,8 @@ def make_vector_env(
     env_id = resolve_env_id(env_id)
     kwargs = dict(kwargs or {})
     mode = _mode(env_id, vectorization, num_envs)
+    if mode == "sync" and num_envs == 1:
+        return SingleVectorEnv(gym.make(env_id, **kwargs))
     if mode == "vector_entry_point":
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
         if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:

@@ -177,7 +177,8 @@ def train_loop(
         actions = (u[n_envs:] * n_actions).astype(np.int64)  # uniform random actions
         if state.step >= s.learning_starts:
             explore = u[:n_envs] < epsilon
-            if not explore.all():  # the Q forward is needed only for envs that act greedily
+            # np.count_nonzero: ~0.4 µs against ~1.5 µs for ndarray.all()/.any() on a tiny array
+            if np.count_nonzero(explore) < n_envs:  # the Q forward is needed only for envs that act greedily
                 actions = np.where(explore, actions, learner.greedy_actions(c.obs))
 
         # --- step and store. NEXT_STEP autoreset: an env that ended last step now returns its reset
@@ -192,7 +193,7 @@ def train_loop(
         before = state.step
         state.step += n_envs
         ended = done & valid
-        if ended.any():
+        if np.count_nonzero(ended):
             for e in np.flatnonzero(ended):
                 pending_episodes.append((state.step, float(c.ep_return[e]), int(c.ep_length[e])))
                 recent_returns.append(float(c.ep_return[e]))

@@ -160,7 +160,7 @@ class ReplayBuffer:
         if self.n_step > 1:
             self._add_n_step(obs, action, reward, next_obs, terminated, truncated, valid)
             return
-        if valid is not None and not valid.all():
+        if valid is not None and np.count_nonzero(valid) < len(valid):
             keep = np.flatnonzero(valid)
             if keep.size == 0:
                 self._last = (self.pos, 0)

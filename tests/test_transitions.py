@@ -270,3 +270,35 @@ def test_episode_count_matches_terminal_rows_for_terminating_env(n_envs: int) ->
     rows = stored(replay)
     assert_true_successors(rows)
     assert rows["terminated"].sum() == 3 * n_envs
+
+
+@pytest.mark.parametrize(("env_id", "kwargs"), [
+    ("CartPole-v1", {"max_episode_steps": 30}),  # terminations and time-limit truncations
+    ("FrozenLake-v1", {}),  # Discrete observations
+    (SCRIPTED_TL_ID, {"terminate_at": [3, None], "tag": 0}),
+])
+def test_single_env_adapter_steps_exactly_like_sync_vector_env(env_id: str, kwargs: dict) -> None:
+    import pickle
+
+    from dqnrun.envs import SingleVectorEnv
+
+    ours = make_vector_env(env_id, 1, kwargs, "auto")
+    assert isinstance(ours, SingleVectorEnv)
+    ref = SyncVectorEnv([lambda: gym.make(env_id, **kwargs)], copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
+    assert ours.observation_space == ref.observation_space and ours.action_space == ref.action_space
+    rng = np.random.default_rng(0)
+    n_actions = int(ref.single_action_space.n)
+    np.testing.assert_array_equal(ours.reset(seed=7)[0], ref.reset(seed=7)[0])
+    ends = 0
+    for k in range(400):
+        if k == 200:  # the env state pickled mid-run (as a checkpoint does) continues identically
+            ours = pickle.loads(pickle.dumps(ours))
+        actions = rng.integers(0, n_actions, size=1)
+        a, b = ours.step(actions), ref.step(actions)
+        for x, y in zip(a[:4], b[:4], strict=True):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            np.testing.assert_array_equal(x, y)
+        ends += int(b[2][0] or b[3][0])
+    assert ends >= 5  # the comparison crossed many autoresets
+    ours.close()
+    ref.close()
