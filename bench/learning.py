@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep run dirs here instead of a temp dir")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra overrides appended to every row (for tuning; the table records them)")
     args = ap.parse_args()
     names = [r for r in args.rows.split(",") if r]
     unknown = [r for r in names if r not in ROWS]
@@ -90,12 +92,16 @@ def main() -> None:
         sys.exit(f"unknown rows: {unknown}; choose from {list(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     root = args.keep or Path(tempfile.mkdtemp(prefix="dqnrun-learning-"))
+    rows = {n: Row((*ROWS[n].overrides, *args.set), ROWS[n].threshold, ROWS[n].need, ROWS[n].episodes)
+            for n in names}
     jobs = [(n, s) for n in names for s in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        out = list(pool.map(lambda job: run_seed(job[0], ROWS[job[0]], job[1], root), jobs))
+        out = list(pool.map(lambda job: run_seed(job[0], rows[job[0]], job[1], root), jobs))
     for r in out:
         print(json.dumps(r), flush=True)
     command = f"python bench/learning.py --rows {args.rows} --seeds {args.seeds} --jobs {args.jobs}"
+    if args.set:
+        command += " --set " + " ".join(args.set)
     print(f"\n# learning table ({time.strftime('%Y-%m-%d')}, `{command}`)\n")
     print("| row | threshold | fresh-eval mean per seed | median | solved seeds | need | pass | median env steps to "
           "solve (in-training eval) | median train-s to solve | median train-s total |")
