@@ -50,7 +50,11 @@ def td_target(
     else:
         a_star = next_q_online.argmax(dim=-1, keepdim=True)
         next_v = next_q_target.gather(-1, a_star).squeeze(-1)
-    return (reward + gamma * (1.0 - terminated) * next_v).detach()
+    not_done = 1.0 - terminated
+    if isinstance(gamma, torch.Tensor):  # per-sample discounts (n-step windows)
+        return torch.addcmul(reward, gamma * not_done, next_v).detach()
+    # not_done is 0 or 1, so gamma * (not_done * next_v) rounds exactly like (gamma * not_done) * next_v
+    return torch.addcmul(reward, not_done, next_v, value=gamma).detach()
 
 
 def categorical_projection(
@@ -191,7 +195,7 @@ class Learner:
                                       self._q(self.online, b.next_obs))  # type: ignore[arg-type]
                 loss, q_mean, diff = self.manual(b.obs, b.action, y, b.weights)
                 if self.max_grad_norm is not None:
-                    clip_grad_norm(self.manual.grads, self.max_grad_norm)
+                    clip_grad_norm(self.manual.flat_grad, self.max_grad_norm)
                 self._finish_step(loss, q_mean)
                 if b.indices is not None:
                     priorities.append((b.indices, diff.abs().cpu().numpy()))

@@ -171,12 +171,11 @@ def train_loop(
             status = "interrupted"
             break
         # --- act: uniform-random before learning starts, then epsilon-greedy, batched over envs ------
-        epsilon = schedule(state.step)
         # One uniform draw per env and purpose; Generator.integers costs ~4x more per call on tiny arrays.
         u = rng.random(2 * n_envs)
         actions = (u[n_envs:] * n_actions).astype(np.int64)  # uniform random actions
         if state.step >= s.learning_starts:
-            explore = u[:n_envs] < epsilon
+            explore = u[:n_envs] < schedule(state.step)
             # np.count_nonzero: ~0.4 µs against ~1.5 µs for ndarray.all()/.any() on a tiny array
             if np.count_nonzero(explore) < n_envs:  # the Q forward is needed only for envs that act greedily
                 actions = np.where(explore, actions, learner.greedy_actions(c.obs))
@@ -218,7 +217,8 @@ def train_loop(
             now = time.perf_counter()
             state.train_seconds += now - seg_start
             seg_start = now
-            scalars: dict[str, float] = {M.EPSILON: epsilon, M.SPS: state.step / max(state.train_seconds, 1e-9)}
+            scalars: dict[str, float] = {M.EPSILON: schedule(before),  # the epsilon this step acted with
+                                         M.SPS: state.step / max(state.train_seconds, 1e-9)}
             _check_finite(learner, last_log_step, state.step)
             lm = learner.read_metrics()
             last_log_step = state.step

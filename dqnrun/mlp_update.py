@@ -63,8 +63,14 @@ class ManualMLPGradient:
         self.loss = loss
         self.derivative = _DERIVATIVES[online.activation]
         self.params = [p for layer in online.linears for p in (layer.weight, layer.bias)]
+        # Persistent gradient buffers, overwritten in place each step: views into one flat tensor, so that
+        # clipping takes one norm and one multiply instead of a per-tensor foreach.
+        self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype,
+                                     device=self.params[0].device)
+        offset = 0
         for p in self.params:
-            p.grad = torch.zeros_like(p)  # persistent buffers, overwritten in place each step
+            p.grad = self.flat_grad[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
         self.grads = [p.grad for p in self.params]
 
     @torch.no_grad()
@@ -81,17 +87,21 @@ class ManualMLPGradient:
         b = q.shape[0]
         q_sa = q.gather(1, action.unsqueeze(1)).squeeze(1)
         diff = q_sa - y
+        # g = d(loss)/d(q_sa). The loss value comes out of g with one dot product:
+        #   huber: with c = clamp(d, -1, 1), huber(d) = c (d - c/2) and huber'(d) = c, so
+        #          loss = sum_i w_i c_i (d_i - c_i/2) / B = g . (d - c/2)  with g = w c / B;
+        #   mse:   loss = sum_i w_i d_i^2 / B = g . d / 2                   with g = 2 w d / B.
         if self.loss == "huber":
-            absd = diff.abs()
-            per_sample = torch.where(absd < 1.0, 0.5 * diff * diff, absd - 0.5)
-            g = diff.clamp(-1.0, 1.0).div_(b)
+            c = diff.clamp(-1.0, 1.0)
+            g = c.div(b)
+            if weights is not None:
+                g.mul_(weights)
+            loss = torch.dot(g, torch.add(diff, c, alpha=-0.5))
         else:
-            per_sample = diff * diff
             g = diff.mul(2.0 / b)
-        if weights is not None:
-            per_sample = per_sample * weights
-            g.mul_(weights)
-        loss = per_sample.mean()
+            if weights is not None:
+                g.mul_(weights)
+            loss = torch.dot(g, diff).mul_(0.5)
         dq = torch.zeros_like(q).scatter_(1, action.unsqueeze(1), g.unsqueeze(1))
         for i in range(len(layers) - 1, -1, -1):
             torch.mm(dq.t(), acts[i], out=self.grads[2 * i])
@@ -102,11 +112,11 @@ class ManualMLPGradient:
 
 
 @torch.no_grad()
-def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
-    """Same arithmetic as ``nn.utils.clip_grad_norm_`` (foreach), minus its per-call checks."""
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    coef = (max_norm / (total + 1e-6)).clamp_(max=1.0)
-    torch._foreach_mul_(grads, coef)
+def clip_grad_norm(flat_grad: torch.Tensor, max_norm: float) -> None:
+    """``nn.utils.clip_grad_norm_`` for gradients that live in one flat buffer: the same total norm and
+    coefficient max_norm / (norm + 1e-6), capped at 1, in one norm and one multiply."""
+    total = torch.linalg.vector_norm(flat_grad)
+    flat_grad.mul_((max_norm / (total + 1e-6)).clamp_(max=1.0))
 
 
 class FusedAdamStep:

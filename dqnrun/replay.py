@@ -184,8 +184,10 @@ class ReplayBuffer:
         else:
             rows = np.arange(self.pos, self.pos + k) % self.capacity
         if self._views is not None:
-            for view, value in zip(self._views[: len(stores)], values[: len(stores)], strict=True):
-                view[rows] = value
+            v = self._views
+            v[0][rows], v[1][rows], v[2][rows], v[3][rows], v[4][rows] = obs, next_obs, action, reward, terminated
+            if discount is not None:
+                v[5][rows] = discount
         else:
             idx = rows if isinstance(rows, slice) else torch.from_numpy(rows).to(self.device)
             for store, value in zip(stores, values[: len(stores)], strict=True):
