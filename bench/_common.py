@@ -121,6 +121,15 @@ def compose_dqnrun(overrides: Sequence[str]) -> Any:
         return compose(config_name="train", overrides=list(overrides))
 
 
+def sb3_silent(model: Any) -> Any:
+    """Give an SB3 model a logger with no outputs. SB3's default is the same, except that it first creates a
+    /tmp/SB3-<time> directory for every model."""
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 

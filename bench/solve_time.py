@@ -122,7 +122,7 @@ def run_sb3(seed: int, total: int, stop_at_solve: bool) -> dict[str, Any]:
     cfg = C.ZOO_CARTPOLE.with_total(total)
     # the zoo entry as written: exploration_fraction 0.16 of its own n_timesteps
     kw = cfg.sb3_kwargs(total) | {"exploration_fraction": 0.16}
-    model = DQN("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", verbose=0, **kw)
+    model = C.sb3_silent(DQN("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", verbose=0, **kw))
     cb = make_sb3_callback(seed, stop_at_solve)
     t0 = time.perf_counter()
     model.learn(total_timesteps=total, callback=cb)

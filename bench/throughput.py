@@ -62,7 +62,7 @@ def run_sb3(cfg: C.DQNConfig, total: int, seed: int) -> dict[str, Any]:
     from stable_baselines3 import DQN
 
     torch.set_num_threads(1)
-    model = DQN("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", verbose=0, **cfg.sb3_kwargs(total))
+    model = C.sb3_silent(DQN("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", verbose=0, **cfg.sb3_kwargs(total)))
     t0, c0 = time.perf_counter(), time.process_time()
     model.learn(total_timesteps=total)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
