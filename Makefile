@@ -39,8 +39,9 @@ lint: install ## ruff
 
 bench: install ## benchmarks against Stable-Baselines3 (installs the bench extra)
 	$(PY) -m pip install -q -e ".[$(EXTRAS),bench]"
-	$(PY) bench/floor.py
-	$(PY) bench/throughput.py
+	@mkdir -p outputs/bench
+	$(PY) bench/floor.py --json outputs/bench/floor.json
+	$(PY) bench/throughput.py --floor outputs/bench/floor.json --json outputs/bench/throughput.json
 	$(PY) bench/solve_time.py
 	$(PY) bench/scaling.py
 

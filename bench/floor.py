@@ -104,6 +104,22 @@ def make_env_step(n: int, mode: str = "vector_entry_point") -> Callable[[], None
     return step
 
 
+def make_bare_env_step() -> Callable[[], None]:
+    """One `gym.make("CartPole-v1")` env stepped directly, reset on episode end: the least a 1-env loop pays."""
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    acts = np.random.default_rng(0).integers(0, N_ACTIONS, 1024)
+    i = [0]
+
+    def step() -> None:
+        _, _, terminated, truncated, _ = env.step(acts[i[0] & 1023])
+        if terminated or truncated:
+            env.reset()
+        i[0] += 1
+
+    return step
+
+
 def make_act(hidden: tuple[int, ...], n: int) -> Callable[[], None]:
     """What dqnrun's loop does per vector step to pick greedy actions."""
     net = mlp(hidden)
@@ -245,7 +261,8 @@ def main() -> None:
 
     # --- env step and action selection -----------------------------------------------------------------
     env_us = bench_alternating({str(n): make_env_step(n) for n in ENV_NS}
-                               | {f"sync{n}": make_env_step(n, "sync") for n in ENV_NS}, s_iters, rounds, warmup=200)
+                               | {f"sync{n}": make_env_step(n, "sync") for n in ENV_NS}
+                               | {"bare1": make_bare_env_step()}, s_iters, rounds, warmup=200)
     act_us: dict[str, dict[str, float]] = {}
     for hidden, _ in NETS:
         act_us[str(list(hidden))] = bench_alternating(
@@ -258,6 +275,7 @@ def main() -> None:
     print("\n## Vector env step and batched action selection (µs per call)\n")
     print(C.md_table(["n envs", "CartPoleVectorEnv.step", "per env step", "SyncVectorEnv.step (reference)"]
                      + [f"act {list(h)}" for h, _ in NETS], rows))
+    print(f"\nbare gym.make('CartPole-v1') env.step (1 env, no vector wrapper): {env_us['bare1']:.1f} µs")
 
     # --- dqnrun replay --------------------------------------------------------------------------------
     rep = bench_alternating({"add(1 env)": make_replay_add(1), "add(4 envs)": make_replay_add(4)},
@@ -275,7 +293,7 @@ def main() -> None:
             (C.CLEANRL_DEFAULTS.with_total(args.cleanrl_total), "[120, 84]/128", "dqnrun_g1")]
     for cfg, key, dkey in cfgs:
         net = key.split("/")[0]
-        env1 = min(env_us["1"], env_us["sync1"])  # a 1-env run can use either; take the cheaper
+        env1 = min(env_us["1"], env_us["sync1"], env_us["bare1"])  # the cheapest way to step one env
         parts = (act_us[net]["1"], env1, rep["add(1 env)"])
         pr = predict(cfg, upd[key]["fused"], *parts)
         preds[cfg.name] = pr
@@ -291,7 +309,8 @@ def main() -> None:
     print(C.md_table(["config", "updates/step", "update (bare fused)", "act", "env step", "replay add",
                       "µs/step (steady)", "steady SPS", "run steps / updates", "whole-run SPS",
                       "update (dqnrun)", "whole-run SPS with dqnrun's update"], rows))
-    print("\nenv step = the cheaper of CartPoleVectorEnv and SyncVectorEnv at n=1; act = the torch forward above. "
+    print("\nenv step = the cheapest of CartPoleVectorEnv, SyncVectorEnv and a bare gym.make env at n=1; "
+          "act = the torch forward above. "
           "steady = updates/step x update + act + env step + replay add, after learning_starts. whole-run adds "
           "the random-acting warm-up (no forward, no updates) and the exact update count. Replay sampling and "
           "the loop's own bookkeeping are excluded; compare with bench/throughput.py's measured SPS.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import pathlib
 import tempfile
 import time
@@ -83,6 +84,34 @@ def warm_up(tmp: pathlib.Path) -> None:
     run_sb3(cfg, cfg.total_steps, 0)
 
 
+def loop_vs_floor(path: str, configs: dict[str, C.DQNConfig], keys: list[str], summary: dict[str, Any]) -> None:
+    """dqnrun's measured µs per env step against floor.py's whole-run prediction for the same config."""
+    preds = json.loads(pathlib.Path(path).read_text())["predictions"]
+    rows = []
+    for key in keys:
+        cfg = configs[key.strip()]
+        bare, own = preds.get(cfg.name), preds.get(cfg.name + " (dqnrun update)")
+        if bare is None or bare["run_total_steps"] != cfg.rounded_total():
+            print(f"\n(floor file has no prediction for {cfg.name} at {cfg.rounded_total()} steps; skipped)")
+            continue
+        measured = 1e6 / summary[cfg.name]["dqnrun_sps"]
+        row = {"measured_us_per_step": measured, "floor_us_per_step": 1e6 / bare["run_sps"],
+               "ratio_to_floor": measured * bare["run_sps"] / 1e6}
+        if own is not None:
+            row |= {"floor_own_update_us_per_step": 1e6 / own["run_sps"],
+                    "ratio_to_floor_own_update": measured * own["run_sps"] / 1e6}
+        summary[cfg.name]["loop_vs_floor"] = row
+        rows.append([cfg.name, C.fmt(measured, 1), C.fmt(row["floor_us_per_step"], 1),
+                     C.fmt(row["ratio_to_floor"], 2) + "x", C.fmt(row.get("floor_own_update_us_per_step"), 1),
+                     C.fmt(row.get("ratio_to_floor_own_update"), 2) + "x"])
+    if rows:
+        print("\n## dqnrun's loop against the floor (µs per env step, whole run)\n")
+        print(C.md_table(["config", "dqnrun measured", "floor (bare update)", "measured/floor",
+                          "floor with dqnrun's update", "measured/that floor"], rows))
+        print("\nfloor = bench/floor.py's whole-run prediction: updates x update + acting steps x act + steps x "
+              "(env step + replay add), with no sampling and no loop bookkeeping. Target: measured/floor <= 1.3.")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny budgets, 1 repeat: a smoke run, not a measurement")
@@ -92,6 +121,7 @@ def main() -> None:
     p.add_argument("--cleanrl-steps", type=int, default=30_000, help="budget of config (b) (CleanRL: 500k)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--floor", metavar="PATH", help="floor.py --json output: also report dqnrun's loop against it")
     args = p.parse_args()
     repeats = args.repeats
     zoo_steps, cleanrl_steps = args.zoo_steps, args.cleanrl_steps
@@ -158,6 +188,8 @@ def main() -> None:
         kw = cfg.sb3_kwargs(cfg.rounded_total())
         print(f"{cfg.name}: SB3 DQN('MlpPolicy', 'CartPole-v1', seed={args.seed}, device='cpu', "
               + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + f").learn({cfg.rounded_total()})")
+    if args.floor:
+        loop_vs_floor(args.floor, configs, args.configs.split(","), summary)
     print(f"\nload average at start: {env['loadavg_at_start']}; {C.load_note()}")
     env["load_at_end"] = C.load_note()
     C.write_json(args.json, {"env": env, "runs": runs, "summary": summary, "args": vars(args),
