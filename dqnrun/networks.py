@@ -65,7 +65,10 @@ class MLP(nn.Module):
         n_obs_categories: for a Discrete observation space, its size n; observations are then int64
             indices ``(B,)`` and are one-hot encoded to ``(B, n)`` here.
         dueling: split the head into V(s) and A(s, a); Q = V + A - mean_a A.
-        noisy: NoisyLinear layers everywhere (exploration by parameter noise), initial noise scale ``sigma0``.
+        noisy: NoisyLinear layers (exploration by parameter noise), initial noise scale ``sigma0``. The first
+            (input) layer stays a plain Linear unless ``noisy_input``, as the convolutional torso does in
+            Fortunato et al.'s Atari networks; on CartPole that learned 3/3 seeds against 0-2/3 with every
+            layer noisy (docs/benchmarks.md, section 4).
         n_atoms, v_min, v_max: C51 categorical head over ``n_atoms`` atoms on [v_min, v_max]
             (passed by the builder when ``learner.distributional=true``).
     """
@@ -83,6 +86,7 @@ class MLP(nn.Module):
         v_min: float = -10.0,
         v_max: float = 10.0,
         sigma0: float = 0.5,
+        noisy_input: bool = False,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -96,8 +100,9 @@ class MLP(nn.Module):
         )
         in_dim = n_obs_categories if n_obs_categories else int(torch.Size(obs_shape).numel())
         layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [linear(in_dim, int(width)), ACTIVATIONS[activation]()]
+        for i, width in enumerate(hidden):
+            first = nn.Linear if i == 0 and not noisy_input else linear
+            layers += [first(in_dim, int(width)), ACTIVATIONS[activation]()]
             in_dim = int(width)
         out = self.n_atoms or 1
         if self.dueling:

@@ -680,11 +680,17 @@ def test_noisy_linear_eval_mode_uses_only_the_means() -> None:
     layer.reset_noise()
     assert torch.equal(layer(x), y)
     # a whole noisy MLP in eval mode is the plain MLP of its mean weights
-    net = MLP((3,), n_actions=2, hidden=(4,), noisy=True).eval()
+    net = MLP((3,), n_actions=2, hidden=(4,), noisy=True, noisy_input=True).eval()
     plain = MLP((3,), n_actions=2, hidden=(4,))
     for src, dst in zip([m for m in net.net if isinstance(m, NoisyLinear)], plain.linears, strict=True):
         set_linear(dst, src.weight_mu.tolist(), src.bias_mu.tolist())
     torch.testing.assert_close(net(x), plain(x))
+
+
+def test_noisy_mlp_keeps_a_plain_input_layer_unless_asked() -> None:
+    kinds = lambda net: [type(m).__name__ for m in net.net if isinstance(m, nn.Linear | NoisyLinear)]  # noqa: E731
+    assert kinds(MLP((3,), 2, hidden=(4, 4), noisy=True)) == ["Linear", "NoisyLinear", "NoisyLinear"]
+    assert kinds(MLP((3,), 2, hidden=(4, 4), noisy=True, noisy_input=True)) == ["NoisyLinear"] * 3
 
 
 def test_learner_resamples_noise_at_every_gradient_step() -> None:
