@@ -34,14 +34,12 @@ class Row:
 
 ROWS: dict[str, Row] = {
     "cartpole": Row(("env=cartpole",), 475, 4),  # the preset: 3-step returns
-    "cartpole-1step": Row(("env=cartpole", "replay.n_step=1", "learner.target_update_interval=200"), 475, 4),
+    "cartpole-1step": Row(("env=cartpole", "replay.n_step=1"), 475, 4),
     "cartpole-double": Row(("env=cartpole", "learner.double=true"), 475, 4),
-    # the dueling head wants the slower target sync of the 1-step recipe (2/5 seeds at the preset's 100)
-    "cartpole-dueling": Row(("env=cartpole", "network=dueling_mlp", "learner.target_update_interval=200"), 475, 4),
+    "cartpole-dueling": Row(("env=cartpole", "network=dueling_mlp"), 475, 4),
     "cartpole-per": Row(("env=cartpole", "replay=prioritized"), 475, 4),
-    # NoisyNet explores by itself (epsilon 0); it learns more slowly and wants the slower target sync
-    "cartpole-noisy": Row(("env=cartpole", "network=noisy_mlp", "schedule.start=0", "schedule.end=0",
-                           "learner.target_update_interval=200"), 475, 4),
+    # NoisyNet explores by itself: epsilon 0
+    "cartpole-noisy": Row(("env=cartpole", "network=noisy_mlp", "schedule.start=0", "schedule.end=0"), 475, 4),
     "cartpole-c51": Row(("env=cartpole", "learner.distributional=true"), 475, 4),
     "cartpole-rainbow": Row(("env=cartpole", "experiment=rainbow"), 475, 4),
     "acrobot": Row(("env=acrobot",), -100, 4),
