@@ -187,13 +187,16 @@ class Learner:
                 self.online.reset_noise()  # type: ignore[operator]
                 self.target.reset_noise()  # type: ignore[operator]
             gamma = self.gamma if b.discount is None else b.discount
-            y = None if y_all is None else y_all[g]
+            if y_all is not None:
+                y: torch.Tensor | None = y_all[g]
+            elif self.distributional:
+                y = None  # C51 projects a distribution instead (in `_c51_loss`)
+            else:
+                with torch.no_grad():  # Double DQN: a* from the current online weights
+                    y = td_target(b.reward, b.terminated, self._q(self.target, b.next_obs), gamma,
+                                  self._q(self.online, b.next_obs))  # type: ignore[arg-type]
             if self.manual is not None:  # plain MLP, scalar Q: the hand-written backward
-                if y is None:
-                    with torch.no_grad():  # Double DQN: a* from the current online weights
-                        y = td_target(b.reward, b.terminated, self._q(self.target, b.next_obs), gamma,
-                                      self._q(self.online, b.next_obs))  # type: ignore[arg-type]
-                loss, q_mean, diff = self.manual(b.obs, b.action, y, b.weights)
+                loss, q_mean, diff = self.manual(b.obs, b.action, y, b.weights)  # type: ignore[arg-type]
                 if self.max_grad_norm is not None:
                     clip_grad_norm(self.manual.flat_grad, self.max_grad_norm)
                 self._finish_step(loss, q_mean)
@@ -229,16 +232,12 @@ class Learner:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The autograd step's loss: (scalar loss, mean Q(s,a), per-sample priority (B,)).
 
-        ``y`` is the precomputed TD target, or None when it needs the current online net (Double DQN) or
-        a distribution (C51). This is the function that ``compile=true`` hands to ``torch.compile``.
+        ``y`` is the TD target; None for C51, which projects a target distribution instead. This is the
+        function that ``compile=true`` hands to ``torch.compile``.
         """
         if self.distributional:
             per_sample, q_mean, td_abs = self._c51_loss(obs, action, reward, next_obs, terminated, gamma)
         else:
-            if y is None:
-                with torch.no_grad():  # Double DQN: a* from the current online weights
-                    y = td_target(reward, terminated, self._q(self.target, next_obs), gamma,
-                                  self._q(self.online, next_obs))
             q_sa = self.online(obs).gather(1, action.unsqueeze(1)).squeeze(1)
             per_sample = self.loss_fn(q_sa, y)
             q_mean, td_abs = q_sa.detach().mean(), (q_sa.detach() - y).abs()
