@@ -32,6 +32,7 @@ class SumTree:
 
     def __init__(self, capacity: int) -> None:
         self.leaves = 1 << max(int(capacity) - 1, 1).bit_length()
+        self.depth = self.leaves.bit_length() - 1  # levels below the root; every leaf sits at this depth
         self.tree = np.zeros(2 * self.leaves, dtype=np.float64)
 
     @property
@@ -42,18 +43,15 @@ class SumTree:
         """Set leaves ``idx`` (k,) to ``values`` (k,) and recompute their ancestors, level by level."""
         pos = np.asarray(idx, dtype=np.int64) + self.leaves
         self.tree[pos] = values  # with repeated idx the last value wins, as in a sequential loop
-        pos = np.unique(pos // 2)
-        while pos[0] >= 1:
-            self.tree[pos] = self.tree[2 * pos] + self.tree[2 * pos + 1]
-            if pos[0] == 1:
-                break
+        for _ in range(self.depth):
             pos = np.unique(pos // 2)
+            self.tree[pos] = self.tree[2 * pos] + self.tree[2 * pos + 1]
 
     def find(self, mass: np.ndarray) -> np.ndarray:
         """Leaf index i for each prefix mass u, such that sum(leaves[:i]) <= u < sum(leaves[:i+1])."""
         u = np.array(mass, dtype=np.float64)
         pos = np.ones(u.shape, dtype=np.int64)
-        while pos[0] < self.leaves if pos.size else False:
+        for _ in range(self.depth):
             left = self.tree[2 * pos]
             right = u >= left
             u -= left * right
@@ -108,7 +106,8 @@ class ReplayBuffer:
         self.capacity, self.batch_size = int(capacity), int(batch_size)
         self.device = torch.device(device)
         self.n_step, self.gamma = int(n_step), float(gamma)
-        self.prioritized, self.latest = bool(prioritized), bool(latest)
+        self.latest = bool(latest)
+        self._powers = self.gamma ** np.arange(self.n_step)  # gamma^0 .. gamma^(n-1), for n-step returns
         self.alpha, self.beta0, self.beta_steps, self.priority_eps = float(alpha), float(beta), int(beta_steps), \
             float(priority_eps)
         shape = (self.capacity, *obs_shape)
@@ -127,7 +126,7 @@ class ReplayBuffer:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         self.np_rng = np.random.default_rng([int(seed), 7])
-        self.tree = SumTree(self.capacity) if self.prioritized else None
+        self.tree = SumTree(self.capacity) if prioritized else None
         self.max_priority = 1.0
         self._window: dict[str, np.ndarray] | None = None  # per-env pending n-step windows
 
@@ -177,8 +176,6 @@ class ReplayBuffer:
             )
             discount = None if discount is None else discount[-self.capacity:]
         k = len(action)
-        values = [obs, next_obs, action, reward, terminated, discount]
-        stores = self._stores if discount is not None else self._stores[:5]
         if self.pos + k <= self.capacity:
             rows: slice | np.ndarray = slice(self.pos, self.pos + k)
         else:
@@ -190,8 +187,10 @@ class ReplayBuffer:
                 v[5][rows] = discount
         else:
             idx = rows if isinstance(rows, slice) else torch.from_numpy(rows).to(self.device)
-            for store, value in zip(stores, values[: len(stores)], strict=True):
-                store[idx] = torch.as_tensor(value, device=self.device).to(store.dtype)
+            values = (obs, next_obs, action, reward, terminated, discount)
+            for store, value in zip(self._stores, values, strict=True):
+                if value is not None:
+                    store[idx] = torch.as_tensor(value, device=self.device).to(store.dtype)
         if self.tree is not None:
             written = np.arange(self.pos, self.pos + k) % self.capacity
             self.tree.update(written, np.full(k, self.max_priority ** self.alpha))
@@ -225,7 +224,7 @@ class ReplayBuffer:
         done = ok & (np.asarray(terminated) | np.asarray(truncated))
         full = ok & ~done & (w["length"] == n)
         rows: list[tuple] = []
-        powers = self.gamma ** np.arange(n)
+        powers = self._powers
         if full.any():
             pos = (t - n + 1 + np.arange(n)) % n  # oldest .. newest
             ret = powers @ w["reward"][pos][:, full]
