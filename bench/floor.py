@@ -26,6 +26,8 @@ from torch import nn
 
 NETS = [((256, 256), 64), ((120, 84), 128), ((64, 64), 128)]
 ENV_NS = [1, 4, 16, 64]
+BURST = 16  # gradient steps per burst for the "dqnrun, burst of G" column (one batched target forward)
+BURST_KEY = f"dqnrun_g{BURST}"
 OBS_DIM, N_ACTIONS = 4, 2
 
 
@@ -223,11 +225,10 @@ def main() -> None:
     for hidden, batch in NETS:
         key = f"{list(hidden)}/{batch}"
         fns = {"fused": make_update(hidden, batch, True), "foreach": make_update(hidden, batch, False)}
-        g = 16
-        d1, dg = make_dqnrun_update(hidden, batch, 1), make_dqnrun_update(hidden, batch, g)
+        d1, dg = make_dqnrun_update(hidden, batch, 1), make_dqnrun_update(hidden, batch, BURST)
         if d1 is not None and dg is not None:
             fns["dqnrun_g1"] = d1
-            fns[f"dqnrun_g{g}"] = dg
+            fns[BURST_KEY] = dg
         autograd = make_dqnrun_update(hidden, batch, 1, ("++learner.fast_mlp=false",))
         if autograd is not None:
             fns["dqnrun_autograd_g1"] = autograd
@@ -238,12 +239,12 @@ def main() -> None:
                 compiled()
                 compile_s[key] = time.perf_counter() - t0
                 fns["dqnrun_compiled_g1"] = compiled
-        r = bench_alternating(fns, u_iters, rounds, warmup=max(u_iters // 5, 5), divide={f"dqnrun_g{g}": g})
-        if f"dqnrun_g{g}" in r:  # one call did g gradient steps: report per step
-            r[f"dqnrun_g{g}"] = r[f"dqnrun_g{g}"] / g
+        r = bench_alternating(fns, u_iters, rounds, warmup=max(u_iters // 5, 5), divide={BURST_KEY: BURST})
+        if BURST_KEY in r:  # one call did BURST gradient steps: report per step
+            r[BURST_KEY] = r[BURST_KEY] / BURST
         upd[key] = r
         rows.append([str(list(hidden)), batch, C.fmt(r["fused"]), C.fmt(r["foreach"]),
-                     C.fmt(r["foreach"] / r["fused"], 2), C.fmt(r.get("dqnrun_g1")), C.fmt(r.get(f"dqnrun_g{g}")),
+                     C.fmt(r["foreach"] / r["fused"], 2), C.fmt(r.get("dqnrun_g1")), C.fmt(r.get(BURST_KEY)),
                      C.fmt(r["dqnrun_g1"] / r["fused"], 2) if "dqnrun_g1" in r else "-",
                      C.fmt(r.get("dqnrun_autograd_g1")),
                      C.fmt(r["dqnrun_autograd_g1"] / r["dqnrun_g1"], 2)
@@ -251,7 +252,7 @@ def main() -> None:
                     + ([C.fmt(r.get("dqnrun_compiled_g1")), C.fmt(compile_s.get(key), 1)] if args.compile else []))
     print("## One DQN update (µs per gradient step)\n")
     print(C.md_table(["net", "batch", "bare, Adam(fused=True)", "bare, Adam (default)", "default/fused",
-                      "dqnrun Learner.update, burst of 1", f"dqnrun, burst of {g} (per step)",
+                      "dqnrun Learner.update, burst of 1", f"dqnrun, burst of {BURST} (per step)",
                       "dqnrun(1)/bare fused", "dqnrun fast_mlp=false, burst of 1", "fast_mlp speedup"]
                      + (["dqnrun compile=true, burst of 1", "compile seconds"] if args.compile else []), rows))
     print("\nbare = target forward, online forward + gather, Huber, backward, clip_grad_norm_(foreach), Adam step, "
@@ -289,7 +290,7 @@ def main() -> None:
     # --- predictions for throughput.py's configurations -------------------------------------------------
     preds: dict[str, dict[str, float]] = {}
     rows = []
-    cfgs = [(C.ZOO_CARTPOLE, "[256, 256]/64", "dqnrun_g16"),
+    cfgs = [(C.ZOO_CARTPOLE, "[256, 256]/64", BURST_KEY),
             (C.CLEANRL_DEFAULTS.with_total(args.cleanrl_total), "[120, 84]/128", "dqnrun_g1")]
     for cfg, key, dkey in cfgs:
         net = key.split("/")[0]

@@ -12,6 +12,7 @@ Train-seconds exclude evaluation; with --jobs 2 two runs share the 2 cores, so s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -50,26 +51,28 @@ ROWS: dict[str, Row] = {
 }
 
 
+def _dqnrun(args: list[str], cwd: Path | None = None) -> str | None:
+    """Run `python -m dqnrun ARGS`; None on success, else the last line of its stderr."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dqnrun", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+
+
 def run_seed(name: str, row: Row, seed: int, root: Path) -> dict:
     run_dir = root / name / f"seed{seed}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.time()
-    train = subprocess.run([sys.executable, "-m", "dqnrun", "train", *row.overrides, f"seed={seed}",
-                            "log.progress=false", f"hydra.run.dir={run_dir}"],
-                           capture_output=True, text=True, env=env)
+    error = _dqnrun(["train", *row.overrides, f"seed={seed}", "log.progress=false", f"hydra.run.dir={run_dir}"])
     wall = time.time() - t0
-    if train.returncode != 0:
-        return {"row": name, "seed": seed, "error": train.stderr.strip().splitlines()[-1:]}
+    if error is not None:
+        return {"row": name, "seed": seed, "error": [error]}
     results = json.loads((run_dir / "results.json").read_text())
-    elsewhere = root / "eval" / name / f"seed{seed}"
+    elsewhere = root / "eval" / name / f"seed{seed}"  # evaluated from another directory, as a user would
     elsewhere.mkdir(parents=True, exist_ok=True)
-    ev = subprocess.run([sys.executable, "-m", "dqnrun", "eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}",
-                         f"episodes={row.episodes}", f"seed={seed}"], cwd=elsewhere, capture_output=True,
-                        text=True, env=env)
-    if ev.returncode != 0:
-        return {"row": name, "seed": seed, "error": ev.stderr.strip().splitlines()[-1:]}
-    (eval_json,) = elsewhere.rglob("eval.json")
-    mean = json.loads(eval_json.read_text())["mean_return"]
+    error = _dqnrun(["eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"episodes={row.episodes}",
+                     f"seed={seed}", f"hydra.run.dir={elsewhere / 'run'}"], cwd=elsewhere)
+    if error is not None:
+        return {"row": name, "seed": seed, "error": [error]}
+    mean = json.loads((elsewhere / "run" / "eval.json").read_text())["mean_return"]
     return {"row": name, "seed": seed, "eval_mean": mean, "passed": mean >= row.threshold,
             "solved_at_step": results["solved_at_step"], "solved_at_seconds": results["solved_at_seconds"],
             "train_seconds": results["train_seconds"], "steps": results["steps"], "wall_seconds": wall,
@@ -92,8 +95,7 @@ def main() -> None:
         sys.exit(f"unknown rows: {unknown}; choose from {list(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     root = args.keep or Path(tempfile.mkdtemp(prefix="dqnrun-learning-"))
-    rows = {n: Row((*ROWS[n].overrides, *args.set), ROWS[n].threshold, ROWS[n].need, ROWS[n].episodes)
-            for n in names}
+    rows = {n: dataclasses.replace(ROWS[n], overrides=(*ROWS[n].overrides, *args.set)) for n in names}
     jobs = [(n, s) for n in names for s in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         out = list(pool.map(lambda job: run_seed(job[0], rows[job[0]], job[1], root), jobs))
@@ -112,10 +114,10 @@ def main() -> None:
         ok = [r for r in rs if "error" not in r]
         means = [r["eval_mean"] for r in ok]
         n_pass = sum(r["passed"] for r in ok)
-        need = ROWS[name].need * len(seeds) // 5 or 1
+        need = rows[name].need * len(seeds) // 5 or 1
         solved = [r for r in ok if r["solved_at_step"] is not None]
         med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
-        row = {"row": name, "threshold": ROWS[name].threshold, "means": means, "median": med(means),
+        row = {"row": name, "threshold": rows[name].threshold, "means": means, "median": med(means),
                "passed": n_pass, "seeds": len(seeds), "need": need, "pass": n_pass >= need and not
                (len(ok) < len(rs)), "steps_to_solve": med([r["solved_at_step"] for r in solved]),
                "secs_to_solve": med([r["solved_at_seconds"] for r in solved]),

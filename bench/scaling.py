@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/scaling.py [--steps 20000] [--json out.json]
 
-The CartPole preset (3-step returns, [64,64]) with evaluation and checkpoints off. Updates per env step stay at
-the preset's 1/4 (train_freq = 4 summed env steps), so a bigger num_envs means bursts of num_envs/4 gradient steps
-per vector step sharing one sample and one target forward.
+The CartPole preset (3-step returns, its own net) with evaluation and checkpoints off. Updates per env step stay
+at the preset's 1/4 (train_freq = 4 summed env steps), so a bigger num_envs means bursts of num_envs/4 gradient
+steps per vector step sharing one sample and one target forward.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
+import _common as C
 
 import dqnrun.train
 
 
 def run(overrides: list[str], steps: int) -> dict:
-    with initialize_config_module(config_module="dqnrun.conf", version_base=None):
-        cfg = compose(config_name="train", overrides=["env=cartpole", f"total_steps={steps}", "eval.every=0",
-                                                      "checkpoint.every=0", "log.progress=false", *overrides])
-    r = dqnrun.train.run(cfg, Path(tempfile.mkdtemp(prefix="dqnrun-scaling-")))
+    cfg = C.compose_dqnrun(["env=cartpole", f"total_steps={steps}", "eval.every=0", "checkpoint.every=0",
+                            "log.progress=false", *overrides])
+    with tempfile.TemporaryDirectory(prefix="dqnrun-scaling-") as run_dir:
+        r = dqnrun.train.run(cfg, Path(run_dir))
     return {"overrides": overrides, "sps": r["sps"], "updates": r["updates"], "steps": r["steps"],
             "us_per_env_step": 1e6 / r["sps"]}
 
@@ -38,7 +38,7 @@ def main() -> None:
     print(f"# scaling ({time.strftime('%Y-%m-%d %H:%M')}, `python bench/scaling.py --steps {args.steps}`)\n")
     print("| varied | value | SPS | µs per env step | updates |\n|---|---|---|---|---|")
     for n in (1, 4, 16, 64):
-        r = run([f"env.num_envs={n}", "learner.learning_starts=1000"], args.steps)
+        r = run([f"env.num_envs={n}"], args.steps)
         rows.append({"varied": "env.num_envs", "value": n, **r})
         print(f"| env.num_envs | {n} | {r['sps']:,.0f} | {r['us_per_env_step']:.0f} | {r['updates']} |", flush=True)
     for b in (32, 64, 128, 256):

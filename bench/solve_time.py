@@ -29,10 +29,6 @@ import _common as C
 import numpy as np
 import torch
 
-EVAL_EVERY = 2000
-EVAL_EPISODES = 100
-SOLVED = 475.0
-
 
 def parse_seeds(s: str) -> list[int]:
     out: list[int] = []
@@ -60,21 +56,25 @@ def run_dqnrun(seed: int, tmp: pathlib.Path, extra: list[str]) -> dict[str, Any]
         "train_seconds": res["train_seconds"], "steps": res["steps"], "updates": res["updates"],
         "best_eval": res["best_eval_return"], "final_eval": res["final_eval_return"],
         "evals": res["eval_history"], "wall": wall,
-        "config": {k: cfg[k] for k in ("total_steps",)} | {"num_envs": cfg.env.num_envs},
+        "config": {"total_steps": cfg.total_steps, "num_envs": cfg.env.num_envs},
     }
 
 
 def make_sb3_callback(seed: int, stop_at_solve: bool) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_STRIDE, make_vector_env
+    from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_STRIDE, make_vector_env, run_episodes
+
+    # The same evaluation as dqnrun's preset does in training: read from it, so the two cannot drift apart.
+    preset = C.compose_dqnrun(["env=cartpole"])
+    every, episodes, solved_score = preset.eval.every, preset.eval.episodes, preset.env.solved_score
 
     class SolveTimer(BaseCallback):
-        """Greedy eval every EVAL_EVERY env steps on dqnrun's eval seeds; times training without it."""
+        """Greedy eval every `eval.every` env steps on dqnrun's eval seeds; times training without it."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.eval_envs = make_vector_env("CartPole-v1", min(EVAL_EPISODES, 128))
+            self.eval_envs = make_vector_env("CartPole-v1", min(episodes, preset.eval.max_envs))
             self.eval_seed = IN_TRAINING_EVAL_SEED_BASE + seed * SEED_STRIDE
             self.t_start = 0.0
             self.eval_seconds = 0.0
@@ -86,24 +86,21 @@ def make_sb3_callback(seed: int, stop_at_solve: bool) -> Any:
         def _on_training_start(self) -> None:
             self.t_start = time.perf_counter()
 
+        def act(self, obs: np.ndarray) -> np.ndarray:
+            return self.model.predict(obs, deterministic=True)[0]
+
         def train_seconds_now(self) -> float:
             return time.perf_counter() - self.t_start - self.eval_seconds
 
         def _on_step(self) -> bool:
             n = self.num_timesteps
-            if n // EVAL_EVERY == (n - self.training_env.num_envs) // EVAL_EVERY:
+            if n // every == (n - self.training_env.num_envs) // every:
                 return True
             t0 = time.perf_counter()
-            train_s = t0 - self.t_start - self.eval_seconds
-
-            from dqnrun.envs import run_episodes
-
-            def act(obs: np.ndarray) -> np.ndarray:
-                return self.model.predict(obs, deterministic=True)[0]
-
-            ret = float(run_episodes(self.eval_envs, act, EVAL_EPISODES, self.eval_seed).mean())
+            train_s = self.train_seconds_now()
+            ret = float(run_episodes(self.eval_envs, self.act, episodes, self.eval_seed).mean())
             self.history.append((n, ret))
-            if self.solved_at_step is None and ret >= SOLVED:
+            if self.solved_at_step is None and ret >= solved_score:
                 self.solved_at_step, self.solved_at_seconds = n, train_s
             self.eval_seconds += time.perf_counter() - t0
             return not (stop_at_solve and self.solved_at_step is not None)
@@ -119,9 +116,8 @@ def run_sb3(seed: int, total: int, stop_at_solve: bool) -> dict[str, Any]:
     from stable_baselines3 import DQN
 
     torch.set_num_threads(1)
-    cfg = C.ZOO_CARTPOLE.with_total(total)
-    # the zoo entry as written: exploration_fraction 0.16 of its own n_timesteps
-    kw = cfg.sb3_kwargs(total) | {"exploration_fraction": 0.16}
+    # the zoo entry as written: epsilon decays over 0.16 of its own n_timesteps (5e4), whatever `total` is
+    kw = C.ZOO_CARTPOLE.sb3_kwargs(C.ZOO_CARTPOLE.total_steps)
     model = C.sb3_silent(DQN("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", verbose=0, **kw))
     cb = make_sb3_callback(seed, stop_at_solve)
     t0 = time.perf_counter()

@@ -84,12 +84,11 @@ def warm_up(tmp: pathlib.Path) -> None:
     run_sb3(cfg, cfg.total_steps, 0)
 
 
-def loop_vs_floor(path: str, configs: dict[str, C.DQNConfig], keys: list[str], summary: dict[str, Any]) -> None:
+def loop_vs_floor(path: str, selected: list[C.DQNConfig], summary: dict[str, Any]) -> None:
     """dqnrun's measured µs per env step against floor.py's whole-run prediction for the same config."""
     preds = json.loads(pathlib.Path(path).read_text())["predictions"]
     rows = []
-    for key in keys:
-        cfg = configs[key.strip()]
+    for cfg in selected:
         bare, own = preds.get(cfg.name), preds.get(cfg.name + " (dqnrun update)")
         if bare is None or bare["run_total_steps"] != cfg.rounded_total():
             print(f"\n(floor file has no prediction for {cfg.name} at {cfg.rounded_total()} steps; skipped)")
@@ -130,6 +129,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     configs = {"a": C.ZOO_CARTPOLE.with_total(zoo_steps), "b": C.CLEANRL_DEFAULTS.with_total(cleanrl_steps)}
+    selected = [configs[key.strip()] for key in args.configs.split(",")]
     env = C.environment()
     print(f"# throughput: dqnrun vs SB3 {env.get('stable_baselines3')} ({env['date']}, git {env.get('git')}, "
           f"torch {env['torch']}, {env['cpus']} CPUs), repeats {repeats}\n")
@@ -139,8 +139,7 @@ def main() -> None:
         tmp = pathlib.Path(tmpd)
         if not args.quick:
             warm_up(tmp)
-        for key in args.configs.split(","):
-            cfg = configs[key.strip()]
+        for cfg in selected:
             total = cfg.rounded_total()
             for r in range(repeats):
                 # A B A B, with the order flipped on odd repeats so that neither tool always goes first
@@ -156,8 +155,7 @@ def main() -> None:
                           f"(CPU {res['cpu_seconds']:.1f} s)", flush=True)
 
     rows, summary = [], {}
-    for key in args.configs.split(","):
-        cfg = configs[key.strip()]
+    for cfg in selected:
         d = [x for x in runs if x["config"] == cfg.name and x["tool"] == "dqnrun"]
         s = [x for x in runs if x["config"] == cfg.name and x["tool"] == "sb3"]
         d_sps, s_sps = C.median([x["sps"] for x in d]), C.median([x["sps"] for x in s])
@@ -182,14 +180,13 @@ def main() -> None:
     print("\nSPS = env steps / wall seconds (dqnrun: its own train_seconds; SB3: model.learn). CPU-time ratio = "
           "the same ratio from process CPU seconds of the training loop / model.learn), a check "
           "against other load on the machine.")
-    for key in args.configs.split(","):
-        cfg = configs[key.strip()]
+    for cfg in selected:
         print(f"\n{cfg.name}: dqnrun overrides: {' '.join(cfg.dqnrun_overrides(cfg.rounded_total(), args.seed))}")
         kw = cfg.sb3_kwargs(cfg.rounded_total())
         print(f"{cfg.name}: SB3 DQN('MlpPolicy', 'CartPole-v1', seed={args.seed}, device='cpu', "
               + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + f").learn({cfg.rounded_total()})")
     if args.floor:
-        loop_vs_floor(args.floor, configs, args.configs.split(","), summary)
+        loop_vs_floor(args.floor, selected, summary)
     print(f"\nload average at start: {env['loadavg_at_start']}; {C.load_note()}")
     env["load_at_end"] = C.load_note()
     C.write_json(args.json, {"env": env, "runs": runs, "summary": summary, "args": vars(args),
