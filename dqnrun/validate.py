@@ -56,7 +56,7 @@ EVAL_RULES = {
     "seed": ("int", 0, SEED_LIMIT, True, True, False),
 }
 BOOL_KEYS = ("compile", "learner.double", "learner.distributional", "learner.fast_mlp", "network.dueling",
-             "network.noisy", "checkpoint.save_replay", "log.progress")
+             "network.noisy", "network.noisy_input", "checkpoint.save_replay", "log.progress")
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "learner.loss": ("huber", "mse", "half_sse"),
