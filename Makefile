@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # local CPU build; a bare `torch` requirement would pull a multi-GB CUDA build). Override elsewhere,
 # e.g. `make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`.
 TORCH ?= torch==2.13.0
-EXTRAS ?= video,box2d,launchers,dev
+EXTRAS ?= video,box2d,atari,minatar,sweeps,report,export,wandb,dev
 STAMP := $(VENV)/.installed-$(shell echo "$(TORCH) $(EXTRAS)" | cksum | cut -d' ' -f1)
 ARGS ?=
 

@@ -5,7 +5,7 @@ Both are evaluated every 2,000 env steps with 100 greedy episodes on the same ev
 SEED_STRIDE + i), and "solved" is the first eval with mean return >= 475. Eval time is excluded from
 both tools' train-seconds. A seed that never solves within its budget counts as its full train time.
 
-- dqnrun: `dqnrun.train.run` with the preset as shipped (overrides: seed, log.progress=false); it reports
+- dqnrun: `dqnrun.lifecycle.run` with the preset as shipped (overrides: seed, log.progress=false); it reports
   solved_at_seconds / solved_at_step itself and trains its full total_steps.
 - SB3: DQN with rl-zoo3's hyperparams/dqn.yml CartPole-v1 entry (5e4 steps); a BaseCallback runs the
   eval and accumulates the time spent outside it. By default SB3 stops at its first solve (nothing after
@@ -42,11 +42,11 @@ def parse_seeds(s: str) -> list[int]:
 
 
 def run_dqnrun(seed: int, tmp: pathlib.Path, extra: list[str]) -> dict[str, Any]:
-    import dqnrun.train
+    import dqnrun.lifecycle
 
     cfg = C.compose_dqnrun(["env=cartpole", f"seed={seed}", "log.progress=false", *extra])
     t0 = time.perf_counter()
-    res = dqnrun.train.run(cfg, pathlib.Path(tempfile.mkdtemp(prefix=f"dqnrun-s{seed}-", dir=tmp)))
+    res = dqnrun.lifecycle.run(cfg, pathlib.Path(tempfile.mkdtemp(prefix=f"dqnrun-s{seed}-", dir=tmp)))
     wall = time.perf_counter() - t0
     solved = res["solved_at_seconds"] is not None
     return {

@@ -7,7 +7,9 @@ into the config, so the stored config is exactly what the user asked for.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -46,14 +48,55 @@ def env_kwargs(cfg_env: DictConfig) -> dict[str, Any]:
     return {} if kwargs is None else OmegaConf.to_container(kwargs, resolve=True)  # type: ignore[return-value]
 
 
+def env_wrapper(cfg_env: DictConfig) -> Callable[[gym.Env], gym.Env] | None:
+    """``env.wrappers``: a list of ``_target_`` configs, each called as ``target(env=env, **kwargs)``, applied
+    in order around every single env (training, evaluation, video). None if the list is empty."""
+    specs = cfg_env.get("wrappers") or []
+    if not specs:
+        return None
+    if not OmegaConf.is_list(specs) or not all(OmegaConf.is_dict(w) and "_target_" in w for w in specs):
+        raise UsageError("env.wrappers must be a list of {_target_: ..., <kwargs>} entries, e.g. "
+                         "env.wrappers=[{_target_:gymnasium.wrappers.TimeAwareObservation}]")
+    return _WrapperChain(specs)
+
+
+class _WrapperChain:
+    """Picklable (the env state of a resumable run is pickled with its wrappers' factories)."""
+
+    def __init__(self, specs: Any) -> None:
+        self.specs = OmegaConf.to_container(specs, resolve=True)
+
+    def __call__(self, env: gym.Env) -> gym.Env:
+        for i, spec in enumerate(self.specs):  # type: ignore[union-attr]
+            try:
+                env = instantiate(spec, env=env)
+            except Exception as exc:
+                cause = exc.__cause__ or exc
+                raise UsageError(f"env.wrappers[{i}]: cannot wrap the env with {spec.get('_target_')}: "
+                                 f"{str(cause).strip().splitlines()[0] if str(cause).strip() else cause!r}") from None
+        return env
+
+
 def build_env_spec(cfg_env: DictConfig) -> EnvSpec:
-    obs_space, act_space = probe_spaces(cfg_env.id, env_kwargs(cfg_env))
+    obs_space, act_space = probe_spaces(cfg_env.id, env_kwargs(cfg_env), env_wrapper(cfg_env), _atari(cfg_env))
     return EnvSpec(cfg_env.id, obs_space, act_space)  # type: ignore[arg-type]
 
 
-def build_vector_env(cfg_env: DictConfig, num_envs: int | None = None) -> gym.vector.VectorEnv:
+def _atari(cfg_env: DictConfig) -> dict[str, Any] | None:
+    """The ``env.atari`` block of an Atari preset (ale_py's C++ vector env and its preprocessing), else None."""
+    atari = cfg_env.get("atari")
+    return None if atari is None else OmegaConf.to_container(atari, resolve=True)  # type: ignore[return-value]
+
+
+def build_vector_env(cfg_env: DictConfig, num_envs: int | None = None, threads: int | None = None,
+                     evaluation: bool = False) -> gym.vector.VectorEnv:
+    """The training envs, or (``evaluation``) envs for greedy evaluation: those report raw game scores of
+    whole games (Atari: no life-loss terminations, no reward clipping). ``threads`` caps an env's own worker
+    threads (ale_py's C++ vector env) to this job's share of the cores."""
     n = cfg_env.num_envs if num_envs is None else num_envs
-    return make_vector_env(cfg_env.id, n, env_kwargs(cfg_env), cfg_env.get("vectorization", "auto"))
+    return make_vector_env(cfg_env.id, n, env_kwargs(cfg_env), cfg_env.get("vectorization", "auto"),
+                           wrapper=env_wrapper(cfg_env), atari=_atari(cfg_env), threads=threads,
+                           evaluation=evaluation)
 
 
 def build_network(cfg_network: DictConfig, spec: EnvSpec, cfg_learner: DictConfig | None = None) -> nn.Module:
@@ -96,23 +139,60 @@ def _obs_storage(spec: EnvSpec) -> tuple[tuple[int, ...], torch.dtype]:
     return shape, torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
 
 
-def check_replay_memory(cfg_replay: DictConfig, spec: EnvSpec) -> None:
+def check_replay_memory(cfg_replay: DictConfig, spec: EnvSpec, num_envs: int = 1) -> None:
     """Estimate the buffer's bytes before allocating it; refuse what the machine cannot hold."""
     shape, dtype = _obs_storage(spec)
-    need = ReplayBuffer.nbytes(cfg_replay.capacity, shape, dtype)
+    storage = cfg_replay.get("storage", "transitions")
+    need = ReplayBuffer.nbytes(cfg_replay.capacity, shape, dtype, storage=storage, num_envs=num_envs,
+                               n_step=cfg_replay.get("n_step", 1))
     avail = available_memory_bytes()
     if avail is not None and need > avail:
+        hint = "" if storage == "frames" or len(shape) < 3 else " (or store each frame once: replay.storage=frames)"
         raise UsageError(
             f"replay.capacity={cfg_replay.capacity} needs {need / 2**30:.1f} GiB but only "
-            f"{avail / 2**30:.1f} GiB of memory is available; lower replay.capacity"
+            f"{avail / 2**30:.1f} GiB of memory is available; lower replay.capacity{hint}"
         )
 
 
 def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, seed: int,
-                 gamma: float = 0.99) -> ReplayBuffer:
-    check_replay_memory(cfg_replay, spec)
+                 gamma: float = 0.99, num_envs: int = 1) -> ReplayBuffer:
+    check_replay_memory(cfg_replay, spec, num_envs)
     shape, dtype = _obs_storage(spec)
-    return instantiate(cfg_replay, obs_shape=shape, obs_dtype=dtype, device=device, seed=seed, gamma=gamma)
+    replay_device = _replay_device(cfg_replay.get("device", "auto"), device)
+    try:
+        return instantiate(cfg_replay, obs_shape=shape, obs_dtype=dtype, device=replay_device, seed=seed,
+                           gamma=gamma, num_envs=num_envs)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        raise UsageError(f"replay: cannot build the buffer: {cause}") from None
+
+
+def _replay_device(requested: str, learner_device: torch.device) -> torch.device:
+    """``auto``: the learner's device, so that a sampled batch never crosses the bus."""
+    return learner_device if requested in (None, "auto") else torch.device(requested)
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, label: str, purge_step: int | None) -> Any:
+    """The ``logger`` group: one logger, or a ``MultiLogger`` over several (``logger=[tensorboard,csv]``)."""
+    from dqnrun.loggers import MultiLogger
+
+    specs = cfg.get("logger") or {}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    loggers = []
+    for name, spec in specs.items():
+        if spec is None:
+            continue
+        try:
+            loggers.append(instantiate(spec, _recursive_=False, _convert_="all", run_dir=run_dir, label=label,
+                                       purge_step=purge_step, run_config=config))
+        except UsageError:
+            raise
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            if isinstance(cause, UsageError):
+                raise cause from None
+            raise UsageError(f"logger.{name}: cannot start {spec.get('_target_')}: {cause}") from None
+    return loggers[0] if len(loggers) == 1 else MultiLogger(loggers)
 
 
 def build_schedule(cfg_schedule: DictConfig) -> Any:

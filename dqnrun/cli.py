@@ -22,17 +22,20 @@ USAGE = f"""dqnrun {__version__}: train and evaluate DQN agents on Gymnasium env
 usage:
   dqnrun train [key=value ...]          train one run (Hydra overrides, e.g. env=acrobot seed=3)
   dqnrun train -m key=a,b [key=c,d ...] a sweep: one run per combination (Hydra multirun)
-  dqnrun eval ckpt=PATH [episodes=N] [video=true]
+  dqnrun eval ckpt=PATH [episodes=N] [video=true] [render=human]
+  dqnrun report DIR [--compare]         statistics of a sweep: IQM, bootstrap CIs, curves.png
+  dqnrun export ckpt=PATH format=torchscript|onnx [out=PATH]
   dqnrun train --cfg job                print the composed config and exit
-  dqnrun train --help                   config groups and Hydra's own flags
+  dqnrun train --help                   config groups, options and the important keys
 
 examples:
   dqnrun train env=cartpole seed=3 optimizer.lr=5e-4
-  dqnrun train -m optimizer.lr=1e-3,3e-4 seed=0,1,2
-  dqnrun eval ckpt=outputs/<date>/<time>/checkpoints/best.pt episodes=100
+  dqnrun train -m optimizer.lr=1e-3,3e-4 seed=0,1,2,3,4 hydra/launcher=joblib
+  dqnrun report outputs/multirun/<date>/<time>-<id>
+  dqnrun eval ckpt=outputs/<date>/<time>-<id>/checkpoints/best.pt episodes=100
 """
 
-COMMANDS = ("train", "eval")
+COMMANDS = ("train", "eval", "report", "export")
 # Flags that make Hydra print something instead of running: skip the preflight for them.
 _INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc",
                "--resolve", "--package", "-p", "--version"}
@@ -97,15 +100,44 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch] or [[]]
 
 
+def open_dict_overrides(args: list[str]) -> list[str]:
+    """``env.kwargs.NAME=v`` -> ``++env.kwargs.NAME=v``: env.kwargs is an open mapping of gymnasium.make
+    arguments, so a key works whether or not the preset already sets it (Hydra would refuse a new key)."""
+    return [f"++{a}" if a.startswith("env.kwargs.") and "=" in a else a for a in args]
+
+
+def sweep_dir_of(resume: str) -> Path | None:
+    """The sweep directory that ``resume=DIR`` names in a multirun (it holds multirun.yaml or optuna.db)."""
+    path = Path(resume).expanduser()
+    if path.is_dir() and ((path / "multirun.yaml").exists() or (path / "optuna.db").exists()):
+        return path
+    return None
+
+
+def continue_sweep(args: list[str]) -> list[str]:
+    """In a multirun, ``resume=SWEEP_DIR`` continues that sweep in place: ``hydra.sweep.dir=SWEEP_DIR`` and
+    ``resume=auto``, so every job resumes its own run (a finished one has nothing left to do) and the Optuna
+    sweeper reopens the study in SWEEP_DIR/optuna.db."""
+    out = []
+    for a in args:
+        sweep = sweep_dir_of(a.split("=", 1)[1]) if a.startswith("resume=") else None
+        out += [f'hydra.sweep.dir="{_quote(sweep.resolve())}"', "resume=auto"] if sweep is not None else [a]
+    return out
+
+
 def preflight(command: str, args: list[str]) -> list[str]:
     """Compose and validate every job's config; raise UsageError for the first problem.
 
-    Returns extra overrides for Hydra: a resume of an existing run continues in that run's directory.
+    Returns extra overrides for Hydra: a resume of an existing run continues in that run's directory; in a
+    multirun, ``resume=`` must be ``auto`` (`continue_sweep` has turned a sweep directory into that).
     """
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from dqnrun.sweep import ensure_plugins
+
+    ensure_plugins()
     overrides = [a for a in args if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in args)
     try:
@@ -119,21 +151,30 @@ def preflight(command: str, args: list[str]) -> list[str]:
             try:
                 cfg = compose(config_name=command, overrides=job)
                 if command == "train":
-                    from dqnrun.builders import build_env_spec, check_replay_memory
+                    from dqnrun.builders import build_env_spec, build_network, check_replay_memory
                     from dqnrun.validate import validate_train_config
 
+                    if multirun and cfg.resume not in (None, "", "auto"):
+                        raise UsageError(f"resume={cfg.resume}: in a sweep (-m), resume names a sweep "
+                                         "directory (one with multirun.yaml or optuna.db), or is auto")
                     validate_train_config(cfg)
                     if cfg.resume not in (None, "", "auto") and not multirun:
-                        from dqnrun.train import resolve_resume
+                        from dqnrun.lifecycle import resolve_resume
 
                         ckpt = resolve_resume(cfg.resume, Path("."))
-                        run_dir = str(ckpt.parent.parent.resolve()).replace("\\", "\\\\").replace('"', '\\"')
+                        run_dir = _quote(ckpt.parent.parent.resolve())
                         extra = [f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=.hydra/resume-${now:%Y%m%d-%H%M%S}"]
-                    key = repr((cfg.env.id, cfg.env.get("kwargs")))
+                    if cfg.get("init_from"):
+                        from dqnrun.checkpoint import load_checkpoint
+                        from dqnrun.lifecycle import resolve_init_from
+
+                        load_checkpoint(resolve_init_from(cfg.init_from))
+                    key = repr((cfg.env.id, cfg.env.get("kwargs"), cfg.env.get("wrappers"), cfg.env.get("atari")))
                     if key not in seen_envs:
                         seen_envs.add(key)
                         spec = build_env_spec(cfg.env)
-                    check_replay_memory(cfg.replay, spec)
+                    check_replay_memory(cfg.replay, spec, cfg.env.num_envs)
+                    build_network(cfg.network, spec, cfg.learner)  # a network that does not fit the env
                 else:
                     from dqnrun.evaluate import load_policy
                     from dqnrun.validate import validate_eval_config
@@ -146,9 +187,14 @@ def preflight(command: str, args: list[str]) -> list[str]:
     return extra
 
 
+def _quote(path: Path) -> str:
+    """A path as a double-quoted Hydra override value."""
+    return str(path).replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _app(command: str) -> Callable[[], object]:
     if command == "train":
-        from dqnrun.train import main as app
+        from dqnrun.train_task import main as app
     else:
         from dqnrun.evaluate import main as app
     return app
@@ -164,11 +210,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"dqnrun: error: unknown command {command!r}; use one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"dqnrun: error: unknown command {command!r}{hint}; use one of: {', '.join(COMMANDS)}",
+              file=sys.stderr)
         sys.exit(2)
+    if command == "report":
+        from dqnrun.report import main as report_main
+
+        sys.exit(report_main(rest))
+    if command == "export":
+        from dqnrun.export import main as export_main
+
+        sys.exit(export_main(rest))
     # Hydra rejects overrides on both sides of -m; let users put it anywhere.
     flags = [a for a in rest if a in ("-m", "--multirun")]
-    rest = flags[:1] + [a for a in rest if a not in ("-m", "--multirun")]
+    rest = flags[:1] + open_dict_overrides([a for a in rest if a not in ("-m", "--multirun")])
+    if flags and command == "train":
+        rest = continue_sweep(rest)
     if not any(a.split("=")[0] in _INFO_FLAGS | _CONFIG_FLAGS for a in rest):
         try:
             rest += preflight(command, rest)
@@ -179,3 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["COMP_LINE"] = os.environ["COMP_LINE"].replace(f" {command}", "", 1)
     sys.argv = [sys.argv[0], *rest]
     _app(command)()
+    from dqnrun.sweep import LAST_SWEEP
+
+    if LAST_SWEEP.get("failed"):  # the summary (N of M jobs failed) is printed; Hydra itself returns normally
+        sys.exit(1)

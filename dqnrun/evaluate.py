@@ -1,4 +1,9 @@
-"""`dqnrun eval`: evaluate a checkpoint using only what the checkpoint file holds."""
+"""`dqnrun eval`: evaluate a checkpoint using only what the checkpoint file holds.
+
+The env (id, kwargs, wrappers, Atari preprocessing) and the network are rebuilt from the config stored in the
+checkpoint, through `dqnrun.builders`, as training built them. Episodes use the eval epsilon the run was
+trained with (``eval.epsilon``: 0.05 for Atari presets) unless ``epsilon=`` is given.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqnrun import builders
 from dqnrun.checkpoint import load_checkpoint
-from dqnrun.envs import EVAL_SEED_BASE, SEED_STRIDE, resolve_env_id, run_episodes
+from dqnrun.envs import EVAL_SEED_BASE, SEED_STRIDE, make_env, resolve_env_id, run_episodes
 from dqnrun.errors import UsageError
 from dqnrun.networks import greedy_actor
 from dqnrun.validate import validate_eval_config
@@ -40,9 +45,58 @@ def load_policy(ckpt_path: str | Path, device: str = "cpu") -> tuple[torch.nn.Mo
     return net, cfg, ckpt
 
 
-def record_videos(net: torch.nn.Module, cfg: DictConfig, n_episodes: int, seed: int, epsilon: float,
+def stored_epsilon(train_cfg: DictConfig) -> float:
+    """The eval epsilon the run was trained with (0 for checkpoints written before it was stored)."""
+    return float(OmegaConf.select(train_cfg, "eval.epsilon", default=0.0) or 0.0)
+
+
+def evaluate_policy(net: torch.nn.Module, env_cfg: DictConfig, episodes: int, epsilon: float, seed: int,
+                    max_envs: int = 128) -> np.ndarray:
+    """Returns of ``episodes`` whole episodes (raw game scores for Atari), (episodes,), on vectorized eval envs
+    seeded ``EVAL_SEED_BASE + seed * SEED_STRIDE + i``: disjoint from training's and in-training eval's."""
+    envs = builders.build_vector_env(env_cfg, num_envs=min(episodes, max_envs), evaluation=True)
+    rng = np.random.default_rng([seed, 2])
+    try:
+        act = greedy_actor(net, epsilon, rng, int(envs.single_action_space.n))
+        return run_episodes(envs, act, episodes, EVAL_SEED_BASE + seed * SEED_STRIDE)
+    finally:
+        envs.close()
+
+
+def single_env(env_cfg: DictConfig, render_mode: str) -> Any:
+    """One rendering env with the same observations as training's (Atari: Gymnasium's preprocessing)."""
+    import gymnasium as gym
+
+    atari = env_cfg.get("atari")
+    if atari is not None:
+        from dqnrun.envs import atari as A
+
+        return A.make_render_env(OmegaConf.to_container(atari, resolve=True), render_mode)  # type: ignore[arg-type]
+    env_id = resolve_env_id(env_cfg.id)
+    env = make_env(env_id, builders.env_kwargs(env_cfg), builders.env_wrapper(env_cfg), render_mode=render_mode)
+    assert isinstance(env, gym.Env)
+    return env
+
+
+def play(net: torch.nn.Module, env: Any, n_episodes: int, seed: int, epsilon: float) -> list[float]:
+    """Play episodes one by one in a single env; returns their returns."""
+    rng = np.random.default_rng(seed)
+    act = greedy_actor(net, epsilon, rng, int(env.action_space.n))
+    returns = []
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, ret = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(int(act(np.asarray(obs)[None])[0]))
+            ret += float(reward)
+            done = terminated or truncated
+        returns.append(ret)
+    return returns
+
+
+def record_videos(net: torch.nn.Module, env_cfg: DictConfig, n_episodes: int, seed: int, epsilon: float,
                   video_dir: Path) -> list[str]:
-    """Play episodes one by one in a rgb_array env wrapped in RecordVideo; return the mp4 paths."""
+    """Play episodes in an rgb_array env wrapped in RecordVideo; return the mp4 paths."""
     import gymnasium as gym
 
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -50,52 +104,68 @@ def record_videos(net: torch.nn.Module, cfg: DictConfig, n_episodes: int, seed: 
         import moviepy  # noqa: F401
     except ImportError:
         raise UsageError("video=true needs moviepy: pip install 'dqnrun[video]' (make install does)") from None
-    kwargs = {**builders.env_kwargs(cfg.env), "render_mode": "rgb_array"}
-    env = gym.make(resolve_env_id(cfg.env.id), **kwargs)
-    env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, disable_logger=True)
-    rng = np.random.default_rng(seed)
-    act = greedy_actor(net, epsilon, rng, int(env.action_space.n))
-    for i in range(n_episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, _ = env.step(int(act(np.asarray(obs)[None])[0]))
-            done = terminated or truncated
-    env.close()
+    env = gym.wrappers.RecordVideo(single_env(env_cfg, "rgb_array"), str(video_dir),
+                                   episode_trigger=lambda _: True, disable_logger=True)
+    try:
+        play(net, env, n_episodes, seed, epsilon)
+    finally:
+        env.close()
     return sorted(str(p) for p in video_dir.glob("*.mp4"))
+
+
+def check_display() -> None:
+    """render=human needs a screen: say why not in one line instead of a pygame/SDL traceback."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UsageError("render=human needs a display, and this session has none (DISPLAY and WAYLAND_DISPLAY "
+                         "are unset, e.g. over ssh or in a container); record mp4s instead with video=true")
+
+
+def watch(net: torch.nn.Module, env_cfg: DictConfig, n_episodes: int, seed: int, epsilon: float) -> list[float]:
+    """Play episodes in a window (render_mode=human)."""
+    check_display()
+    try:
+        env = single_env(env_cfg, "human")
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"render=human: cannot open a window for {env_cfg.id} ({exc}); "
+                         "record mp4s instead with video=true") from None
+    try:
+        return play(net, env, n_episodes, seed, epsilon)
+    finally:
+        env.close()
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     validate_eval_config(cfg)
+    if cfg.get("render") == "human":
+        check_display()  # before any work
     net, train_cfg, ckpt = load_policy(cfg.ckpt, cfg.device)
     env_cfg = train_cfg.env
     if cfg.env_kwargs:
         env_cfg = OmegaConf.merge(env_cfg, {"kwargs": cfg.env_kwargs})
+    epsilon = stored_epsilon(train_cfg) if cfg.epsilon is None else float(cfg.epsilon)
+    returns = evaluate_policy(net, env_cfg, cfg.episodes, epsilon, cfg.seed)
     seed = EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
-    envs = builders.build_vector_env(env_cfg, num_envs=min(cfg.episodes, 128))
-    rng = np.random.default_rng([cfg.seed, 2])
-    try:
-        returns = run_episodes(envs, greedy_actor(net, cfg.epsilon, rng, int(envs.single_action_space.n)),
-                               cfg.episodes, seed)
-    finally:
-        envs.close()
     result: dict[str, Any] = {
         "ckpt": str(Path(cfg.ckpt).resolve()),
         "env_id": env_cfg.id,
         "step": int(ckpt["step"]),
         "episodes": int(cfg.episodes),
-        "epsilon": float(cfg.epsilon),
+        "epsilon": epsilon,
         "mean_return": float(returns.mean()),
         "std_return": float(returns.std()),
         "returns": [float(r) for r in returns],
         "solved_score": env_cfg.get("solved_score"),
     }
     if cfg.video:
-        result["videos"] = record_videos(net, OmegaConf.create({"env": env_cfg}), cfg.video_episodes,
-                                         seed, cfg.epsilon, out_dir / "videos")
+        result["videos"] = record_videos(net, env_cfg, cfg.video_episodes, seed, epsilon, out_dir / "videos")
+    if cfg.get("render") == "human":
+        result["watched_returns"] = watch(net, env_cfg, cfg.video_episodes, seed, epsilon)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"{env_cfg.id} @ step {result['step']}: mean return {result['mean_return']:.2f} "
-          f"+/- {result['std_return']:.2f} over {cfg.episodes} episodes  ({out_dir / 'eval.json'})")
+          f"+/- {result['std_return']:.2f} over {cfg.episodes} episodes at epsilon {epsilon:g}  "
+          f"({out_dir / 'eval.json'})")
     return result
 
 

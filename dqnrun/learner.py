@@ -270,10 +270,10 @@ class Learner:
         return per_sample, q_mean, per_sample.detach()
 
     @torch.no_grad()
-    def sync_target(self) -> None:
-        """Hard copy (tau == 1) or polyak step target <- tau * online + (1 - tau) * target."""
+    def sync_target(self, hard: bool = False) -> None:
+        """Hard copy (tau == 1, or ``hard``) or polyak step target <- tau * online + (1 - tau) * target."""
         src, dst = list(self.online.parameters()), list(self.target.parameters())
-        if self.tau >= 1.0:
+        if hard or self.tau >= 1.0:
             torch._foreach_copy_(dst, src)
         else:
             torch._foreach_lerp_(dst, src, self.tau)

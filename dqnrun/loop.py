@@ -16,9 +16,10 @@ import gymnasium as gym
 import numpy as np
 
 from dqnrun import metrics as M
-from dqnrun.envs import shares_obs_buffer
+from dqnrun.envs import GAME_OVER, shares_obs_buffer
 from dqnrun.errors import TrainingError
 from dqnrun.learner import Learner
+from dqnrun.loggers import Logger
 from dqnrun.replay import ReplayBuffer
 
 
@@ -36,6 +37,8 @@ class LoopSettings:
     checkpoint_every: int
     solved_score: float | None = None
     progress: bool = True
+    stop_when_solved: bool = False  # end at the first evaluation that reaches solved_score
+    reward_clip: float | None = None  # the learner sees rewards clipped to [-c, c]; logs keep the raw ones
 
 
 @dataclass
@@ -50,6 +53,7 @@ class LoopState:
     solved_at_seconds: float | None = None
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     episodes: int = 0
+    recent_train_return: float | None = None  # mean raw return of the last 20 training episodes
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +96,10 @@ class StopFlag:
 
     def install(self, signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)) -> StopFlag:
         for s in signums:
-            self._previous[s] = signal.signal(s, self._handle)
+            try:
+                self._previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (a notebook's worker thread): signals stay as they are
+                break
         return self
 
     def chain(self) -> bool:
@@ -140,17 +147,25 @@ def train_loop(
     settings: LoopSettings,
     state: LoopState,
     rng: np.random.Generator,
-    logger: M.ScalarLogger,
+    logger: Logger,
     evaluate: Callable[[], float] | None,
-    save_checkpoint: Callable[[str], None],
+    checkpoint: Callable[[str], None],
     cursor: EnvCursor,
     stop: StopFlag | None = None,
 ) -> tuple[LoopState, str]:
     """Train until ``settings.total_steps`` env steps, or until a stop is requested.
 
     ``cursor`` holds the vector env's current observation and episode statistics; it is updated in place.
-    ``save_checkpoint(kind)`` is called with ``"periodic"``, ``"best"`` and ``"last"``.
-    Returns the final state and a status: ``"completed"`` or ``"interrupted"``.
+    ``checkpoint(kind)`` is called with ``"periodic"`` (every ``checkpoint_every`` steps), ``"best"`` (a new
+    best evaluation) and ``"progress"`` (after every evaluation, for a live results.json).
+    Returns the final state and why it stopped: ``"completed"``, ``"solved"`` (``stop_when_solved``) or
+    ``"interrupted"``.
+
+    Episodes and games. The env may report, in its step info, a ``GAME_OVER`` mask beside ``terminated``:
+    Atari with life loss sets ``terminated`` at every lost life (the learner does not bootstrap through it)
+    while the game plays on, and only a game over (or a truncation) makes the next step an autoreset. So the
+    autoreset mask and the episode statistics follow ``GAME_OVER`` (whole games); the replay's bootstrap and
+    n-step windows follow ``terminated`` and ``truncated``. Without the key, a game is an episode.
     """
     s = settings
     n_envs = envs.num_envs
@@ -161,6 +176,7 @@ def train_loop(
         c.obs = c.obs.copy()
     pending_episodes: list[tuple[int, float, int]] = []
     recent_returns: deque[float] = deque(maxlen=20)
+    clip = s.reward_clip
     bar = M.progress_bar(s.total_steps, initial=state.step, enabled=s.progress)
     status = "completed"
     last_log_step = state.step
@@ -183,10 +199,11 @@ def train_loop(
         # --- step and store. NEXT_STEP autoreset: an env that ended last step now returns its reset
         # observation (action ignored, reward 0); that row is not a transition and is skipped. `next_obs`
         # of an ending step is the true final observation, so bootstrapping through truncation is right.
-        next_obs, reward, terminated, truncated, _ = envs.step(actions)
+        next_obs, reward, terminated, truncated, info = envs.step(actions)
         valid = ~c.autoreset
-        replay.add(c.obs, actions, reward, next_obs, terminated, truncated, valid)
-        done = terminated | truncated
+        replay.add(c.obs, actions, reward if clip is None else np.clip(reward, -clip, clip), next_obs,
+                   terminated, truncated, valid)
+        done = info[GAME_OVER] if GAME_OVER in info else terminated | truncated  # a whole game ended
         c.ep_return += reward * valid
         c.ep_length += valid
         before = state.step
@@ -224,10 +241,12 @@ def train_loop(
             last_log_step = state.step
             if lm is not None:
                 scalars[M.TD_LOSS], scalars[M.Q_VALUES] = lm["td_loss"], lm["q_values"]
-            logger.log(scalars, state.step)
-            for step_i, ret, length in pending_episodes:
+            for step_i, ret, length in pending_episodes:  # in step order, before the interval's scalars
                 logger.log({M.EPISODIC_RETURN: ret, M.EPISODIC_LENGTH: length}, step_i)
             pending_episodes.clear()
+            logger.log(scalars, state.step)
+            if recent_returns:
+                state.recent_train_return = float(np.mean(recent_returns))
             bar.n = state.step
             bar.set_postfix(
                 SPS=f"{scalars[M.SPS]:.0f}",
@@ -250,17 +269,26 @@ def train_loop(
                 state.last_eval_return = ret
                 state.eval_history.append((state.step, ret))
                 logger.log({M.EVAL_RETURN: ret}, state.step)
-                if s.solved_score is not None and state.solved_at_step is None and ret >= s.solved_score:
+                solved = s.solved_score is not None and ret >= s.solved_score
+                if solved and state.solved_at_step is None:
                     state.solved_at_step, state.solved_at_seconds = state.step, state.train_seconds
                 if state.best_eval_return is None or ret > state.best_eval_return:
                     state.best_eval_return = ret
-                    save_checkpoint("best")
+                    checkpoint("best")
+                checkpoint("progress")
+                if solved and s.stop_when_solved:
+                    status = "solved"
+                    break
             if do_ckpt:
-                save_checkpoint("periodic")
+                checkpoint("periodic")
             seg_start = time.perf_counter()
 
-    state.train_seconds += time.perf_counter() - seg_start
+    if status != "solved":  # a solved stop already booked its time before the evaluation
+        state.train_seconds += time.perf_counter() - seg_start
     for step_i, ret, length in pending_episodes:
         logger.log({M.EPISODIC_RETURN: ret, M.EPISODIC_LENGTH: length}, step_i)
+    if recent_returns:
+        state.recent_train_return = float(np.mean(recent_returns))
+    bar.n = state.step
     bar.close()
     return state, status

@@ -1,9 +1,11 @@
 """Q-networks. Every network maps obs (B, *obs_shape) -> Q-values (B, A).
 
-Variants are options of one class, not copies: ``dueling`` (value + advantage - mean advantage),
-``noisy`` (NoisyNet layers with factorised Gaussian noise) and ``n_atoms`` (C51: the net also exposes
-``dist_logits`` (B, A, n_atoms), and ``forward`` returns the expected value under the categorical
-distribution). ``QTable`` is tabular Q-learning expressed as a network.
+One class, `QNetwork` (also spelled `MLP`), is an optional convolutional torso followed by fully connected
+layers and a head. Variants are options, not copies: ``conv`` (``nature``: Mnih et al. 2015's Atari CNN;
+``minatar``: Young and Tian 2019's one-layer CNN), ``dueling`` (value + advantage - mean advantage), ``noisy``
+(NoisyNet layers with factorised Gaussian noise) and ``n_atoms`` (C51: the net also exposes ``dist_logits``
+(B, A, n_atoms), and ``forward`` returns the expected value under the categorical distribution). So every head
+composes with every torso. ``QTable`` is tabular Q-learning expressed as a network.
 """
 
 from __future__ import annotations
@@ -54,8 +56,26 @@ class NoisyLinear(nn.Module):
         return nn.functional.linear(x, w, b)
 
 
-class MLP(nn.Module):
-    """Fully connected Q-network.
+def nature_torso(in_channels: int) -> nn.Sequential:
+    """Mnih et al. 2015: 32 8x8/4, 64 4x4/2, 64 3x3/1 convolutions with ReLUs; (B, C, 84, 84) -> (B, 64, 7, 7)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+    )
+
+
+def minatar_torso(in_channels: int) -> nn.Sequential:
+    """Young and Tian 2019 (MinAtar's DQN): one 3x3 convolution with 16 filters; (B, C, 10, 10) -> (B, 16, 8, 8)."""
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, stride=1), nn.ReLU())
+
+
+TORSOS: dict[str, Callable[[int], nn.Sequential]] = {"nature": nature_torso, "minatar": minatar_torso}
+
+
+class QNetwork(nn.Module):
+    """A Q-network: optional conv torso -> fully connected layers -> plain / dueling head, optionally noisy or
+    distributional.
 
     Args:
         obs_shape: shape of one observation; ``()`` for a Discrete observation space.
@@ -71,6 +91,13 @@ class MLP(nn.Module):
             layer noisy (docs/benchmarks.md, section 4).
         n_atoms, v_min, v_max: C51 categorical head over ``n_atoms`` atoms on [v_min, v_max]
             (passed by the builder when ``learner.distributional=true``).
+        conv: ``nature`` | ``minatar`` | None: a convolutional torso for image observations (C, H, W), whose
+            flattened output feeds ``hidden``. With a torso every fully connected layer is noisy when ``noisy``
+            (the paper's Atari networks keep only the convolutions plain).
+        channels_last: observations are (H, W, C) (MinAtar); they are permuted inside the network, so the
+            replay stores what the env gives.
+        pixel_scale: multiply the float input by this (1/255 for uint8 frames: scaling happens here, so the
+            replay keeps uint8). It applies to float inputs too, so an exported policy takes raw pixel values.
     """
 
     def __init__(
@@ -87,10 +114,18 @@ class MLP(nn.Module):
         v_max: float = 10.0,
         sigma0: float = 0.5,
         noisy_input: bool = False,
+        conv: str | None = None,
+        channels_last: bool = False,
+        pixel_scale: float | None = None,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if conv is not None and conv not in TORSOS:
+            raise ValueError(f"unknown conv torso {conv!r}; choose one of {sorted(TORSOS)} or null")
+        self.conv, self.channels_last = conv, bool(channels_last)
+        self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
+        self.torso: nn.Module | None = None
         self.n_obs_categories = n_obs_categories
         self.activation = activation
         self.dueling, self.noisy, self.n_actions = bool(dueling), bool(noisy), int(n_actions)
@@ -99,9 +134,17 @@ class MLP(nn.Module):
             (lambda i, o: NoisyLinear(i, o, sigma0)) if self.noisy else nn.Linear
         )
         in_dim = n_obs_categories if n_obs_categories else int(torch.Size(obs_shape).numel())
+        if conv is not None:
+            if len(obs_shape) != 3:
+                raise ValueError(f"conv={conv} needs image observations (C, H, W) or (H, W, C); got {tuple(obs_shape)}")
+            channels = obs_shape[-1] if self.channels_last else obs_shape[0]
+            self.torso = TORSOS[conv](int(channels))
+            with torch.no_grad():
+                in_dim = int(self.torso(torch.zeros(1, *self._chw(obs_shape))).numel())
+        plain_input = conv is None and not noisy_input
         layers: list[nn.Module] = []
         for i, width in enumerate(hidden):
-            first = nn.Linear if i == 0 and not noisy_input else linear
+            first = nn.Linear if i == 0 and plain_input else linear
             layers += [first(in_dim, int(width)), ACTIVATIONS[activation]()]
             in_dim = int(width)
         out = self.n_atoms or 1
@@ -115,15 +158,26 @@ class MLP(nn.Module):
         if self.n_atoms:
             self.register_buffer("support", torch.linspace(float(v_min), float(v_max), self.n_atoms))
 
+    def _chw(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        h_w_c = tuple(int(x) for x in shape)
+        return (h_w_c[2], h_w_c[0], h_w_c[1]) if self.channels_last else h_w_c  # type: ignore[return-value]
+
     @property
     def linears(self) -> list[nn.Linear]:
         return [m for m in self.net if isinstance(m, nn.Linear)]
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs (B, *obs_shape) -> the float input of the first layer, (B, in_dim)."""
+        """obs (B, *obs_shape) -> the float input of the first fully connected layer, (B, in_dim)."""
         if self.n_obs_categories:
             return nn.functional.one_hot(obs.long(), self.n_obs_categories).float()
-        return obs.flatten(1).float()
+        x = obs.float()
+        if self.pixel_scale is not None:
+            x = x * self.pixel_scale
+        if self.torso is None:
+            return x.flatten(1)
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        return self.torso(x).flatten(1)
 
     def head(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, A) Q-values, or (B, A, n_atoms) logits for C51."""
@@ -153,6 +207,9 @@ class MLP(nn.Module):
         for m in self.modules():
             if isinstance(m, NoisyLinear):
                 m.reset_noise()
+
+
+MLP = QNetwork  # the name checkpoints and presets written before the conv torso use
 
 
 class QTable(nn.Module):

@@ -48,19 +48,27 @@ TRAIN_RULES: dict[str, tuple[str, float, float, bool, bool, bool]] = {
     "learner.atoms": ("int", 2, 10_000, True, True, False),
     "learner.v_min": ("float", -INF, INF, False, False, False),
     "learner.v_max": ("float", -INF, INF, False, False, False),
+    "learner.reward_clip": ("float", 0, INF, False, False, True),
 }
 _ABSENT = object()
 EVAL_RULES = {
     "episodes": ("int", 1, INF, True, True, False),
-    "epsilon": ("float", 0, 1, True, True, False),
+    "epsilon": ("float", 0, 1, True, True, True),
     "seed": ("int", 0, SEED_LIMIT, True, True, False),
+    "video_episodes": ("int", 1, INF, True, True, False),
 }
 BOOL_KEYS = ("compile", "learner.double", "learner.distributional", "learner.fast_mlp", "network.dueling",
-             "network.noisy", "network.noisy_input", "checkpoint.save_replay", "log.progress")
+             "network.noisy", "network.noisy_input", "network.channels_last", "checkpoint.save_replay",
+             "log.progress", "stop_when_solved", "env.atari.life_loss", "env.atari.fire_reset",
+             "env.atari.full_action_space")
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "learner.loss": ("huber", "mse", "half_sse"),
     "env.vectorization": ("auto", "sync", "async", "vector"),
+    "objective": ("auc", "best_eval", "final_eval", "steps_to_solve"),
+    "replay.storage": ("transitions", "frames"),
+    "replay.device": ("auto", "cpu", "cuda"),
+    "network.conv": (None, "nature", "minatar"),
 }
 
 
@@ -121,9 +129,26 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key in BOOL_KEYS:
         check_bool(cfg, key)
     for key, choices in CHOICES.items():
-        value = _get(cfg, key)
-        if value not in choices:
-            raise UsageError(f"{key}={value!r} is not one of {' | '.join(choices)}")
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and value not in choices:
+            raise UsageError(f"{key}={value!r} is not one of {' | '.join(str(c) for c in choices)}")
+    _check_names(cfg)
+    kwargs = _get(cfg, "env.kwargs")
+    if kwargs is not None and not OmegaConf.is_dict(kwargs):
+        raise UsageError(f"env.kwargs={kwargs!r} must be a mapping; set one keyword with env.kwargs.NAME=value")
+    wrappers = _get(cfg, "env.wrappers")
+    if wrappers is not None and not (OmegaConf.is_list(wrappers) and all(
+            OmegaConf.is_dict(w) and "_target_" in w for w in wrappers)):
+        raise UsageError("env.wrappers must be a list of {_target_: ..., <kwargs>} entries, e.g. "
+                         "'env.wrappers=[{_target_:gymnasium.wrappers.TimeAwareObservation}]'")
+    if cfg.get("init_from") and cfg.get("resume") not in (None, "", "auto"):
+        raise UsageError("init_from and resume exclude each other: resume continues a run (its optimizer and "
+                         "counters too); init_from starts a new run from trained weights. Pass one of them")
+    if cfg.get("stop_when_solved") and cfg.env.get("solved_score") is None:
+        raise UsageError("stop_when_solved=true needs env.solved_score (this env has none); set "
+                         "env.solved_score=<return>")
+    if _get(cfg, "replay.storage") == "frames" and cfg.replay.get("latest"):
+        raise UsageError("replay.storage=frames does not apply to replay=latest; use replay=uniform or prioritized")
     hidden = _get(cfg, "network.hidden")
     if hidden is not None and (
         not OmegaConf.is_list(hidden)
@@ -157,10 +182,22 @@ def validate_train_config(cfg: DictConfig) -> None:
             raise UsageError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
 
 
+def _check_names(cfg: DictConfig) -> None:
+    name = cfg.get("name")
+    if name is not None and not isinstance(name, str | int | float):
+        raise UsageError(f"name={name!r} must be a string, e.g. name=baseline")
+    tags = cfg.get("tags")
+    if tags is not None and not (OmegaConf.is_list(tags) and all(isinstance(t, str | int | float) for t in tags)):
+        raise UsageError(f"tags={tags!r} must be a list of strings, e.g. tags=[baseline,v2]")
+
+
 def validate_eval_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
         raise UsageError("ckpt is required: dqnrun eval ckpt=outputs/<date>/<time>/checkpoints/best.pt")
     for key, rule in EVAL_RULES.items():
-        check_value(key, cfg[key], rule)
-        _normalize_int(cfg, key, rule)
+        if key in cfg:
+            check_value(key, cfg[key], rule)
+            _normalize_int(cfg, key, rule)
     check_bool(cfg, "video")
+    if cfg.get("render") not in (None, "human"):
+        raise UsageError(f"render={cfg.render!r} is not supported; use render=human (a window) or video=true")

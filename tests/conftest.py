@@ -27,6 +27,12 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
                           capture_output=True, timeout=timeout)
 
 
+def tb_dir(run_dir: Path) -> Path:
+    """The TensorBoard run directory of a run: <run_dir>/tb/<label>/ (one label per run)."""
+    (label,) = [p for p in (run_dir / "tb").iterdir() if p.is_dir()]
+    return label
+
+
 def compose_train(overrides: list[str] | None = None):
     with initialize_config_module(config_module="dqnrun.conf", version_base=None):
         return compose(config_name="train", overrides=overrides or [])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dqnrun import metrics as M
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, run_cli, tb_dir
 
 
 def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
@@ -20,7 +20,7 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
     assert (trained_run / "train.log").exists()
     assert (trained_run / "checkpoints" / "last.pt").exists()
     assert (trained_run / "checkpoints" / "best.pt").exists()
-    assert list((trained_run / "tb").glob("events.out.tfevents.*"))
+    assert list(tb_dir(trained_run).glob("events.out.tfevents.*"))
     r = json.loads((trained_run / "results.json").read_text())
     for key in ("final_eval_return", "best_eval_return", "solved_at_step", "solved_at_seconds",
                 "train_seconds", "steps", "updates", "sps"):
@@ -45,7 +45,7 @@ def test_checkpoint_is_self_contained_and_loads_weights_only(trained_run: Path) 
 def test_tensorboard_has_the_documented_scalar_tags(trained_run: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(trained_run / "tb"))
+    acc = EventAccumulator(str(tb_dir(trained_run)))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert set(M.ALL_SCALARS) <= tags, set(M.ALL_SCALARS) - tags

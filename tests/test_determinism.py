@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dqnrun import metrics as M
-from dqnrun.train import run
-from tests.conftest import compose_train
+from dqnrun.lifecycle import run
+from tests.conftest import compose_train, tb_dir
 
 BUDGET = [
     "env=cartpole", "device=cpu", "total_steps=800", "learner.learning_starts=200", "log.every=100",
@@ -35,7 +35,7 @@ def train(tmp: Path, variant: str, seed: int, tag: str) -> Path:
 def td_losses(run_dir: Path) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir / "tb"))
+    acc = EventAccumulator(str(tb_dir(run_dir)))
     acc.Reload()
     return [(e.step, e.value) for e in acc.Scalars(M.TD_LOSS)]
 

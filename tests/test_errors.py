@@ -17,7 +17,7 @@ TRAIN_CASES = [
     # (overrides, pattern the message must contain)
     (["env.id=CartPol-v1"], "env.id='CartPol-v1' is not a registered"),
     (["env.id=nosuchpkg.mod:Foo-v0"], "cannot import module 'nosuchpkg.mod'"),
-    (["env=cartpol"], "unknown env preset 'cartpol'; choose one of: acrobot, cartpole, cliffwalking"),
+    (["env=cartpol"], "unknown env preset 'cartpol'; choose one of: acrobot, atari, breakout, cartpole"),
     (["optimizer=adamw"], "unknown optimizer preset 'adamw'"),
     (["optimizer.lrr=1e-3"], "unknown config key 'optimizer.lrr' (did you mean optimizer.lr?)"),
     (["learner.gama=0.9"], "unknown config key 'learner.gama' (did you mean learner.gamma?)"),

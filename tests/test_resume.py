@@ -15,7 +15,7 @@ import torch
 
 from dqnrun import metrics as M
 from dqnrun.checkpoint import load_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tb_dir
 
 BASE = [
     "env=cartpole", "seed=3", "learner.learning_starts=300", "eval.every=500", "eval.episodes=3",
@@ -27,7 +27,7 @@ BASE = [
 def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(tb_dir(run_dir)), size_guidance={"scalars": 0})
     acc.Reload()
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 

@@ -1,9 +1,15 @@
-"""Environment construction: vectorized training envs, a separate eval env, and env-id checks."""
+"""Environment construction: vectorized training envs, a separate eval env, and env-id checks.
+
+Gymnasium ids (``CartPole-v1``), ids of a user's package (``my_pkg.envs:MyEnv-v0`` imports ``my_pkg.envs``
+first), ALE ids (``ALE/Pong-v5``) and MinAtar ids (``MinAtar/Breakout-v1``), whose packages register their envs
+only when asked. Atari presets train on ale_py's C++ vector env (``dqnrun.envs.atari``).
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -20,9 +26,39 @@ SEED_STRIDE = 100_000
 IN_TRAINING_EVAL_SEED_BASE = 1_000_000_000
 EVAL_SEED_BASE = 2_000_000_000
 
+# Step-info key of an (E,) bool mask: True where a whole game ended on this step, so the next step is an
+# autoreset. Envs that end a learner's episode without ending the game (Atari life loss: `terminated` at every
+# lost life) set it; without it, a game is an episode (terminated | truncated). See `dqnrun.loop.train_loop`.
+GAME_OVER = "game_over"
+
+
+def _register_ale() -> None:
+    try:
+        import ale_py
+    except ImportError:
+        raise UsageError("ALE/ ids need ale-py: pip install 'dqnrun[atari]' (make install does)") from None
+    gym.register_envs(ale_py)
+
+
+def _register_minatar() -> None:
+    try:
+        import minatar.gym
+    except ImportError:
+        raise UsageError("MinAtar/ ids need minatar: pip install 'dqnrun[minatar]' (make install does)") from None
+    if not any(k.startswith("MinAtar/") for k in gym.registry):
+        minatar.gym.register_envs()
+
+
+# Id prefixes whose packages register their envs only when asked to.
+REGISTRARS = {"ALE/": _register_ale, "MinAtar/": _register_minatar}
+
 
 def resolve_env_id(env_id: str) -> str:
-    """Import the module of a ``module:EnvId`` id, check that the id is registered, return the bare id."""
+    """Import the module of a ``module:EnvId`` id (or register the ALE / MinAtar ids), check that the id is
+    registered, return the bare id."""
+    for prefix, register in REGISTRARS.items():
+        if env_id.startswith(prefix) and env_id not in gym.registry:
+            register()
     if ":" in env_id:
         module, env_id = env_id.split(":", 1)
         try:
@@ -55,13 +91,27 @@ def check_spaces(obs_space: gym.Space, action_space: gym.Space, env_id: str) -> 
         )
 
 
-def probe_spaces(env_id: str, kwargs: dict[str, Any]) -> tuple[gym.Space, gym.Space]:
-    """Make one env to read its spaces (and to surface bad kwargs as a UsageError), then close it."""
-    env_id = resolve_env_id(env_id)
+Wrapper = Callable[[gym.Env], gym.Env]
+
+
+def make_env(env_id: str, kwargs: dict[str, Any], wrapper: Wrapper | None = None, **extra: Any) -> gym.Env:
+    """One env: ``gym.make(env_id, **kwargs)``, then the ``env.wrappers`` chain. Bad kwargs -> UsageError."""
     try:
-        env = gym.make(env_id, **kwargs)
+        env = gym.make(env_id, **kwargs, **extra)
     except TypeError as exc:
         raise UsageError(f"env.kwargs rejected by {env_id}: {exc}") from None
+    return env if wrapper is None else wrapper(env)
+
+
+def probe_spaces(env_id: str, kwargs: dict[str, Any], wrapper: Wrapper | None = None,
+                 atari: dict[str, Any] | None = None) -> tuple[gym.Space, gym.Space]:
+    """Make one env to read its spaces (and to surface bad kwargs or wrappers as a UsageError), then close it."""
+    if atari is not None:
+        from dqnrun.envs import atari as A
+
+        return A.probe_spaces(atari, wrapper)
+    env_id = resolve_env_id(env_id)
+    env = make_env(env_id, kwargs, wrapper)
     try:
         check_spaces(env.observation_space, env.action_space, env_id)
         return env.observation_space, env.action_space
@@ -128,14 +178,27 @@ class SingleVectorEnv(gym.vector.VectorEnv):
 
 
 def make_vector_env(
-    env_id: str, num_envs: int, kwargs: dict[str, Any] | None = None, vectorization: str = "auto"
+    env_id: str, num_envs: int, kwargs: dict[str, Any] | None = None, vectorization: str = "auto",
+    wrapper: Wrapper | None = None, atari: dict[str, Any] | None = None, threads: int | None = None,
+    evaluation: bool = False,
 ) -> gym.vector.VectorEnv:
-    """A vector env with NEXT_STEP autoreset (Gymnasium's default, which the training loop relies on)."""
+    """A vector env with NEXT_STEP autoreset (Gymnasium's default, which the training loop relies on).
+
+    ``wrapper`` (the ``env.wrappers`` chain) wraps every single env, so an env's own numpy vector env (which
+    has no single envs) is not used then. ``atari`` builds ale_py's C++ vector env instead
+    (``dqnrun.envs.atari``); ``evaluation`` asks it for raw game scores of whole games.
+    """
+    if atari is not None:
+        from dqnrun.envs import atari as A
+
+        return A.make_vector_env(atari, num_envs, wrapper=wrapper, threads=threads, evaluation=evaluation)
     env_id = resolve_env_id(env_id)
     kwargs = dict(kwargs or {})
     mode = _mode(env_id, vectorization, num_envs)
+    if wrapper is not None and mode == "vector_entry_point":
+        mode = "sync"
     if mode == "sync" and num_envs == 1:
-        return SingleVectorEnv(gym.make(env_id, **kwargs))
+        return SingleVectorEnv(make_env(env_id, kwargs, wrapper))
     if mode == "vector_entry_point":
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
         if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) != AutoresetMode.NEXT_STEP:
@@ -146,7 +209,7 @@ def make_vector_env(
     # copy=False: the env returns its own observation buffer instead of a deepcopy (~3-10 µs a step); the
     # training loop copies the few rows it keeps (see `shares_obs_buffer`).
     return gym.make_vec(
-        env_id, num_envs=num_envs, vectorization_mode=mode,
+        env_id, num_envs=num_envs, vectorization_mode=mode, wrappers=[wrapper] if wrapper is not None else None,
         vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP, "copy": False}, **kwargs,
     )
 

@@ -1,0 +1,562 @@
+"""One training run's lifecycle, shared by `dqnrun train` (the Hydra task) and `dqnrun.train(...)` (the API).
+
+In the order it happens:
+
+    Run.prepare   validate the config; resolve resume (merge the stored config) or init_from (nothing is
+                  written yet, so bad input costs nothing)
+    Run.build     seed, then the envs, learner, replay and epsilon schedule
+    Run.restore   resume: weights, optimizer, counters, RNGs, replay and env state exactly as saved;
+                  init_from: trained weights into an otherwise fresh run
+    Run.train     the loop (`dqnrun.loop.train_loop`), which calls back `evaluate` and `save`
+    Run.finish    last.pt, results.json, the HParams record, the closing lines
+
+`execute` runs them in that order and guarantees that a run directory ends with a results.json saying how
+the run ended (`status`: completed | interrupted | failed, and `stop_reason`), also when it fails: a sweep
+then records the failed job and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dqnrun import __version__, builders
+from dqnrun import checkpoint as C
+from dqnrun import metrics as M
+from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_STRIDE, run_episodes
+from dqnrun.errors import DqnrunError, UsageError
+from dqnrun.loop import EnvCursor, LoopSettings, LoopState, StopFlag, train_loop
+from dqnrun.networks import greedy_actor
+from dqnrun.validate import validate_train_config
+
+log = logging.getLogger("dqnrun.train")
+
+# Changing these would make a resume meaningless (other env, other network shape, other streams).
+FROZEN_ON_RESUME = ("env.id", "env.kwargs", "env.num_envs", "env.wrappers", "network", "replay.capacity", "seed")
+# Overrides that say how a job is run, not what it is: left out of run labels and of the HParams record.
+BOOKKEEPING_KEYS = ("resume", "log.progress", "name", "tags")
+OBJECTIVES = ("auc", "best_eval", "final_eval", "steps_to_solve")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where a run sits: its directory, the overrides it was started with, and its place in a sweep."""
+
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    multirun: bool = False
+    cpu_share: int | None = None  # cores this job may use when jobs run side by side; None: no limit
+
+
+# --- pure helpers ----------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``auto`` -> this run dir's last.pt if present; a run dir -> its
+    last.pt; a file -> itself."""
+    if resume in (None, ""):
+        return None
+    if resume == "auto":
+        path = run_dir / "checkpoints" / "last.pt"
+        return path if path.exists() else None
+    path = _checkpoint_path(str(resume))
+    if not path.exists():
+        raise UsageError(f"resume={resume}: no checkpoint found at {path}; pass a run directory that has "
+                         "checkpoints/last.pt, a .pt file, or resume=auto")
+    return path
+
+
+def resolve_init_from(init_from: str) -> Path:
+    """A run directory (its best.pt, else last.pt) or a checkpoint file."""
+    path = Path(str(init_from)).expanduser()
+    if path.is_dir():
+        ckpts = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        path = next((p for p in (ckpts / "best.pt", ckpts / "last.pt") if p.exists()), ckpts / "best.pt")
+    if not path.exists():
+        raise UsageError(f"init_from={init_from}: no checkpoint found at {path}; pass a .pt file written by "
+                         "`dqnrun train` or a run directory that has checkpoints/best.pt")
+    return path
+
+
+def _checkpoint_path(arg: str) -> Path:
+    path = Path(arg).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+    return path
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_resume_config(stored: dict[str, Any], cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The stored config with the keys named in this invocation's overrides taken from ``cfg``."""
+    merged = OmegaConf.create(stored)
+    for override in overrides:
+        key = override_key(override)
+        if key == "resume" or key.startswith("hydra"):
+            continue
+        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    merged.resume = cfg.resume
+    original = OmegaConf.create(stored)
+    for key in FROZEN_ON_RESUME:
+        old, new = OmegaConf.select(original, key), OmegaConf.select(merged, key)
+        if old != new:
+            raise UsageError(f"resume: {key} cannot change on resume ({_show(old)} -> {_show(new)}); "
+                             "start a new run instead")
+    return merged
+
+
+def _show(value: Any) -> str:
+    return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
+def sweep_objective(results: dict[str, Any], name: str) -> float:
+    """The number a sweeper maximizes, from a run's results (``objective=`` picks it):
+
+    - ``auc``: the mean eval return over the run, i.e. the area under the eval curve per evaluation. A run
+      that solves and then collapses keeps the credit for the time it was good (the default).
+    - ``best_eval``: the best greedy eval return.
+    - ``final_eval``: the last one (a poor tuning target on its own: one unlucky collapse scores ~0).
+    - ``steps_to_solve``: minus the env steps at the first eval reaching ``env.solved_score``, negated so that
+      every objective is maximized; a run that never solves scores ``-(steps + 1)``, below every solved run.
+
+    Finite for every finished run: without any evaluation the eval-based objectives fall back to the mean
+    return of the last training episodes, and to 0 without those.
+    """
+    history = [r for _, r in results.get("eval_history") or []]
+    if name == "steps_to_solve":
+        solved = results.get("solved_at_step")
+        return -float(solved) if solved is not None else -float(results.get("steps", 0) + 1)
+    if history:
+        value = {"auc": float(np.mean(history)), "best_eval": max(history), "final_eval": history[-1]}[name]
+        return float(value)
+    fallback = results.get("recent_train_return")
+    return float(fallback) if fallback is not None else 0.0
+
+
+def run_label(cfg: DictConfig, job: Job) -> str:
+    """What a run is, for TensorBoard's run list: env, name, seed, and the other overrides of a sweep job."""
+    parts = [str(cfg.env.id).replace("/", "-")]
+    if cfg.get("name"):
+        parts.append(str(cfg.name))
+    parts.append(f"seed={cfg.seed}")
+    if job.multirun:
+        parts += sorted(o.lstrip("+~") for o in job.overrides
+                        if override_key(o) not in ("seed", *BOOKKEEPING_KEYS) and not o.startswith("hydra"))
+    label = ",".join(parts)
+    return "".join(ch if ch.isalnum() or ch in "._=+-,[]" else "-" for ch in label)[:200]
+
+
+def hparams_record(cfg: DictConfig, job: Job) -> dict[str, Any]:
+    """The hyperparameters of a run for TensorBoard's HParams tab: the keys every DQN run has, plus every key
+    this job overrode (a sweep's swept keys). Values are plain numbers, booleans or strings."""
+    keys = ["env.id", "seed", "optimizer.lr", "replay.batch_size", "replay.n_step", "learner.gamma",
+            "learner.train_freq", "learner.target_update_interval", "network._target_"]
+    keys += [override_key(o) for o in job.overrides
+             if not o.startswith("hydra") and override_key(o) not in BOOKKEEPING_KEYS]
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(keys):
+        value = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_config(value):
+            value = json.dumps(OmegaConf.to_container(value, resolve=True))
+        out[key] = value if isinstance(value, bool | int | float | str) else str(value)
+    if cfg.get("name"):
+        out["name"] = str(cfg.name)
+    return out
+
+
+def _rel(path: Path) -> str:
+    """A path as the user would type it from the current directory."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --- the lifecycle -----------------------------------------------------------------------------------
+class Run:
+    """One run, from a validated config to its results. Use `execute` (or the steps in its order)."""
+
+    def __init__(self, cfg: DictConfig, job: Job, ckpt: dict[str, Any] | None = None,
+                 init: tuple[Path, dict[str, Any]] | None = None) -> None:
+        self.cfg, self.job, self.ckpt, self.init = cfg, job, ckpt, init
+        self.run_dir = job.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.state = LoopState()
+        self.resumed_from: int | None = None
+        self.envs: Any = None
+        self.eval_envs: Any = None
+        self.logger: Any = None
+        self.learner: Any = None
+        self.device: torch.device | None = None
+        self.stop: StopFlag | None = None
+        self.started = time.time()
+
+    # 1. prepare ---------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: DictConfig, job: Job) -> Run:
+        """Validate and resolve what the run continues from; raises UsageError before any file is written."""
+        validate_train_config(cfg)
+        resume_path = resolve_resume(cfg.get("resume"), job.run_dir)
+        if resume_path is not None:
+            ckpt = C.load_checkpoint(resume_path)
+            cfg = merge_resume_config(ckpt["config"], cfg, job.overrides)
+            validate_train_config(cfg)
+            return cls(cfg, replace(job, run_dir=resume_path.parent.parent), ckpt=ckpt)  # its own directory
+        if cfg.get("init_from"):
+            path = resolve_init_from(cfg.init_from)
+            return cls(cfg, job, init=(path, C.load_checkpoint(path)))
+        return cls(cfg, job)
+
+    # 2. build -----------------------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg, share = self.cfg, self.job.cpu_share
+        torch.set_num_threads(cfg.torch_threads if share is None else max(1, min(cfg.torch_threads, share)))
+        seed_everything(cfg.seed)
+        self.spec = builders.build_env_spec(cfg.env)
+        self.learner, self.device = builders.build_learner(cfg, self.spec)
+        self.replay = builders.build_replay(cfg.replay, self.spec, self.device, seed=cfg.seed,
+                                            gamma=cfg.learner.gamma, num_envs=cfg.env.num_envs)
+        self.schedule = builders.build_schedule(cfg.schedule)
+        self.envs = builders.build_vector_env(cfg.env, threads=share)
+        n_eval = min(cfg.eval.episodes, cfg.eval.max_envs)
+        if cfg.eval.every > 0:
+            self.eval_envs = builders.build_vector_env(cfg.env, num_envs=n_eval, threads=share, evaluation=True)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.envs.action_space.seed(cfg.seed)
+        self.cursor = EnvCursor.start(self.envs.reset(seed=cfg.seed)[0])
+
+    # 3. restore ---------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        if self.ckpt is not None:
+            self._resume(self.ckpt)
+        elif self.init is not None:
+            self._init_from(*self.init)
+
+    def _resume(self, ckpt: dict[str, Any]) -> None:
+        self.state = LoopState.from_state_dict(ckpt["loop"])
+        self.learner.load_state_dict(ckpt)
+        env_state = C.load_env_state(self.ckpt_dir, self.state.step)
+        if env_state is not None:
+            self.envs.close()
+            self.envs, self.cursor = env_state["envs"], env_state["cursor"]
+        else:
+            log.warning("resume: no env state for step %d; the envs start new episodes", self.state.step)
+        replay_state = C.load_replay_state(self.ckpt_dir, self.state.step)
+        if replay_state is not None:
+            self.replay.load_state_dict(replay_state)
+        else:
+            log.warning("resume: no saved replay buffer for step %d; resuming with an empty buffer",
+                        self.state.step)
+        rngs = ckpt["rng"]
+        random.setstate(_to_tuple(rngs["python"]))
+        _set_np_global_state(rngs["numpy_global"])
+        self.rng.bit_generator.state = rngs["numpy"]
+        torch.set_rng_state(rngs["torch"])
+        self.resumed_from = self.state.step
+        log.info("resuming %s from step %d", self.run_dir, self.state.step)
+
+    def _init_from(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Trained weights into both networks; optimizer, counters, replay and exploration start fresh."""
+        try:
+            self.learner.online.load_state_dict(ckpt["online"])
+        except (RuntimeError, KeyError) as exc:
+            stored = ckpt["config"].get("network", {})
+            first = str(exc).strip().splitlines()[0][:160]
+            raise UsageError(f"init_from={path}: its weights do not fit this run's network ({first}); the "
+                             f"checkpoint's network was {stored} on {ckpt['config']['env']['id']}") from None
+        self.learner.sync_target(hard=True)
+        log.info("initialized the online and target networks from %s (step %d)", path, int(ckpt["step"]))
+
+    # 4. train -----------------------------------------------------------------------------------------
+    def train(self) -> str:
+        """Run the loop; returns its stop reason (completed | solved | interrupted)."""
+        cfg = self.cfg
+        schedule = self.schedule
+        if os.environ.get("DQNRUN_TEST_SIGNAL_AT_STEP"):  # test hook: a real signal at a chosen env step
+            schedule = _signal_at_step(schedule, int(os.environ["DQNRUN_TEST_SIGNAL_AT_STEP"]),
+                                       int(os.environ.get("DQNRUN_TEST_SIGNAL", signal.SIGTERM)))
+        settings = LoopSettings(
+            total_steps=cfg.total_steps,
+            train_freq=cfg.learner.train_freq,
+            gradient_steps=cfg.learner.gradient_steps,
+            learning_starts=cfg.learner.learning_starts,
+            target_update_interval=cfg.learner.target_update_interval,
+            eval_every=cfg.eval.every,
+            log_every=cfg.log.every,
+            checkpoint_every=cfg.checkpoint.every,
+            solved_score=cfg.env.get("solved_score"),
+            progress=cfg.log.progress,
+            stop_when_solved=bool(cfg.get("stop_when_solved", False)),
+            reward_clip=cfg.learner.get("reward_clip"),
+        )
+        self.settings = settings
+        # On resume, drop events the interrupted run wrote after its checkpoint: no duplicated points.
+        purge = self.state.step + 1 if self.ckpt is not None else None
+        self.logger = builders.build_logger(cfg, self.run_dir, run_label(cfg, self.job), purge)
+        log.info("training in %s (pid %d)", self.run_dir, os.getpid())
+        self.stop = StopFlag().install()
+        try:
+            self.state, reason = train_loop(
+                self.envs, self.learner, self.replay, schedule, settings, self.state, self.rng, self.logger,
+                self.evaluate if self.eval_envs is not None else None, self.save, self.cursor, self.stop,
+            )
+            self.save("last")
+        finally:
+            self.stop.uninstall()
+        return reason
+
+    def evaluate(self) -> float:
+        """Greedy (``eval.epsilon``) mean return over ``eval.episodes`` episodes on the eval envs. Its own env
+        and RNG, seeded from (seed, step): evaluating never perturbs the training streams."""
+        cfg = self.cfg
+        eval_rng = np.random.default_rng([cfg.seed, self.state.step])
+        act = greedy_actor(self.learner.online, cfg.eval.epsilon, eval_rng, self.spec.n_actions)
+        seed = IN_TRAINING_EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
+        self.learner.online.eval()  # NoisyNet layers act on their mean weights when evaluated
+        try:
+            return float(run_episodes(self.eval_envs, act, cfg.eval.episodes, seed).mean())
+        finally:
+            self.learner.online.train()
+
+    def save(self, kind: str) -> None:
+        """``best`` -> best.pt; ``progress`` -> a results.json with status running; ``periodic`` and ``last``
+        -> replay and env state, then step_*.pt (periodic) and last.pt, the commit point, written last."""
+        if kind == "progress":
+            self.write_results(self.results("running", None))
+            return
+        payload = self.checkpoint_payload()
+        if kind == "best":
+            C.atomic_torch_save(payload, self.ckpt_dir / "best.pt")
+            return
+        cfg = self.cfg
+        if cfg.checkpoint.save_replay:
+            C.save_replay_state(self.ckpt_dir, self.state.step, self.replay, cfg.checkpoint.replay_max_gb)
+        C.save_env_state(self.ckpt_dir, self.state.step, self.envs, self.cursor)
+        if kind == "periodic":
+            C.atomic_torch_save(payload, self.ckpt_dir / f"step_{self.state.step:010d}.pt")
+            periodic = sorted(self.ckpt_dir.glob("step_*.pt"))
+            for old in periodic[: max(len(periodic) - cfg.checkpoint.keep_last, 0)]:
+                old.unlink(missing_ok=True)  # only after the new one is safely on disk
+        C.atomic_torch_save(payload, self.ckpt_dir / "last.pt")
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "format_version": C.FORMAT_VERSION,
+            "dqnrun_version": __version__,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            **self.learner.state_dict(),
+            "step": self.state.step,
+            "loop": self.state.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy_global": _np_global_state(),
+                "numpy": self.rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+            },
+        }
+
+    # 5. finish ----------------------------------------------------------------------------------------
+    def results(self, status: str, stop_reason: str | None, error: str | None = None) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        results: dict[str, Any] = {
+            "status": status,
+            "stop_reason": stop_reason,
+            "error": error,
+            "env_id": cfg.env.id,
+            "seed": cfg.seed,
+            "name": cfg.get("name"),
+            "tags": list(cfg.get("tags") or []),
+            "overrides": list(self.job.overrides),
+            "steps": st.step,
+            "total_steps": cfg.total_steps,
+            "updates": self.learner.updates if self.learner is not None else 0,
+            "episodes": st.episodes,
+            "train_seconds": st.train_seconds,
+            "sps": st.step / st.train_seconds if st.train_seconds > 0 else None,
+            "final_eval_return": st.last_eval_return,
+            "best_eval_return": st.best_eval_return,
+            "solved_score": cfg.env.get("solved_score"),
+            "solved_at_step": st.solved_at_step,
+            "solved_at_seconds": st.solved_at_seconds,
+            "recent_train_return": st.recent_train_return,
+            "resumed_from_step": self.resumed_from,
+            "init_from": str(self.init[0]) if self.init is not None else None,
+            "eval_history": [list(x) for x in st.eval_history],
+            "run_dir": str(self.run_dir),
+            "device": str(self.device) if self.device is not None else None,
+            "dqnrun_version": __version__,
+            "pid": os.getpid(),
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        name = cfg.get("objective", "auc")
+        value = sweep_objective(results, name) if status != "failed" else None
+        results["objective"] = {"name": name, "value": value}
+        return results
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.run_dir / "results.json", results)
+
+    def finish(self, stop_reason: str, error: str | None = None) -> dict[str, Any]:
+        """Write results.json and the HParams record, close everything, say where things are."""
+        status = {"completed": "completed", "solved": "completed", "interrupted": "interrupted"}.get(
+            stop_reason, "failed")
+        results = self.results(status, stop_reason, error)
+        self.write_results(results)
+        if self.logger is not None:
+            try:
+                self.logger.log_hparams(hparams_record(self.cfg, self.job), {
+                    M.HP_BEST_EVAL: _num(results["best_eval_return"]),
+                    M.HP_FINAL_EVAL: _num(results["final_eval_return"]),
+                    M.HP_OBJECTIVE: _num(results["objective"]["value"]),
+                    M.HP_SOLVED_AT: _num(results["solved_at_step"]),
+                    M.HP_SPS: _num(results["sps"]),
+                }, self.state.step)
+            except Exception as exc:  # the record is a convenience; never lose results over it
+                log.warning("could not write the HParams record: %s", exc)
+        self.close()
+        self._closing_lines(results)
+        if stop_reason == "interrupted" and self.stop is not None and self.stop.signum is not None:
+            # Checkpoint and results are on disk: let a launcher's own handler act now (submitit requeues the
+            # job, which lands in this run dir again and continues with resume=auto). Else exit 128+signum.
+            if self.stop.signum == signal.SIGUSR2 and self.stop.chain():
+                return results
+            results["exit_code"] = 128 + self.stop.signum
+        return results
+
+    def close(self) -> None:
+        """Close the logger and envs (idempotent; also after a failure)."""
+        for name in ("logger", "envs", "eval_envs"):
+            obj = getattr(self, name)
+            setattr(self, name, None)
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception as exc:
+                    log.warning("closing %s failed: %s", name, exc)
+
+    def _closing_lines(self, r: dict[str, Any]) -> None:
+        log.info(
+            "%s: %d steps, %d updates in %.1fs (%.0f steps/s); final eval %s, best %s, solved at %s",
+            r["stop_reason"], r["steps"], r["updates"], r["train_seconds"], r["sps"] or 0,
+            _fmt(r["final_eval_return"]), _fmt(r["best_eval_return"]), r["solved_at_step"],
+        )
+        where = _rel(self.run_dir)
+        log.info("run directory: %s", where)
+        best = self.ckpt_dir / "best.pt"
+        if best.exists():
+            log.info("evaluate it:   dqnrun eval ckpt=%s", _rel(best))
+        if r["status"] == "interrupted":
+            log.info("continue it:   dqnrun train resume=%s", where)
+        log.info("watch it:      tensorboard --logdir %s", _rel(self.run_dir / "tb"))
+
+
+def _num(x: Any) -> float:
+    return float(x) if x is not None else math.nan
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def execute(cfg: DictConfig, job: Job) -> dict[str, Any]:
+    """Prepare, build, restore, train and finish one run; return its results (also in results.json).
+
+    A failure (a non-finite loss, an env that crashes, bad input found late) still leaves a results.json
+    with ``"status": "failed"``, the error in one line and the traceback in train.log, then re-raises. A
+    failure while preparing never overwrites the results.json of an existing run (a refused resume).
+    """
+    try:
+        run = Run.prepare(cfg, job)
+    except Exception as exc:
+        message = _log_failure(exc)
+        if job.run_dir.exists() and not (job.run_dir / "results.json").exists():
+            _write_json(job.run_dir / "results.json", {
+                "status": "failed", "stop_reason": "failed", "error": message, "overrides": list(job.overrides),
+                "seed": OmegaConf.select(cfg, "seed", default=None), "run_dir": str(job.run_dir),
+                "eval_history": [], "objective": {"name": cfg.get("objective", "auc"), "value": None},
+                "dqnrun_version": __version__, "pid": os.getpid()})
+        raise
+    try:
+        run.build()
+        run.restore()
+        reason = run.train()
+    except Exception as exc:
+        run.finish("failed", error=_log_failure(exc))
+        raise
+    except BaseException:  # KeyboardInterrupt (a second Ctrl-C) or SystemExit: leave at once
+        run.close()
+        raise
+    return run.finish(reason)
+
+
+def _log_failure(exc: BaseException) -> str:
+    """Log a failure (with its traceback if it is not one of ours) and return it as one line."""
+    if isinstance(exc, DqnrunError):
+        message = str(exc)
+        log.error("run failed: %s", message)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("run failed:\n%s", traceback.format_exc())
+    return (message.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _signal_at_step(schedule: Any, at_step: int, signum: int) -> Any:
+    """Wrap the schedule (called once per loop iteration) to send this process ``signum`` once."""
+    sent = False
+
+    def wrapped(step: int) -> float:
+        nonlocal sent
+        if not sent and step >= at_step:
+            sent = True
+            os.kill(os.getpid(), signum)
+        return schedule(step)
+
+    return wrapped
+
+
+def _np_global_state() -> dict[str, Any]:
+    """NumPy's legacy global RNG state as tensors and ints (a checkpoint must load with weights_only)."""
+    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_np_global_state(d: dict[str, Any]) -> None:
+    np.random.set_state((d["name"], d["key"].numpy().astype(np.uint32), d["pos"], d["has_gauss"],
+                         d["cached_gaussian"]))
+
+
+def _to_tuple(x: Any) -> Any:
+    """random.setstate needs tuples; a checkpoint round trip may give lists."""
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train one composed config into ``run_dir`` in this process (tests, benchmarks); see `execute`."""
+    return execute(cfg, Job(Path(run_dir), list(overrides or [])))

@@ -1,0 +1,179 @@
+"""Where scalars go: TensorBoard, a CSV file, Weights & Biases, or several at once.
+
+The loop and the run lifecycle write through the small interface every logger here has:
+
+    log(scalars: {name: value}, step)      step = env steps summed over the vector envs
+    log_hparams(hparams, metrics, step)     once, when a run finishes (TensorBoard's HParams tab)
+    close()
+
+Scalar names are the constants in ``dqnrun.metrics`` for every backend. A logger is chosen by the config
+group ``logger`` (``logger=csv``, ``logger=[tensorboard,csv]``); each option is one ``_target_`` here, built
+by ``dqnrun.builders.build_logger`` with the run's directory, its label and the step from which a resumed run
+rewrites history (``purge_step``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from dqnrun import metrics as M
+
+log = logging.getLogger(__name__)
+
+
+class Logger(Protocol):
+    def log(self, scalars: dict[str, float], step: int) -> None: ...
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoardLogger:
+    """TensorBoard event files under ``run_dir/tb/<label>``: the label names the TensorBoard run (env, name,
+    seed and a sweep job's overrides) instead of only a date.
+
+    ``purge_step`` (on resume) drops any events at or after that step left by the interrupted run, so a
+    resumed curve has neither duplicated nor missing points.
+
+    Each ``log`` call writes one event holding all its scalars, which is what ``add_scalar`` writes one by
+    one (TensorBoard reads both the same). The queue is long enough that the loop's burst of episode records
+    at each log point never waits for the writer thread: with SummaryWriter's default of 10, that handoff
+    cost ~60 µs per record (docs/benchmarks.md, section 5).
+    """
+
+    def __init__(self, run_dir: str | Path, label: str = "run", purge_step: int | None = None,
+                 run_config: dict[str, Any] | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = Path(run_dir) / "tb" / label
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step, max_queue=4096, flush_secs=30)
+        self._events = self.writer._get_file_writer()  # the event writer behind add_scalar
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=name, simple_value=float(value)) for name, value in scalars.items()]
+        self._events.add_summary(Summary(value=values), step)
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        """The HParams plugin's three records (experiment, session start, session end) in this run's own
+        event file, beside the metric scalars they refer to; ``add_hparams`` would write a separate run."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        exp, ssi, sei = hparams_summary(hparams, metrics)
+        for record in (exp, ssi, sei):
+            self._events.add_summary(record)
+        self.log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class CSVLogger:
+    """``run_dir/metrics.csv``: a ``step`` column and one column per scalar name (``dqnrun.metrics``), one row
+    per ``log`` call with the columns it logged filled in. Readable by anyone (pandas, a spreadsheet).
+
+    On resume (``purge_step``) the rows at or after that step, left by the interrupted run, are dropped, as
+    TensorBoard's purge does, so the file never holds a step twice for the same scalar.
+    """
+
+    def __init__(self, run_dir: str | Path, label: str = "run", purge_step: int | None = None,
+                 run_config: dict[str, Any] | None = None, filename: str = "metrics.csv") -> None:
+        self.path = Path(run_dir) / filename
+        self.columns = ["step", *M.ALL_SCALARS, *M.HPARAM_METRICS]
+        kept: list[dict[str, str]] = []
+        if self.path.exists() and purge_step is not None:
+            with open(self.path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) < purge_step]
+        fresh = not self.path.exists() or purge_step is not None
+        self._file = open(self.path, "w" if fresh else "a", newline="")  # noqa: SIM115 - closed in close()
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
+        if fresh:
+            self._writer.writeheader()
+            self._writer.writerows(kept)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self._writer.writerow({"step": step, **{k: repr(float(v)) for k, v in scalars.items()}})
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        self.log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class WandbLogger:
+    """Weights & Biases (``pip install 'dqnrun[wandb]'``). ``mode=offline`` (the preset's default) needs no
+    network or account: the run is written under ``run_dir/wandb/`` and can be uploaded later with
+    ``wandb sync``. ``mode=online`` logs live.
+
+    W&B drops points logged at a step lower than one it has seen, so the loop logs each interval's episode
+    records before the interval's own scalars, in step order.
+    """
+
+    def __init__(self, run_dir: str | Path, label: str = "run", purge_step: int | None = None,
+                 run_config: dict[str, Any] | None = None, project: str = "dqnrun", entity: str | None = None,
+                 mode: str = "offline", group: str | None = None, tags: list[str] | None = None) -> None:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            import wandb
+        except ImportError:
+            from dqnrun.errors import UsageError
+
+            raise UsageError("logger=wandb needs wandb: pip install 'dqnrun[wandb]' (make install does)") from None
+        self._wandb = wandb
+        run_dir = Path(run_dir)
+        # One W&B run per dqnrun run: its id lives in the run directory, so a resume continues the same run.
+        id_file = run_dir / "wandb" / "run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(
+            project=project, entity=entity, mode=mode, dir=str(run_dir), id=run_id, name=label, group=group,
+            tags=list(tags or []) or None, config=run_config, resume="allow", reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(dict(scalars), step=step)
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        self.run.config.update(hparams, allow_val_change=True)
+        for key, value in metrics.items():
+            self.run.summary[key] = value
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MultiLogger:
+    """Fans every call out to several loggers (``logger=[tensorboard,csv]``)."""
+
+    def __init__(self, loggers: list[Logger]) -> None:
+        self.loggers = loggers
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for logger in self.loggers:
+            logger.log(scalars, step)
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_hparams(hparams, dict(metrics), step)
+
+    def close(self) -> None:
+        errors = []
+        for logger in self.loggers:
+            try:
+                logger.close()
+            except Exception as exc:  # one backend failing to close must not lose the others' files
+                errors.append(exc)
+                log.warning("logger %s did not close cleanly: %s", type(logger).__name__, exc)
+        if errors and len(errors) == len(self.loggers):
+            raise errors[0]
+

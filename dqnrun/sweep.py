@@ -1,0 +1,125 @@
+"""Sweeps: each job's share of the cores, and the summary a multirun ends with.
+
+Launching stays Hydra's (basic, joblib, submitit, Ray launchers; the Optuna sweeper): nothing here schedules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# What the last multirun of this process ended with: {"failed": n, "total": m, "dir": sweep_dir}. The CLI reads
+# it after Hydra returns to exit non-zero when a job failed (Hydra itself returns normally).
+LAST_SWEEP: dict[str, Any] = {}
+
+
+def ensure_plugins() -> None:
+    """Register dqnrun's Hydra sweeper (``hydra/sweeper=dqnrun_optuna``). Hydra finds plugins by scanning the
+    ``hydra_plugins`` namespace package, which misses packages installed in editable mode (their path is an
+    import hook, not a folder), so register it explicitly; a wheel install is found either way."""
+    try:
+        from hydra.core.plugins import Plugins
+
+        from hydra_plugins.dqnrun_sweeper import DqnrunOptunaSweeper
+    except ImportError:  # the sweeps extra (optuna, its Hydra sweeper) is not installed
+        return
+    Plugins.instance().register(DqnrunOptunaSweeper)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_share(launcher: Any) -> int | None:
+    """Cores one job may use when the launcher runs jobs side by side on this machine, so that N jobs on N
+    cores do not oversubscribe: torch threads, BLAS threads and an env's own threads are capped to it.
+
+    joblib: cores // n_jobs (``n_jobs=-1``, its default, means one job per core). submitit: ``cpus_per_task``.
+    Ray: the CPUs each task reserves. Other launchers (basic: one job at a time): None, no cap.
+    """
+    target = str(launcher.get("_target_", "")) if launcher is not None else ""
+    cores = available_cores()
+    if "joblib" in target:
+        n = int(launcher.get("n_jobs") or -1)
+        n = cores + 1 + n if n < 0 else n  # joblib's convention: -1 = all cores, -2 = all but one
+        return max(1, cores // max(1, n))
+    if "submitit" in target:
+        cpus = launcher.get("cpus_per_task")
+        return int(cpus) if cpus else None
+    if "ray" in target:
+        remote = (launcher.get("ray") or {}).get("remote") or {}
+        cpus = remote.get("num_cpus")
+        return max(1, int(cpus)) if cpus else None
+    return None
+
+
+def limit_threads(share: int | None) -> None:
+    """Cap BLAS/OpenMP thread pools of this process (torch's own pool is set by the lifecycle)."""
+    if share is None:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(share)
+
+
+def job_dirs(sweep_dir: Path, since: float = 0.0) -> list[Path]:
+    """The job directories of a sweep (each has Hydra's .hydra/), started at or after ``since`` (a time)."""
+    found = []
+    for hydra_dir in sweep_dir.glob("*/.hydra"):
+        overrides = hydra_dir / "overrides.yaml"
+        if overrides.exists() and overrides.stat().st_mtime >= since:
+            found.append(hydra_dir.parent)
+    return sorted(found, key=lambda p: (len(p.name), p.name))
+
+
+def job_outcome(job_dir: Path) -> tuple[str, str]:
+    """(status, reason) of one job from its results.json: status completed | interrupted | failed."""
+    try:
+        r = json.loads((job_dir / "results.json").read_text())
+    except FileNotFoundError:
+        return "failed", "it ended without writing results.json (killed?)"
+    except (OSError, ValueError) as exc:
+        return "failed", f"its results.json is unreadable ({exc})"
+    status = r.get("status")
+    if status == "running":
+        return "failed", "it stopped while running (killed?)"
+    return status or "completed", r.get("error") or ""
+
+
+class SweepSummary(Callback):
+    """Ends a multirun with a line per failed job and ``N of M jobs failed`` (or that all M finished)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time() - 1.0  # mtime resolution
+        LAST_SWEEP.clear()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = job_dirs(sweep_dir, getattr(self, "started", 0.0))
+        failed = []
+        for d in jobs:
+            status, reason = job_outcome(d)
+            if status == "failed":
+                failed.append((d, reason))
+        LAST_SWEEP.update(failed=len(failed), total=len(jobs), dir=str(sweep_dir))
+        out = sys.stderr if failed else sys.stdout
+        for d, reason in failed:
+            print(f"dqnrun train: job {d.name} failed: {reason} (log: {d / 'train.log'})", file=out)
+        if failed:
+            print(f"dqnrun train: {len(failed)} of {len(jobs)} jobs failed; their logs are listed above; "
+                  f"the other jobs' results are in {sweep_dir}", file=out)
+        else:
+            print(f"dqnrun train: all {len(jobs)} jobs finished in {sweep_dir}", file=out)
+        print(f"summarize them with: dqnrun report {sweep_dir}", file=out)
