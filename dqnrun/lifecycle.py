@@ -403,8 +403,11 @@ class Run:
             "eval_history": [list(x) for x in st.eval_history],
             "run_dir": str(self.run_dir),
             "device": str(self.device) if self.device is not None else None,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_share": self.job.cpu_share,
             "dqnrun_version": __version__,
             "pid": os.getpid(),
+            "sweep_id": os.environ.get("DQNRUN_SWEEP_ID") if self.job.multirun else None,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         name = cfg.get("objective", "auc")
@@ -494,9 +497,11 @@ def execute(cfg: DictConfig, job: Job) -> dict[str, Any]:
                 "status": "failed", "stop_reason": "failed", "error": message, "overrides": list(job.overrides),
                 "seed": OmegaConf.select(cfg, "seed", default=None), "run_dir": str(job.run_dir),
                 "eval_history": [], "objective": {"name": cfg.get("objective", "auc"), "value": None},
-                "dqnrun_version": __version__, "pid": os.getpid()})
+                "dqnrun_version": __version__, "pid": os.getpid(),
+                "sweep_id": os.environ.get("DQNRUN_SWEEP_ID") if job.multirun else None})
         raise
     try:
+        run.write_results(run.results("running", None))  # a started job is visible at once (report, sweeps)
         run.build()
         run.restore()
         reason = run.train()

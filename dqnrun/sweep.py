@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 # What the last multirun of this process ended with: {"failed": n, "total": m, "dir": sweep_dir}. The CLI reads
 # it after Hydra returns to exit non-zero when a job failed (Hydra itself returns normally).
 LAST_SWEEP: dict[str, Any] = {}
+# Set by the sweep's process before it launches jobs, inherited by them (in-process, joblib's and submitit's
+# workers, a local Ray cluster) and written into each job's results.json: the summary counts this sweep's jobs
+# only, even when several sweepers share one sweep directory (a shared Optuna study).
+SWEEP_ID_ENV = "DQNRUN_SWEEP_ID"
 
 
 def ensure_plugins() -> None:
@@ -74,13 +78,19 @@ def limit_threads(share: int | None) -> None:
     threadpool_limits(share)
 
 
-def job_dirs(sweep_dir: Path, since: float = 0.0) -> list[Path]:
-    """The job directories of a sweep (each has Hydra's .hydra/), started at or after ``since`` (a time)."""
+def job_dirs(sweep_dir: Path, sweep_id: str | None = None) -> list[Path]:
+    """The job directories of a sweep (each has Hydra's .hydra/); with ``sweep_id``, only those whose
+    results.json says they were launched by that sweep (a job writes it as soon as it starts)."""
     found = []
     for hydra_dir in sweep_dir.glob("*/.hydra"):
-        overrides = hydra_dir / "overrides.yaml"
-        if overrides.exists() and overrides.stat().st_mtime >= since:
-            found.append(hydra_dir.parent)
+        job = hydra_dir.parent
+        if sweep_id is not None:
+            try:
+                if json.loads((job / "results.json").read_text()).get("sweep_id") != sweep_id:
+                    continue
+            except (OSError, ValueError):
+                continue
+        found.append(job)
     return sorted(found, key=lambda p: (len(p.name), p.name))
 
 
@@ -102,12 +112,13 @@ class SweepSummary(Callback):
     """Ends a multirun with a line per failed job and ``N of M jobs failed`` (or that all M finished)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time() - 1.0  # mtime resolution
+        self.sweep_id = f"{os.getpid()}-{time.time_ns()}"
+        os.environ[SWEEP_ID_ENV] = self.sweep_id
         LAST_SWEEP.clear()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = job_dirs(sweep_dir, getattr(self, "started", 0.0))
+        jobs = job_dirs(sweep_dir, getattr(self, "sweep_id", None))
         failed = []
         for d in jobs:
             status, reason = job_outcome(d)

@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")  # optuna 2.10 on SQLAlchemy 1.4 (pinned <2)
 
 # A tiny CartPole run: enough steps to update, evaluate and checkpoint, in about a second.
 TINY = [
