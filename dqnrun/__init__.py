@@ -32,7 +32,7 @@ def _slug(name: Any = None, tags: Any = None) -> str:
     """``-<name>-<tag>-<tag>`` for a run directory's name ('' without a name or tags); filesystem-safe."""
     parts = [str(name)] if name not in (None, "") else []
     parts += [str(t) for t in (tags or [])]
-    text = "-".join(re.sub(r"[^A-Za-z0-9_.=+]+", "_", p).strip("_") for p in parts)
+    text = "-".join(re.sub(r"[^A-Za-z0-9_.=+-]+", "_", p).strip("_") for p in parts)
     return f"-{text[:100]}" if text else ""
 
 

@@ -180,6 +180,10 @@ def preflight(command: str, args: list[str]) -> list[str]:
                     from dqnrun.validate import validate_eval_config
 
                     validate_eval_config(cfg)
+                    if cfg.get("render") == "human":
+                        from dqnrun.evaluate import check_display
+
+                        check_display()
                     load_policy(cfg.ckpt)
             except (HydraException, OmegaConfBaseException) as exc:
                 known = _flat_keys(compose(config_name=command)) if command == "train" else []

@@ -131,7 +131,7 @@ class WandbLogger:
         run_dir = Path(run_dir)
         # One W&B run per dqnrun run: its id lives in the run directory, so a resume continues the same run.
         id_file = run_dir / "wandb" / "run_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else os.urandom(4).hex()
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(

@@ -65,6 +65,7 @@ def test_resume_after_sigterm_continues_exactly(uninterrupted: Path, tmp_path: P
     assert "resume=" in stopped.stderr
     interrupted = json.loads((d / "results.json").read_text())
     assert interrupted["status"] == "interrupted" and 1234 <= interrupted["steps"] < 2000
+    assert interrupted["stop_reason"] == "interrupted"
     resumed = run_cli([*args, "resume=auto"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((d / "results.json").read_text())["resumed_from_step"] == interrupted["steps"]
@@ -159,6 +160,10 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
     assert "Traceback" not in proc.stderr
     ckpt = load_checkpoint(d / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in ckpt["online"].values())
+    results = json.loads((d / "results.json").read_text())
+    assert results["status"] == "failed" and results["stop_reason"] == "failed"
+    assert results["error"].startswith("non-finite loss or Q-value between env steps")
+    assert results["steps"] == ckpt["step"] + 300 or results["steps"] > ckpt["step"]
 
 
 def test_in_training_evaluation_never_perturbs_the_training_streams(tmp_path: Path) -> None:
