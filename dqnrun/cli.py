@@ -191,6 +191,25 @@ def preflight(command: str, args: list[str]) -> list[str]:
     return extra
 
 
+def print_sweep_configs(command: str, args: list[str]) -> int:
+    """``-m ... --cfg job``: validate every job of the sweep as a real one would be, print each job's config."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    overrides = [a for a in args if not a.startswith("-") and a not in ("job", "hydra", "all")]
+    try:
+        preflight(command, ["-m", *overrides])
+        jobs = _jobs(overrides, True)
+    except UsageError as exc:
+        print(f"dqnrun {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    with initialize_config_module(config_module="dqnrun.conf", version_base=None):
+        for i, job in enumerate(jobs):
+            print(f"# job {i}: {' '.join(job)}")
+            print(OmegaConf.to_yaml(compose(config_name=command, overrides=job)))
+    return 0
+
+
 def _quote(path: Path) -> str:
     """A path as a double-quoted Hydra override value."""
     return str(path).replace("\\", "\\\\").replace('"', '\\"')
@@ -232,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     rest = flags[:1] + open_dict_overrides([a for a in rest if a not in ("-m", "--multirun")])
     if flags and command == "train":
         rest = continue_sweep(rest)
+    info = [a for a in rest if a.split("=")[0] in _INFO_FLAGS]
+    if flags and info and info[0] in ("--cfg", "-c"):
+        # Hydra cannot combine -m with --cfg; print every job's config instead (nothing runs, no directory).
+        sys.exit(print_sweep_configs(command, rest))
     if not any(a.split("=")[0] in _INFO_FLAGS | _CONFIG_FLAGS for a in rest):
         try:
             rest += preflight(command, rest)

@@ -170,7 +170,15 @@ def test_a_killed_optuna_sweep_continues_without_repeating_a_finished_trial(tmp_
 
 
 # --- PostgreSQL: a real server started by the test ----------------------------------------------------
-PG_BIN = Path(os.environ.get("DQNRUN_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _pg_bin() -> Path:
+    """Debian's PostgreSQL server programs (any version), or DQNRUN_PG_BIN."""
+    if os.environ.get("DQNRUN_PG_BIN"):
+        return Path(os.environ["DQNRUN_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 def _free_port() -> int:
