@@ -152,5 +152,7 @@ def load_replay_state(ckpt_dir: Path, step: int) -> dict[str, Any] | None:
     path = ckpt_dir / REPLAY_STATE_NAME
     if not path.exists():
         return None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # mmap: a large buffer (frames of 1M Atari transitions) is paged in as it is copied into the preallocated
+    # replay, instead of being read whole first (which would need twice its size in memory)
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return obj["replay"] if obj.get("step") == step else None

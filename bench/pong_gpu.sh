@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Pong on one GPU, within a fixed wall-clock budget: what dqnrun reaches and how fast.
+#
+# Prepared for the device tool's H200 machine (Python 3.12 with torch, tensorboard and opencv, but no gymnasium,
+# ale-py, hydra-core or omegaconf): those travel as cp312 wheels in .whl/ (at most 64 MiB per call). Once, here:
+#
+#   echo /.whl/ >> .git/info/exclude
+#   for w in gymnasium==1.4.0 ale-py==0.12.1 hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 \
+#            farama-notifications==0.0.4 cloudpickle==3.1.1 tqdm; do
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       --platform manylinux1_x86_64 -d .whl "$w"
+#   done
+#   python3 -m pip download --no-deps --no-binary=:none: -d .whl antlr4-python3-runtime==4.9.3  # pure Python
+#
+# Then run it there, in one call, with a timeout that leaves room for a rerun (the command itself stops training
+# after BUDGET_S seconds and evaluates):
+#
+#   run(command="bash bench/pong_gpu.sh", carry=[".whl"], timeout_s=560)
+#
+# It writes $OUT/pong_gpu.json (reached score, wall minutes, env steps, steps/s) and $OUT/train.log.
+set -euo pipefail
+BUDGET_S=${BUDGET_S:-420}           # ~7 minutes of training, as the issue plans
+OUT=${OUT:-/tmp/pong_gpu_out}
+DEVICE=${DEVICE:-cuda}              # DEVICE=cpu BUDGET_S=30 bash bench/pong_gpu.sh: a dry run of the mechanics here
+export OUT BUDGET_S DEVICE
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+${PYTHON:-python3} - <<'EOF'
+import json, os, time, signal, threading, sys
+from pathlib import Path
+
+out = Path(os.environ["OUT"])
+budget = float(os.environ.get("BUDGET_S", "420"))
+# Pong-tuned for wall-clock speed on one GPU: 16 envs in ALE's C++ threads, one update per 4 env steps at batch
+# 128 (the GPU's cost per update hardly grows with the batch), 3-step double DQN, a 500k replay of frames stored
+# once, replay and networks on the GPU.
+overrides = [
+    "env=pong", f"device={os.environ['DEVICE']}", "env.num_envs=16", "total_steps=10000000", "replay.capacity=500000",
+    "replay.batch_size=128", "replay.n_step=3", "learner.double=true", "learner.learning_starts=20000",
+    "learner.train_freq=4", "learner.target_update_interval=2000", "optimizer.lr=2.5e-4",
+    "schedule.decay_steps=250000", "schedule.end=0.01", "eval.every=100000", "eval.episodes=8", "eval.max_envs=8",
+    "checkpoint.every=0", "checkpoint.save_replay=false", "log.progress=false", "torch_threads=4",
+    f"hydra.run.dir={out / 'run'}",
+]
+t0 = time.time()
+# A SIGTERM after the budget: the run finishes its step, saves last.pt and writes results.json (exit 143).
+threading.Timer(budget, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+sys.argv = ["dqnrun", "train", *overrides]
+from dqnrun.cli import main
+try:
+    main()
+except SystemExit as exc:
+    print("train exited with", exc.code)
+wall = time.time() - t0
+r = json.loads((out / "run" / "results.json").read_text())
+summary = {"wall_minutes": wall / 60, "steps": r["steps"], "sps": r["sps"], "updates": r["updates"],
+           "best_eval_return": r["best_eval_return"], "final_eval_return": r["final_eval_return"],
+           "eval_history": r["eval_history"], "device": r["device"]}
+(out / "pong_gpu.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps(summary, indent=2))
+EOF
+cp "$OUT/run/train.log" "$OUT/train.log" 2>/dev/null || true
