@@ -115,10 +115,11 @@ def minatar_sb3(total: int) -> dict[str, Any]:
 
     m = MINATAR
     env = gym.make("MinAtar/Breakout-v1")
-    model = DQN("MlpPolicy", env, learning_rate=m["lr"], buffer_size=m["buffer"], learning_starts=m["learning_starts"],
-                batch_size=m["batch"], train_freq=m["train_freq"], gradient_steps=1, target_update_interval=m["target"],
-                gamma=m["gamma"], exploration_fraction=1.0, exploration_initial_eps=1.0, exploration_final_eps=m["eps_end"],
-                max_grad_norm=10, device="cpu", verbose=0, seed=0,
+    model = DQN("MlpPolicy", env, learning_rate=m["lr"], buffer_size=m["buffer"],
+                learning_starts=m["learning_starts"], batch_size=m["batch"], train_freq=m["train_freq"],
+                gradient_steps=1, target_update_interval=m["target"], gamma=m["gamma"], exploration_fraction=1.0,
+                exploration_initial_eps=1.0, exploration_final_eps=m["eps_end"], max_grad_norm=10, device="cpu",
+                verbose=0, seed=0,
                 policy_kwargs={"features_extractor_class": MinAtarCNN, "net_arch": [], "normalize_images": False})
     try:
         return sb3_learn(model, total)
