@@ -53,7 +53,7 @@ sweep-demo: install ## a real sweep: 2 learning rates x 5 seeds on CartPole, in 
 	$(VENV)/bin/dqnrun report outputs/sweep-demo --compare
 
 lint: install ## ruff
-	$(VENV)/bin/ruff check dqnrun tests bench
+	$(VENV)/bin/ruff check dqnrun tests bench hydra_plugins
 
 bench: install ## benchmarks against Stable-Baselines3 (installs the bench extra)
 	$(PY) -m pip install -q -e ".[$(EXTRAS),bench]"

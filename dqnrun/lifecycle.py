@@ -166,20 +166,22 @@ def run_label(cfg: DictConfig, job: Job) -> str:
 
 
 def hparams_record(cfg: DictConfig, job: Job) -> dict[str, Any]:
-    """The hyperparameters of a run for TensorBoard's HParams tab: the keys every DQN run has, plus every key
-    this job overrode (a sweep's swept keys). Values are plain numbers, booleans or strings."""
-    keys = ["env.id", "seed", "optimizer.lr", "replay.batch_size", "replay.n_step", "learner.gamma",
-            "learner.train_freq", "learner.target_update_interval", "network._target_"]
-    keys += [override_key(o) for o in job.overrides
-             if not o.startswith("hydra") and override_key(o) not in BOOKKEEPING_KEYS]
-    out: dict[str, Any] = {}
-    for key in dict.fromkeys(keys):
-        value = OmegaConf.select(cfg, key, default=None)
-        if OmegaConf.is_config(value):
-            value = json.dumps(OmegaConf.to_container(value, resolve=True))
-        out[key] = value if isinstance(value, bool | int | float | str) else str(value)
+    """The hyperparameters of a run for TensorBoard's HParams tab: env, seed, and every key this job overrode
+    (a sweep's swept keys, so the tab's columns are what differs between jobs). A config-group override
+    (``network=dueling_mlp``) records the option's name. Values are plain numbers, booleans or strings."""
+    out: dict[str, Any] = {"env.id": str(cfg.env.id), "seed": int(cfg.seed)}
     if cfg.get("name"):
         out["name"] = str(cfg.name)
+    for override in job.overrides:
+        key = override_key(override)
+        if override.startswith("hydra") or key in BOOKKEEPING_KEYS or key in out:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_dict(value):  # a group choice: the option's name, not its contents
+            value = override.split("=", 1)[1]
+        elif OmegaConf.is_config(value):
+            value = json.dumps(OmegaConf.to_container(value, resolve=True))
+        out[key] = value if isinstance(value, bool | int | float | str) else str(value)
     return out
 
 

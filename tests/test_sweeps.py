@@ -93,6 +93,7 @@ def test_every_job_logs_its_hyperparameters_for_tensorboards_hparams_tab(tmp_pat
         start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
         hparams = {k: v.number_value or v.string_value for k, v in start.session_start_info.hparams.items()}
         assert hparams["optimizer.lr"] == pytest.approx(lr) and hparams["env.id"] == "CartPole-v1"
+        assert hparams["env"] == "cartpole" and "learner.gamma" not in hparams  # a group: its option; only overrides
         best = acc.Scalars("hparams/best_eval_return")[-1].value
         assert best == pytest.approx(results(sweep / job)["best_eval_return"])
 
