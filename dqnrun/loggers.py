@@ -18,6 +18,7 @@ import csv
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,41 +39,84 @@ class TensorBoardLogger:
     """TensorBoard event files under ``run_dir/tb/<label>``: the label names the TensorBoard run (env, name,
     seed and a sweep job's overrides) instead of only a date.
 
-    ``purge_step`` (on resume) drops any events at or after that step left by the interrupted run, so a
-    resumed curve has neither duplicated nor missing points.
+    Written with tensorboard's own ``EventFileWriter``, the writer behind ``torch.utils.tensorboard``'s
+    SummaryWriter, whose package also imports torch's ONNX exporter. Events are the same protos, so TensorBoard
+    (and its EventAccumulator) reads both the same.
+
+    ``purge_step`` (on resume) drops any events at or after that step left by the interrupted run, as
+    SummaryWriter(purge_step=...) does, so a resumed curve has neither duplicated nor missing points.
 
     Each ``log`` call writes one event holding all its scalars, which is what ``add_scalar`` writes one by
-    one (TensorBoard reads both the same). The queue is long enough that the loop's burst of episode records
-    at each log point never waits for the writer thread: with SummaryWriter's default of 10, that handoff
-    cost ~60 µs per record (docs/benchmarks.md, section 5).
+    one. The queue is long enough that the loop's burst of episode records at each log point never waits for
+    the writer thread: with SummaryWriter's default of 10, that handoff cost ~60 µs per record
+    (docs/benchmarks.md, section 5).
     """
 
     def __init__(self, run_dir: str | Path, label: str = "run", purge_step: int | None = None,
                  run_config: dict[str, Any] | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.log_dir = Path(run_dir) / "tb" / label
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step, max_queue=4096, flush_secs=30)
-        self._events = self.writer._get_file_writer()  # the event writer behind add_scalar
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._events = EventFileWriter(str(self.log_dir), max_queue_size=4096, flush_secs=30)
+        if purge_step is not None:  # TensorBoard drops earlier-written events at steps >= purge_step
+            self._events.add_event(Event(step=purge_step, file_version="brain.Event:2"))
+            self._events.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = [Summary.Value(tag=name, simple_value=float(value)) for name, value in scalars.items()]
-        self._events.add_summary(Summary(value=values), step)
+        self._add(Summary(value=values), step)
+
+    def _add(self, summary: Any, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._events.add_event(Event(summary=summary, step=int(step), wall_time=time.time()))
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
         """The HParams plugin's three records (experiment, session start, session end) in this run's own
-        event file, beside the metric scalars they refer to; ``add_hparams`` would write a separate run."""
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-        exp, ssi, sei = hparams_summary(hparams, metrics)
-        for record in (exp, ssi, sei):
-            self._events.add_summary(record)
+        event file, beside the metric scalars they refer to."""
+        for record in hparams_summaries(hparams, list(metrics)):
+            self._add(record, 0)
         self.log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
 
     def close(self) -> None:
-        self.writer.close()
+        self._events.close()
+
+
+def hparams_summaries(hparams: dict[str, Any], metric_tags: list[str]) -> list[Any]:
+    """The Summary protos of TensorBoard's HParams plugin for one session: its experiment (the hyperparameter and
+    metric names), its start (the values) and its end (success); the metrics are the run's scalars of those tags.
+    What ``torch.utils.tensorboard.summary.hparams`` builds, without importing it."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    infos, start = [], plugin_data_pb2.SessionStartInfo()
+    for key, value in hparams.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            start.hparams[key].bool_value, kind = value, "DATA_TYPE_BOOL"
+        elif isinstance(value, int | float):
+            start.hparams[key].number_value, kind = float(value), "DATA_TYPE_FLOAT64"
+        else:
+            start.hparams[key].string_value, kind = str(value), "DATA_TYPE_STRING"
+        infos.append(api_pb2.HParamInfo(name=key, type=api_pb2.DataType.Value(kind)))
+    experiment = api_pb2.Experiment(hparam_infos=infos,
+                                    metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t))
+                                                  for t in metric_tags])
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value("STATUS_SUCCESS"))
+    records = []
+    for tag, data in ((metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+                      (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start)),
+                      (metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))):
+        data.version = metadata.PLUGIN_DATA_VERSION
+        meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                      content=data.SerializeToString()))
+        records.append(Summary(value=[Summary.Value(tag=tag, metadata=meta)]))
+    return records
 
 
 class CSVLogger:

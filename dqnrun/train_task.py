@@ -19,7 +19,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dqnrun.errors import DqnrunError
-from dqnrun.lifecycle import Job, execute
 from dqnrun.sweep import cpu_share, ensure_plugins, limit_threads
 
 log = logging.getLogger("dqnrun.train")
@@ -29,6 +28,8 @@ ensure_plugins()  # before Hydra composes hydra/sweeper=dqnrun_optuna
 @hydra.main(config_path="pkg://dqnrun.conf", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point. Returns the sweep objective (``objective=``; NaN for a failed job)."""
+    from dqnrun.lifecycle import Job, execute  # torch and gymnasium: not needed for --help or --cfg
+
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     job = Job(Path(hc.runtime.output_dir), list(hc.overrides.task), multirun=multirun,

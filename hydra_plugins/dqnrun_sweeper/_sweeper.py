@@ -31,7 +31,6 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,8 @@ os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")  # optuna 2.10 use
 
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
-from hydra.core.config_store import ConfigStore  # noqa: E402
-from hydra.plugins.sweeper import Sweeper  # noqa: E402
-from hydra.types import HydraContext, TaskFunction  # noqa: E402
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides  # noqa: E402
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -52,19 +47,6 @@ log = logging.getLogger(__name__)
 SKIP = "dqnrun_skip"  # user attr of trials that do not count: interrupted | duplicate | surplus
 WORKER = "dqnrun_worker"  # user attr: {"host": ..., "pid": ...} of the sweeper that runs the trial
 ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
-
-
-@dataclass
-class DqnrunOptunaSweeperConf(OptunaSweeperConf):
-    _target_: str = "hydra_plugins.dqnrun_sweeper._sweeper.DqnrunOptunaSweeper"
-    storage: Any = "sqlite:///${hydra.sweep.dir}/optuna.db"
-    study_name: Any = "dqnrun"
-    direction: Any = "maximize"
-
-
-def register_configs() -> None:
-    ConfigStore.instance().store(group="hydra/sweeper", name="dqnrun_optuna", node=DqnrunOptunaSweeperConf,
-                                 provider="dqnrun")
 
 
 def counts(trial: optuna.trial.FrozenTrial) -> bool:
@@ -238,19 +220,3 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
             out = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values}
                                                    for t in study.best_trials]}
         OmegaConf.save(OmegaConf.create(out), Path(self.config.hydra.sweep.dir) / "optimization_results.yaml")
-
-
-class DqnrunOptunaSweeper(Sweeper):
-    """Hydra's Optuna sweeper with a resumable, shareable study (see the module docstring)."""
-
-    def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: Any, n_trials: int, n_jobs: int,
-                 max_failure_rate: float, search_space: DictConfig | None, custom_search_space: str | None,
-                 params: DictConfig | None) -> None:
-        self.sweeper = DqnrunOptunaSweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs,
-                                               max_failure_rate, search_space, custom_search_space, params)
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
-
-    def sweep(self, arguments: list[str]) -> None:
-        return self.sweeper.sweep(arguments)
