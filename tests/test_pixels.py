@@ -227,6 +227,16 @@ def test_pong_trains_for_a_few_thousand_steps_and_evaluates_with_a_video(tmp_pat
     assert r["steps"] == 2400 and r["updates"] == (2400 - 1600) // 4 and r["env_id"] == "ALE/Pong-v5"
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["config"]["replay"]["storage"] == "frames" and ckpt["config"]["learner"]["reward_clip"] == 1.0
+    # save_replay writes the frame buffer beside last.pt (within checkpoint.replay_max_gb), and it restores
+    from dqnrun.checkpoint import load_replay_state
+
+    saved = load_replay_state(run / "checkpoints", 2400)
+    assert saved is not None and int(saved["size"]) == 2400  # one row per env step (no Pong game ends this soon)
+    size = (run / "checkpoints" / "last.replay.pt").stat().st_size
+    assert 2400 * 84 * 84 < size < 1.2 * (2400 + 8 * 4) * 84 * 84 + 2_000_000  # ~one frame per transition
+    fresh = ReplayBuffer(3000, 32, (4, 84, 84), torch.uint8, storage="frames", num_envs=8)
+    fresh.load_state_dict(saved)
+    assert len(fresh) == int(saved["size"]) and fresh.valid_rows().all()
     proc = run_cli(["eval", f"ckpt={run / 'checkpoints' / 'last.pt'}", "episodes=1", "video=true",
                     "video_episodes=1"], tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stderr
@@ -252,3 +262,31 @@ def test_minatar_smoke_run(tmp_path: Path) -> None:
     assert r["steps"] == 3000 and r["updates"] == 500 and len(r["eval_history"]) == 2
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["online"]["torso.0.weight"].shape == (16, 4, 3, 3)  # channels last, permuted in the network
+
+
+def test_device_auto_puts_pixel_networks_and_their_replay_on_cuda_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dqnrun import builders
+    from tests.conftest import compose_train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for preset, expected in (("minatar_breakout", "cuda"), ("pong", "cuda"), ("cartpole", "cpu")):
+        cfg = compose_train([f"env={preset}"])
+        spec = builders.build_env_spec(cfg.env)
+        net = builders.build_network(cfg.network, spec, cfg.learner)
+        device = builders.resolve_device(cfg.device, net, spec)
+        assert device.type == expected, preset
+        assert builders._replay_device(cfg.replay.device, device) == device  # batches never cross the bus
+
+
+def test_the_ram_check_covers_the_frame_buffer(tmp_path: Path) -> None:
+    from dqnrun import builders
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["env=pong", "replay.capacity=1000000"])
+    spec = builders.build_env_spec(cfg.env)
+    shape, dtype = builders._obs_storage(spec)
+    need = ReplayBuffer.nbytes(1_000_000, shape, dtype, storage="frames", num_envs=8)
+    assert 7.06e9 <= need <= 7.3e9  # ~ one 84x84 frame per transition, not 2 x 4
+    proc = run_cli(["train", "env=pong", "replay.capacity=1000000000"], tmp_path)
+    assert proc.returncode == 2 and "replay.capacity=1000000000 needs 67" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
