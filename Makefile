@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml
 train: install ## train DQN on CartPole-v1 (pass overrides with ARGS="seed=3 optimizer.lr=5e-4")
 	$(VENV)/bin/dqnrun train env=cartpole $(ARGS)
 
-test: install ## the default test tier: fast, deterministic, CPU only
-	$(VENV)/bin/pytest -q $(ARGS)
+test: install ## the default test tier: fast, deterministic, CPU only (one worker per core, a test file each)
+	$(VENV)/bin/pytest -q -n auto --dist loadfile $(ARGS)
 
 test-slow: install ## learning tests with real thresholds over several seeds
 	$(VENV)/bin/pytest -q -m slow $(ARGS)
