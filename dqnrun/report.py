@@ -664,9 +664,8 @@ def format_terminal(root: Path, runs: Sequence[Run], summaries: Sequence[dict[st
         out += ["", "Incomplete or failed runs (not in the statistics; unfinished runs' curves are plotted):"]
         pw = max(len(r.rel) for r in problems)
         rank = {s["label"]: s["rank"] for s in summaries}
-        for r in problems:
-            out += textwrap.wrap(f"{r.rel.ljust(pw)}  {r.reason} (group #{rank.get(r.label, '?')})", width,
-                                 initial_indent="  ", subsequent_indent="  " + " " * (pw + 2))
+        for r in problems:  # one line each, unwrapped: a path and its reason stay greppable and copyable
+            out.append(f"  {r.rel.ljust(pw)}  {r.reason} (group #{rank.get(r.label, '?')})")
     if cmp is not None:
         out += ["", *_format_compare_text(summaries, cmp, metric, width)]
     return "\n".join(out)
