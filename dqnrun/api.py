@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dqnrun.errors import UsageError
 
@@ -39,21 +39,9 @@ def compose_train(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
     except (HydraException, OmegaConfBaseException) as exc:
         raise UsageError(one_line(str(exc))) from None
     hydra_cfg = full.hydra
-    with open_struct(full):
+    with open_dict(full):
         del full["hydra"]
     return full, hydra_cfg
-
-
-class open_struct:  # noqa: N801 - a context manager named like OmegaConf's own
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-
-    def __enter__(self) -> DictConfig:
-        OmegaConf.set_struct(self.cfg, False)
-        return self.cfg
-
-    def __exit__(self, *exc: object) -> None:
-        OmegaConf.set_struct(self.cfg, True)
 
 
 def train(overrides: list[str] | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -48,16 +48,27 @@ def env_kwargs(cfg_env: DictConfig) -> dict[str, Any]:
     return {} if kwargs is None else OmegaConf.to_container(kwargs, resolve=True)  # type: ignore[return-value]
 
 
+T = TypeVar("T")
+
+
+def _build(what: str, make: Callable[[], T]) -> T:
+    """``make()`` (an ``instantiate``), with any failure turned into one line ``<what>: <its cause>``; instantiate
+    wraps constructor errors, so the cause is what the user can act on."""
+    try:
+        return make()
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, UsageError):
+            raise cause from None
+        first = (str(cause).strip().splitlines() or [repr(cause)])[0]
+        raise UsageError(f"{what}: {first}") from None
+
+
 def env_wrapper(cfg_env: DictConfig) -> Callable[[gym.Env], gym.Env] | None:
-    """``env.wrappers``: a list of ``_target_`` configs, each called as ``target(env=env, **kwargs)``, applied
-    in order around every single env (training, evaluation, video). None if the list is empty."""
+    """``env.wrappers`` (validated as a list of ``_target_`` configs): each called as ``target(env=env,
+    **kwargs)``, in order, around every single env (training, evaluation, video). None if the list is empty."""
     specs = cfg_env.get("wrappers") or []
-    if not specs:
-        return None
-    if not OmegaConf.is_list(specs) or not all(OmegaConf.is_dict(w) and "_target_" in w for w in specs):
-        raise UsageError("env.wrappers must be a list of {_target_: ..., <kwargs>} entries, e.g. "
-                         "env.wrappers=[{_target_:gymnasium.wrappers.TimeAwareObservation}]")
-    return _WrapperChain(specs)
+    return _WrapperChain(specs) if specs else None
 
 
 class _WrapperChain:
@@ -68,12 +79,8 @@ class _WrapperChain:
 
     def __call__(self, env: gym.Env) -> gym.Env:
         for i, spec in enumerate(self.specs):  # type: ignore[union-attr]
-            try:
-                env = instantiate(spec, env=env)
-            except Exception as exc:
-                cause = exc.__cause__ or exc
-                raise UsageError(f"env.wrappers[{i}]: cannot wrap the env with {spec.get('_target_')}: "
-                                 f"{str(cause).strip().splitlines()[0] if str(cause).strip() else cause!r}") from None
+            env = _build(f"env.wrappers[{i}]: cannot wrap the env with {spec.get('_target_')}",
+                         lambda spec=spec, env=env: instantiate(spec, env=env))
         return env
 
 
@@ -104,11 +111,8 @@ def build_network(cfg_network: DictConfig, spec: EnvSpec, cfg_learner: DictConfi
     extra: dict[str, Any] = {"n_obs_categories": n_cat} if n_cat else {}
     if cfg_learner is not None and cfg_learner.get("distributional"):
         extra.update(n_atoms=cfg_learner.atoms, v_min=cfg_learner.v_min, v_max=cfg_learner.v_max)
-    try:
-        return instantiate(cfg_network, obs_shape=shape, n_actions=spec.n_actions, **extra)
-    except Exception as exc:  # instantiate wraps constructor errors; surface the cause in one line
-        cause = exc.__cause__ or exc
-        raise UsageError(f"network: cannot build {cfg_network.get('_target_')}: {cause}") from None
+    return _build(f"network: cannot build {cfg_network.get('_target_')}",
+                  lambda: instantiate(cfg_network, obs_shape=shape, n_actions=spec.n_actions, **extra))
 
 
 def resolve_device(requested: str, network: nn.Module, spec: EnvSpec) -> torch.device:
@@ -126,11 +130,8 @@ def build_optimizer(cfg_optimizer: DictConfig, params: Any, device: torch.device
     kwargs: dict[str, Any] = {}
     if cfg_optimizer.get("fused") and device.type not in ("cpu", "cuda"):
         kwargs["fused"] = False  # fused kernels exist for CPU and CUDA only
-    try:
-        return instantiate(cfg_optimizer, **kwargs)(params=params)
-    except Exception as exc:
-        cause = exc.__cause__ or exc
-        raise UsageError(f"optimizer: cannot build {cfg_optimizer.get('_target_')}: {cause}") from None
+    return _build(f"optimizer: cannot build {cfg_optimizer.get('_target_')}",
+                  lambda: instantiate(cfg_optimizer, **kwargs)(params=params))
 
 
 def _obs_storage(spec: EnvSpec) -> tuple[tuple[int, ...], torch.dtype]:
@@ -159,12 +160,8 @@ def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, se
     check_replay_memory(cfg_replay, spec, num_envs)
     shape, dtype = _obs_storage(spec)
     replay_device = _replay_device(cfg_replay.get("device", "auto"), device)
-    try:
-        return instantiate(cfg_replay, obs_shape=shape, obs_dtype=dtype, device=replay_device, seed=seed,
-                           gamma=gamma, num_envs=num_envs)
-    except Exception as exc:
-        cause = exc.__cause__ or exc
-        raise UsageError(f"replay: cannot build the buffer: {cause}") from None
+    return _build("replay: cannot build the buffer", lambda: instantiate(
+        cfg_replay, obs_shape=shape, obs_dtype=dtype, device=replay_device, seed=seed, gamma=gamma, num_envs=num_envs))
 
 
 def _replay_device(requested: str, learner_device: torch.device) -> torch.device:
@@ -178,20 +175,12 @@ def build_logger(cfg: DictConfig, run_dir: Path, label: str, purge_step: int | N
 
     specs = cfg.get("logger") or {}
     config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = []
-    for name, spec in specs.items():
-        if spec is None:
-            continue
-        try:
-            loggers.append(instantiate(spec, _recursive_=False, _convert_="all", run_dir=run_dir, label=label,
-                                       purge_step=purge_step, run_config=config))
-        except UsageError:
-            raise
-        except Exception as exc:
-            cause = exc.__cause__ or exc
-            if isinstance(cause, UsageError):
-                raise cause from None
-            raise UsageError(f"logger.{name}: cannot start {spec.get('_target_')}: {cause}") from None
+    loggers = [
+        _build(f"logger.{name}: cannot start {spec.get('_target_')}", lambda spec=spec: instantiate(
+            spec, _recursive_=False, _convert_="all", run_dir=run_dir, label=label, purge_step=purge_step,
+            run_config=config))
+        for name, spec in specs.items() if spec is not None
+    ]
     return loggers[0] if len(loggers) == 1 else MultiLogger(loggers)
 
 

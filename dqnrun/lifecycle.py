@@ -40,6 +40,7 @@ from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_STRIDE, run_episodes
 from dqnrun.errors import DqnrunError, UsageError
 from dqnrun.loop import EnvCursor, LoopSettings, LoopState, StopFlag, train_loop
 from dqnrun.networks import greedy_actor
+from dqnrun.sweep import SWEEP_ID_ENV
 from dqnrun.validate import validate_train_config
 
 log = logging.getLogger("dqnrun.train")
@@ -152,6 +153,11 @@ def sweep_objective(results: dict[str, Any], name: str) -> float:
     return float(fallback) if fallback is not None else 0.0
 
 
+def defining_overrides(job: Job) -> list[str]:
+    """The job's overrides that say what the run is: not Hydra's own keys and not bookkeeping."""
+    return [o for o in job.overrides if not o.startswith("hydra") and override_key(o) not in BOOKKEEPING_KEYS]
+
+
 def run_label(cfg: DictConfig, job: Job) -> str:
     """What a run is, for TensorBoard's run list: env, name, seed, and the other overrides of a sweep job."""
     parts = [str(cfg.env.id).replace("/", "-")]
@@ -159,8 +165,7 @@ def run_label(cfg: DictConfig, job: Job) -> str:
         parts.append(str(cfg.name))
     parts.append(f"seed={cfg.seed}")
     if job.multirun:
-        parts += sorted(o.lstrip("+~") for o in job.overrides
-                        if override_key(o) not in ("seed", *BOOKKEEPING_KEYS) and not o.startswith("hydra"))
+        parts += sorted(o.lstrip("+~") for o in defining_overrides(job) if override_key(o) != "seed")
     label = ",".join(parts)
     return "".join(ch if ch.isalnum() or ch in "._=+-,[]" else "-" for ch in label)[:200]
 
@@ -172,9 +177,9 @@ def hparams_record(cfg: DictConfig, job: Job) -> dict[str, Any]:
     out: dict[str, Any] = {"env.id": str(cfg.env.id), "seed": int(cfg.seed)}
     if cfg.get("name"):
         out["name"] = str(cfg.name)
-    for override in job.overrides:
+    for override in defining_overrides(job):
         key = override_key(override)
-        if override.startswith("hydra") or key in BOOKKEEPING_KEYS or key in out:
+        if key in out:
             continue
         value = OmegaConf.select(cfg, key, default=None)
         if OmegaConf.is_dict(value):  # a group choice: the option's name, not its contents
@@ -409,7 +414,7 @@ class Run:
             "cpu_share": self.job.cpu_share,
             "dqnrun_version": __version__,
             "pid": os.getpid(),
-            "sweep_id": os.environ.get("DQNRUN_SWEEP_ID") if self.job.multirun else None,
+            "sweep_id": os.environ.get(SWEEP_ID_ENV) if self.job.multirun else None,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         name = cfg.get("objective", "auc")
@@ -418,7 +423,6 @@ class Run:
         return results
 
     def write_results(self, results: dict[str, Any]) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.run_dir / "results.json", results)
 
     def finish(self, stop_reason: str, error: str | None = None) -> dict[str, Any]:
@@ -500,7 +504,7 @@ def execute(cfg: DictConfig, job: Job) -> dict[str, Any]:
                 "seed": OmegaConf.select(cfg, "seed", default=None), "run_dir": str(job.run_dir),
                 "eval_history": [], "objective": {"name": cfg.get("objective", "auc"), "value": None},
                 "dqnrun_version": __version__, "pid": os.getpid(),
-                "sweep_id": os.environ.get("DQNRUN_SWEEP_ID") if job.multirun else None})
+                "sweep_id": os.environ.get(SWEEP_ID_ENV) if job.multirun else None})
         raise
     try:
         run.write_results(run.results("running", None))  # a started job is visible at once (report, sweeps)
@@ -528,9 +532,7 @@ def _log_failure(exc: BaseException) -> str:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    C.atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def _signal_at_step(schedule: Any, at_step: int, signum: int) -> Any:
