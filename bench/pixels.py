@@ -127,94 +127,79 @@ def minatar_sb3(total: int) -> dict[str, Any]:
         env.close()
 
 
-def minatar_parts(n: int = 2000) -> dict[str, float]:
-    """µs per call of dqnrun's parts on MinAtar Breakout, each alone."""
-    import gymnasium as gym
+def per_call(fn: Any, k: int, warmup: int) -> float:
+    """Seconds per call of ``fn``, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(k):
+        fn()
+    return (time.perf_counter() - t0) / k
 
+
+def build_parts(overrides: list[str]) -> tuple[Any, Any, Any]:
+    """dqnrun's learner, replay and training envs for a preset, as a run builds them."""
     from dqnrun import builders
-    from dqnrun.envs import make_vector_env
-    from dqnrun.replay import Batch
 
-    cfg = C.compose_dqnrun(["env=minatar_breakout", "device=cpu", "replay.n_step=1"])
+    cfg = C.compose_dqnrun(["device=cpu", *overrides])
     spec = builders.build_env_spec(cfg.env)
     learner, device = builders.build_learner(cfg, spec)
-    replay = builders.build_replay(cfg.replay, spec, device, seed=0)
-    envs = make_vector_env("MinAtar/Breakout-v1", 1)
+    replay = builders.build_replay(cfg.replay, spec, device, seed=0, num_envs=cfg.env.num_envs)
+    return learner, replay, builders.build_vector_env(cfg.env, threads=1)
+
+
+def minatar_parts(n: int = 2000) -> dict[str, float]:
+    """µs per call of dqnrun's parts on MinAtar Breakout, each alone."""
+    learner, replay, envs = build_parts(["env=minatar_breakout", "replay.n_step=1"])
     obs, _ = envs.reset(seed=0)
     rng = np.random.default_rng(0)
-
-    def per_call(fn: Any, k: int = n) -> float:
-        for _ in range(min(200, k)):
-            fn()
-        t0 = time.perf_counter()
-        for _ in range(k):
-            fn()
-        return (time.perf_counter() - t0) / k * 1e6
-
-    state = {"obs": obs}
-
-    def env_step() -> None:
-        state["obs"] = envs.step(rng.integers(0, 3, 1))[0]
-
-    costs = {"env step": per_call(env_step)}
-    o = state["obs"].copy()
-    costs["greedy action (1 obs)"] = per_call(lambda: learner.greedy_actions(o))
-    a, r, f = np.zeros(1, np.int64), np.zeros(1), np.zeros(1, bool)
-    costs["replay add"] = per_call(lambda: replay.add(o, a, r, o, f, f, np.ones(1, bool)))
-    for _ in range(64):
-        replay.add(o, a, r, o, f, f, np.ones(1, bool))
-    costs["replay sample (1, 32)"] = per_call(lambda: replay.sample(n_batches=1), n // 4)
+    warm = min(200, n)
+    costs = {"env step": per_call(lambda: envs.step(rng.integers(0, 3, 1)), n, warm)}
+    o = envs.step(rng.integers(0, 3, 1))[0].copy()
+    costs["greedy action (1 obs)"] = per_call(lambda: learner.greedy_actions(o), n, warm)
+    a, r, f, ok = np.zeros(1, np.int64), np.zeros(1), np.zeros(1, bool), np.ones(1, bool)
+    costs["replay add"] = per_call(lambda: replay.add(o, a, r, o, f, f, ok), n, warm)
+    costs["replay sample (1, 32)"] = per_call(lambda: replay.sample(n_batches=1), n // 4, warm)
     batch = replay.sample(n_batches=1)
-    costs["update (batch 32)"] = per_call(lambda: learner.update(Batch(*batch)), n // 4)
+    costs["update (batch 32)"] = per_call(lambda: learner.update(batch), n // 4, warm)
     envs.close()
-    gym.logger.min_level = 40
-    return costs
+    return {k: v * 1e6 for k, v in costs.items()}
 
 
 # --- Pong on this CPU ---------------------------------------------------------------------------------------
 def pong_parts(n: int = 40) -> dict[str, float]:
     """ms per call of dqnrun's Pong parts alone, 8 envs."""
-    from dqnrun import builders
-    from dqnrun.replay import Batch
-
-    cfg = C.compose_dqnrun(["env=pong", "device=cpu", "replay.capacity=5000", "env.num_envs=8"])
-    spec = builders.build_env_spec(cfg.env)
-    learner, device = builders.build_learner(cfg, spec)
-    replay = builders.build_replay(cfg.replay, spec, device, seed=0, num_envs=8)
-    envs = builders.build_vector_env(cfg.env, threads=1)
+    learner, replay, envs = build_parts(["env=pong", "replay.capacity=5000", "env.num_envs=8"])
     obs, _ = envs.reset(seed=0)
     rng = np.random.default_rng(0)
-
-    def per_call(fn: Any, k: int = n) -> float:
-        for _ in range(3):
-            fn()
-        t0 = time.perf_counter()
-        for _ in range(k):
-            fn()
-        return (time.perf_counter() - t0) / k * 1e3
-
     valid = np.ones(8, bool)
     steps = []  # 60 real consecutive vector steps, replayed into the buffer in order
     for _ in range(60):
         nxt, r, te, tr, _ = envs.step(rng.integers(0, 6, 8))
-        steps.append((obs, np.zeros(8, np.int64), r, nxt, te, tr))
+        steps.append((obs, np.zeros(8, np.int64), r, nxt, te, tr, valid))
         obs = nxt
-    costs = {"env step (8 envs)": per_call(lambda: envs.step(rng.integers(0, 6, 8)), 4 * n)}
-    cursor = {"i": 0}
-
-    def add() -> None:
-        o, a, r, nxt, te, tr = steps[cursor["i"] % len(steps)]
-        replay.add(o, a, r, nxt, te, tr, valid)
-        cursor["i"] += 1
-
-    costs["replay add (8 envs, frames)"] = per_call(add, 4 * n)
-    o = obs
-    costs["greedy actions (8 obs)"] = per_call(lambda: learner.greedy_actions(o), n)
-    costs["replay sample (1, 32)"] = per_call(lambda: replay.sample(n_batches=1), n)
+    costs = {"env step (8 envs)": per_call(lambda: envs.step(rng.integers(0, 6, 8)), 4 * n, 3)}
+    order = iter(range(10**9))
+    costs["replay add (8 envs, frames)"] = per_call(lambda: replay.add(*steps[next(order) % len(steps)]), 4 * n, 3)
+    costs["greedy actions (8 obs)"] = per_call(lambda: learner.greedy_actions(obs), n, 3)
+    costs["replay sample (1, 32)"] = per_call(lambda: replay.sample(n_batches=1), n, 3)
     batch = replay.sample(n_batches=1)
-    costs["update (batch 32)"] = per_call(lambda: learner.update(Batch(*batch)), n // 2)
+    costs["update (batch 32)"] = per_call(lambda: learner.update(batch), n // 2, 3)
     envs.close()
-    return costs
+    return {k: v * 1e3 for k, v in costs.items()}
+
+
+def head_to_head(a: Any, b: Any, repeats: int, sb3_name: str, extra: tuple[str, Any]) -> dict[str, Any]:
+    """Run dqnrun (``a``) and SB3 (``b``) alternately, print their table and ratio of median steps/s.
+    ``extra`` is (column header, fn(runs, median sps) -> cell), the comparison's own column."""
+    d, s = alternate(a, b, repeats)
+    md, ms = C.median([r["sps"] for r in d]), C.median([r["sps"] for r in s])
+    head, cell = extra
+    print(C.md_table(["tool", head, "steps/s (median)", "per run"],
+                     [[name, cell(runs, m), C.fmt(m), ", ".join(C.fmt(r["sps"]) for r in runs)]
+                      for name, runs, m in (("dqnrun", d, md), (sb3_name, s, ms))]))
+    print(f"\ndqnrun / SB3: **{md / ms:.2f}x**\n")
+    return {"dqnrun": d, "sb3": s, "ratio": md / ms, "dqnrun_sps": md, "sb3_sps": ms}
 
 
 def alternate(a: Any, b: Any, repeats: int) -> tuple[list[dict], list[dict]]:
@@ -247,25 +232,17 @@ def main() -> None:
     print(f"# bench/pixels.py ({C.load_note()})\n")
 
     if "acting" in sections:
-        print(f"## Acting only: Pong, 8 envs, {args.acting_steps} agent steps, no updates")
-        d, s = alternate(lambda: acting_dqnrun(args.acting_steps), lambda: acting_sb3(args.acting_steps),
-                         args.repeats)
-        md, ms = C.median([r["sps"] for r in d]), C.median([r["sps"] for r in s])
-        print(C.md_table(["tool", "agent steps/s (median)", "env frames/s", "per run"],
-                         [["dqnrun", C.fmt(md), C.fmt(4 * md), ", ".join(C.fmt(r["sps"]) for r in d)],
-                          ["SB3 make_atari_env", C.fmt(ms), C.fmt(4 * ms), ", ".join(C.fmt(r["sps"]) for r in s)]]))
-        print(f"\ndqnrun / SB3: **{md / ms:.2f}x**\n")
-        out["acting"] = {"dqnrun": d, "sb3": s, "ratio": md / ms}
+        print(f"## Acting only: Pong, 8 envs, {args.acting_steps} agent steps (env frames = 4 x agent steps)")
+        out["acting"] = head_to_head(lambda: acting_dqnrun(args.acting_steps), lambda: acting_sb3(args.acting_steps),
+                                     args.repeats, "SB3 make_atari_env",
+                                     ("env frames/s", lambda runs, m: C.fmt(4 * m)))
 
     if "minatar" in sections:
         print(f"## MinAtar Breakout training: 1 env, train_freq 4, batch 32, {args.minatar_steps} env steps")
-        d, s = alternate(lambda: minatar_dqnrun(args.minatar_steps), lambda: minatar_sb3(args.minatar_steps),
-                         args.repeats)
-        md, ms = C.median([r["sps"] for r in d]), C.median([r["sps"] for r in s])
-        print(C.md_table(["tool", "updates", "env steps/s (median)", "per run"],
-                         [["dqnrun", d[0]["updates"], C.fmt(md), ", ".join(C.fmt(r["sps"]) for r in d)],
-                          ["SB3", s[0]["updates"], C.fmt(ms), ", ".join(C.fmt(r["sps"]) for r in s)]]))
-        print(f"\ndqnrun / SB3: **{md / ms:.2f}x**\n")
+        out["minatar"] = head_to_head(lambda: minatar_dqnrun(args.minatar_steps),
+                                      lambda: minatar_sb3(args.minatar_steps), args.repeats, "SB3",
+                                      ("updates", lambda runs, m: runs[0]["updates"]))
+        md = out["minatar"]["dqnrun_sps"]
         parts = minatar_parts(300 if args.quick else 2000)
         learn_steps = args.minatar_steps - MINATAR["learning_starts"]
         per_step = {  # µs of each part per env step, over the whole run
@@ -283,7 +260,7 @@ def main() -> None:
         print("Where dqnrun's time goes (µs per env step; each part timed alone):\n")
         print(C.md_table(["part", "µs / env step", "share"], rows))
         print("\n" + C.md_table(["part alone", "µs per call"], [[k, f"{v:.1f}"] for k, v in parts.items()]) + "\n")
-        out["minatar"] = {"dqnrun": d, "sb3": s, "ratio": md / ms, "parts_us": parts, "per_step_us": per_step}
+        out["minatar"].update(parts_us=parts, per_step_us=per_step)
 
     if "pong" in sections:
         print(f"## Pong training on this CPU: 8 envs, train_freq 4, batch 32, {args.pong_steps} env steps")
