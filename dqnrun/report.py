@@ -10,7 +10,6 @@ so it keeps working on sweeps written by older versions of dqnrun, whose config 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
@@ -20,7 +19,7 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,13 +231,9 @@ def group_tokens(run: Run, by: Sequence[str] | None = None) -> tuple[str, ...]:
     return tuple(config_overrides(run.overrides))
 
 
-def group_label(run: Run, by: Sequence[str] | None = None) -> str:
-    """The label of the group ``run`` belongs to: its :func:`group_tokens` joined by spaces, or ``(defaults)``."""
-    return " ".join(group_tokens(run, by)) or "(defaults)"
-
-
 def group_runs(runs: Sequence[Run], by: Sequence[str] | None = None) -> dict[str, list[Run]]:
-    """Runs grouped by :func:`group_label`, labels in sorted order, runs in discovery order."""
+    """Runs grouped by label (their :func:`group_tokens` joined by spaces, or ``(defaults)``), labels in sorted
+    order, runs in discovery order. Sets each run's ``tokens`` and ``label``."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         run.tokens = group_tokens(run, by)
@@ -250,8 +245,13 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] | None = None) -> dict[str
 # ---------------------------------------------------------------------------------------------- statistics
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def _bootstrap_ci(scores: np.ndarray | list[np.ndarray], statistic: Callable[..., Any], reps: int, seed: int,
+                  ) -> np.ndarray:
+    """rliable's 95% stratified-bootstrap percentile CI of ``statistic(scores)``, seeded: shape (2, ...), lower
+    and upper bounds. ``scores`` is one (runs x tasks ...) array, or a list of them, each resampled over its own
+    runs."""
+    from rliable import library as rly
+
     # rliable's StratifiedBootstrap draws its resampling indices from numpy's *global* RNG
     # (np.random.choice in update_indices), ignoring the random_state it forwards to arch (and arch 7
     # deprecates random_state). So seed the global RNG around each call, and restore it for the caller.
@@ -259,9 +259,10 @@ def _seeded(seed: int) -> Iterator[None]:
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        yield
+        _, ci = rly.get_interval_estimates({"x": scores}, statistic, reps=reps, confidence_interval_size=CONFIDENCE)
     finally:
         np.random.set_state(state)
+    return ci["x"]
 
 
 def _as_scores(x: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -310,12 +311,8 @@ def interval(x: Sequence[float] | np.ndarray, reps: int = DEFAULT_REPS, seed: in
     if scores.shape[0] == 1:
         v = float(_iqm_fast(scores)[0])
         return v, v
-    from rliable import library as rly
-
-    with _seeded(seed):
-        _, ci = rly.get_interval_estimates({"x": scores}, _iqm_fast, reps=reps,
-                                           confidence_interval_size=CONFIDENCE)
-    return float(ci["x"][0, 0]), float(ci["x"][1, 0])
+    ci = _bootstrap_ci(scores, _iqm_fast, reps, seed)
+    return float(ci[0, 0]), float(ci[1, 0])
 
 
 def probability_of_improvement(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
@@ -327,16 +324,13 @@ def probability_of_improvement(x: Sequence[float] | np.ndarray, y: Sequence[floa
     sx, sy = _as_scores(x), _as_scores(y)
     if sx.size == 0 or sy.size == 0:
         return None
-    from rliable import library as rly
     from rliable import metrics
 
     p = float(metrics.probability_of_improvement(sx, sy))
     if sx.shape[0] == 1 and sy.shape[0] == 1:
         return p, p, p
-    with _seeded(seed):
-        _, ci = rly.get_interval_estimates({"xy": [sx, sy]}, _poi_fast, reps=reps,
-                                           confidence_interval_size=CONFIDENCE)
-    return p, float(np.ravel(ci["xy"])[0]), float(np.ravel(ci["xy"])[1])
+    lo, hi = np.ravel(_bootstrap_ci([sx, sy], _poi_fast, reps, seed))
+    return p, float(lo), float(hi)
 
 
 def _finite(value: Any) -> float | None:
@@ -371,6 +365,15 @@ def eval_return(run: Run, metric: str) -> float | None:
     return float(returns.max() if metric == "best" else returns[-1])
 
 
+def _scores(runs: Sequence[Run], metric: str) -> list[float]:
+    # The scores the statistics use: one per finished run that evaluated.
+    return [v for v in (eval_return(r, metric) for r in runs if r.state == FINISHED) if v is not None]
+
+
+def _finite_values(runs: Sequence[Run], key: str) -> list[float]:
+    return [v for v in (_finite((r.results or {}).get(key)) for r in runs) if v is not None]
+
+
 def summarize(group: Sequence[Run], label: str = "", reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED,
               ) -> dict[str, Any]:
     """Statistics of one group over its finished runs.
@@ -389,19 +392,19 @@ def summarize(group: Sequence[Run], label: str = "", reps: int = DEFAULT_REPS, s
         "unfinished": sum(r.state == UNFINISHED for r in group),
     }
     for m in METRICS:
-        values = [v for v in (eval_return(r, m) for r in finished) if v is not None]
+        values = _scores(finished, m)
         ci = interval(values, reps, seed)
         out[f"{m}_n"] = len(values)
         out[f"{m}_mean"] = float(np.mean(values)) if values else None
         out[f"{m}_iqm"] = iqm(values)
         out[f"{m}_ci_low"], out[f"{m}_ci_high"] = ci if ci else (None, None)
     # A solve rate needs a target: without any solved_score, "0 solved" would read as a failure.
-    has_target = any(_finite((r.results or {}).get("solved_score")) is not None for r in finished)
-    solve_steps = [s for s in (_finite((r.results or {}).get("solved_at_step")) for r in finished) if s is not None]
+    has_target = bool(_finite_values(finished, "solved_score"))
+    solve_steps = _finite_values(finished, "solved_at_step")
     out["solved"] = len(solve_steps) if has_target else None
     out["solve_rate"] = len(solve_steps) / len(finished) if has_target else None
     out["median_steps_to_solve"] = float(np.median(solve_steps)) if solve_steps else None
-    sps = [s for s in (_finite((r.results or {}).get("sps")) for r in finished) if s is not None]
+    sps = _finite_values(finished, "sps")
     out["median_sps"] = float(np.median(sps)) if sps else None
     return out
 
@@ -422,10 +425,7 @@ def compare(groups: dict[str, Sequence[Run]], order: Sequence[str], metric: str 
             reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED) -> dict[tuple[str, str], tuple[float, float, float]]:
     """Probability of improvement for every ordered pair of groups (labels in ``order``) that both have finished
     runs with a ``metric`` eval return: {(x, y): (P(x > y), low, high)}."""
-    scores = {
-        label: [v for v in (eval_return(r, metric) for r in groups[label] if r.state == FINISHED) if v is not None]
-        for label in order
-    }
+    scores = {label: _scores(groups[label], metric) for label in order}
     labels = [label for label in order if scores[label]]
     out: dict[tuple[str, str], tuple[float, float, float]] = {}
     for i, a in enumerate(labels):
@@ -447,37 +447,32 @@ def group_curve(group: Sequence[Run], reps: int = DEFAULT_REPS, seed: int = DEFA
     95% stratified-bootstrap CI of that mean (rliable). Each run is linearly interpolated within its own step
     range only (no extrapolation), so runs that stopped early drop out past their last eval.
 
-    Returns arrays of shape (n_steps,): steps (env steps), mean, low, high, n (runs covering each step), or None
-    if no run has eval points.
+    Returns arrays of shape (n_steps,): steps (env steps), mean, low, high, n (runs covering each step), and runs
+    (the list of runs drawn), or None if no run has eval points.
     """
-    curves = [eval_history(r) for r in group if r.state != FAILED]
-    curves = [(s, v) for s, v in curves if s.size]
+    curves = [(r, *eval_history(r)) for r in group if r.state != FAILED]
+    curves = [(r, s, v) for r, s, v in curves if s.size]
     if not curves:
         return None
-    grid = np.unique(np.concatenate([s for s, _ in curves]))
+    grid = np.unique(np.concatenate([s for _, s, _ in curves]))
     values = np.full((len(curves), grid.size), np.nan)
-    for i, (s, v) in enumerate(curves):
+    for i, (_, s, v) in enumerate(curves):
         inside = (grid >= s[0]) & (grid <= s[-1])
         values[i, inside] = np.interp(grid[inside], s, v)
     covered = ~np.isnan(values)
     n = covered.sum(axis=0)
-    mean = np.nansum(values, axis=0) / n
+    mean = np.nanmean(values, axis=0)
     low, high = mean.copy(), mean.copy()
     # Steps covered by the same set of runs form one (runs x steps) block: one vectorised bootstrap per block
     # gives per-step CIs in a few calls rather than one per step (a group has at most ~2 blocks per run).
     patterns, block_of = np.unique(covered.T, axis=0, return_inverse=True)
-    from rliable import library as rly
-
     for b, pattern in enumerate(patterns):
         cols = np.flatnonzero(block_of.ravel() == b)
         block = values[pattern][:, cols]
         if block.shape[0] < 2:
             continue
-        with _seeded(seed):
-            _, ci = rly.get_interval_estimates({"c": block[:, None, :]}, lambda s: s.mean(axis=0)[0], reps=reps,
-                                               confidence_interval_size=CONFIDENCE)
-        low[cols], high[cols] = ci["c"][0], ci["c"][1]
-    return {"steps": grid, "mean": mean, "low": low, "high": high, "n": n}
+        low[cols], high[cols] = _bootstrap_ci(block[:, None, :], lambda s: s.mean(axis=0)[0], reps, seed)
+    return {"steps": grid, "mean": mean, "low": low, "high": high, "n": n, "runs": [r for r, _, _ in curves]}
 
 
 def shared_solved_score(runs: Sequence[Run]) -> float | None:
@@ -559,10 +554,13 @@ def format_table(summaries: Sequence[dict[str, Any]], width: int = 120, common: 
     cells = [[_rank(s)] + [f(s) for _, _, f in COLUMNS] for s in summaries]
     heads = ["#"] + [h for _, h, _ in COLUMNS]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    for i, text in _SUPER.items():
+
+    def span(i: int) -> int:
         # A super-header spans its column and the mean column to its right.
-        span = widths[i + 1] + 2 + widths[i + 2]
-        widths[i + 1] += max(0, len(text) - span)
+        return widths[i + 1] + 2 + widths[i + 2]
+
+    for i, text in _SUPER.items():
+        widths[i + 1] += max(0, len(text) - span(i))
     fixed = sum(widths) + 2 * len(widths)
     label_w = max(20, min(max([len("group")] + [len(x) for x in labels]), width - fixed))
 
@@ -570,19 +568,11 @@ def format_table(summaries: Sequence[dict[str, Any]], width: int = 120, common: 
         return "  ".join([rank.rjust(widths[0]), label.ljust(label_w)] +
                          [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]).rstrip()
 
-    sup = [""] * (len(heads) - 1)
+    # line() right-aligns cells; a super-header starts where its first column starts and covers the next one.
+    sup: list[str | None] = [" " * w for w in widths[1:]]
     for i, text in _SUPER.items():
-        sup[i] = text.center(widths[i + 1] + 2 + widths[i + 2]).rstrip()
-    # line() right-aligns cells; the super-header cell must start where its first column starts.
-    parts = [" " * widths[0], " " * label_w]
-    i = 0
-    while i < len(sup):
-        if i in _SUPER:
-            parts.append(sup[i].ljust(widths[i + 1] + 2 + widths[i + 2]))
-            i += 2
-        else:
-            parts.append(" " * widths[i + 1])
-            i += 1
+        sup[i], sup[i + 1] = text.center(span(i)), None
+    parts = [" " * widths[0], " " * label_w] + [x for x in sup if x is not None]
     out = ["  ".join(parts).rstrip(), line("#", "group", heads[1:]), "-" * min(width, fixed + label_w)]
     for label, c in zip(labels, cells, strict=True):
         wrapped = textwrap.wrap(label, label_w, break_on_hyphens=False) or [""]
@@ -633,9 +623,8 @@ def _few_seeds_note(summaries: Sequence[dict[str, Any]]) -> str | None:
             f"{FEW_SEEDS} finished runs: bootstrap CIs from so few seeds understate the uncertainty")
 
 
-def _compare_pairs(order: Sequence[str], cmp: dict[tuple[str, str], tuple[float, float, float]],
-                   ) -> list[tuple[str, str, tuple[float, float, float]]]:
-    return [(a, b, cmp[(a, b)]) for i, a in enumerate(order) for b in order[i + 1:] if (a, b) in cmp]
+def _notes(summaries: Sequence[dict[str, Any]], sort: str) -> list[str]:
+    return [n for n in (_best_note(summaries, sort), _few_seeds_note(summaries)) if n]
 
 
 def _verdict(x: str, y: str, lo: float, hi: float) -> str:
@@ -656,9 +645,8 @@ def format_terminal(root: Path, runs: Sequence[Run], summaries: Sequence[dict[st
         out += textwrap.wrap("all groups: " + " ".join(common), width, break_on_hyphens=False)
     out += ["", format_table(summaries, width, common), ""]
     out += textwrap.wrap(_method_note(reps, seed, sort), width)
-    for note in (_best_note(summaries, sort), _few_seeds_note(summaries)):
-        if note:
-            out += textwrap.wrap("Note: " + note + ".", width)
+    for note in _notes(summaries, sort):
+        out += textwrap.wrap(f"Note: {note}.", width)
     problems = _problem_runs(runs)
     if problems:
         out += ["", "Incomplete or failed runs (not in the statistics; unfinished runs' curves are plotted):"]
@@ -675,7 +663,7 @@ def _format_compare_text(summaries: Sequence[dict[str, Any]], cmp: dict[tuple[st
                          metric: str, width: int = 120) -> list[str]:
     order = [s["label"] for s in summaries]
     rank = {s["label"]: s["rank"] for s in summaries}
-    pairs = _compare_pairs(order, cmp)
+    pairs = [(a, b, cmp[(a, b)]) for i, a in enumerate(order) for b in order[i + 1:] if (a, b) in cmp]
     head = (f"Probability of improvement on the {metric} eval return, 95% stratified-bootstrap CI (rliable): "
             "P(#i > #j) = chance a seed of row i beats a seed of row j (ties count half):")
     out = textwrap.wrap(head, width)
@@ -703,9 +691,8 @@ def render_markdown(root: Path, runs: Sequence[Run], summaries: Sequence[dict[st
         label = f"**`{_md_escape(s['label'])}`**" if s.get("is_best") else f"`{_md_escape(s['label'])}`"
         out.append("| " + " | ".join([_rank(s), label] + [f(s) for _, _, f in COLUMNS]) + " |")
     out += ["", _method_note(reps, seed, sort)]
-    for note in (_best_note(summaries, sort), _few_seeds_note(summaries)):
-        if note:
-            out += ["", f"Note: {note}."]
+    for note in _notes(summaries, sort):
+        out += ["", f"Note: {note}."]
     problems = _problem_runs(runs)
     out += ["", "## Incomplete or failed runs", ""]
     if problems:
@@ -793,7 +780,7 @@ def plot_curves(path: Path, title: str, groups: dict[str, Sequence[Run]], order:
     for label, c in curves.items():
         i = rank[label] - 1
         color = colors[i % len(colors)]
-        runs = [r for r in groups[label] if r.state != FAILED and eval_history(r)[0].size]
+        runs = c["runs"]
         incomplete = sum(r.state == UNFINISHED for r in runs)
         shown = strip_common(groups[label][0].tokens, common, label)
         # The table's row number, so a line can be found in the table (order is the table's order).
@@ -820,10 +807,9 @@ def plot_curves(path: Path, title: str, groups: dict[str, Sequence[Run]], order:
         ax.spines[side].set_visible(False)
     if many:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0, 1, 1))
     else:
         ax.legend(loc="best", fontsize=9, framealpha=0.9)
-        fig.tight_layout()
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
