@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dqnrun.envs import make_vector_env, obs_dtype_and_shape, probe_spaces
+from dqnrun.envs import make_env, make_vector_env, obs_dtype_and_shape, probe_spaces, resolve_env_id
 from dqnrun.errors import UsageError
 from dqnrun.learner import Learner
 from dqnrun.replay import ReplayBuffer
@@ -104,6 +104,17 @@ def build_vector_env(cfg_env: DictConfig, num_envs: int | None = None, threads: 
     return make_vector_env(cfg_env.id, n, env_kwargs(cfg_env), cfg_env.get("vectorization", "auto"),
                            wrapper=env_wrapper(cfg_env), atari=_atari(cfg_env), threads=threads,
                            evaluation=evaluation)
+
+
+def build_render_env(cfg_env: DictConfig, render_mode: str) -> gym.Env:
+    """One env that renders (videos, ``render=human``), with training's observations: wrappers included; for
+    Atari, Gymnasium's twin of the C++ vector env's preprocessing."""
+    atari = _atari(cfg_env)
+    if atari is not None:
+        from dqnrun.envs import atari as A
+
+        return A.make_render_env(atari, render_mode)
+    return make_env(resolve_env_id(cfg_env.id), env_kwargs(cfg_env), env_wrapper(cfg_env), render_mode=render_mode)
 
 
 def build_network(cfg_network: DictConfig, spec: EnvSpec, cfg_learner: DictConfig | None = None) -> nn.Module:

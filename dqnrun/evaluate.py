@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqnrun import builders
 from dqnrun.checkpoint import load_checkpoint
-from dqnrun.envs import EVAL_SEED_BASE, SEED_STRIDE, make_env, resolve_env_id, run_episodes
+from dqnrun.envs import EVAL_SEED_BASE, SEED_STRIDE, run_episodes
 from dqnrun.errors import UsageError
 from dqnrun.networks import greedy_actor
 from dqnrun.validate import validate_eval_config
@@ -63,21 +63,6 @@ def evaluate_policy(net: torch.nn.Module, env_cfg: DictConfig, episodes: int, ep
         envs.close()
 
 
-def single_env(env_cfg: DictConfig, render_mode: str) -> Any:
-    """One rendering env with the same observations as training's (Atari: Gymnasium's preprocessing)."""
-    import gymnasium as gym
-
-    atari = env_cfg.get("atari")
-    if atari is not None:
-        from dqnrun.envs import atari as A
-
-        return A.make_render_env(OmegaConf.to_container(atari, resolve=True), render_mode)  # type: ignore[arg-type]
-    env_id = resolve_env_id(env_cfg.id)
-    env = make_env(env_id, builders.env_kwargs(env_cfg), builders.env_wrapper(env_cfg), render_mode=render_mode)
-    assert isinstance(env, gym.Env)
-    return env
-
-
 def play(net: torch.nn.Module, env: Any, n_episodes: int, seed: int, epsilon: float) -> list[float]:
     """Play episodes one by one in a single env; returns their returns."""
     rng = np.random.default_rng(seed)
@@ -104,7 +89,7 @@ def record_videos(net: torch.nn.Module, env_cfg: DictConfig, n_episodes: int, se
         import moviepy  # noqa: F401
     except ImportError:
         raise UsageError("video=true needs moviepy: pip install 'dqnrun[video]' (make install does)") from None
-    env = gym.wrappers.RecordVideo(single_env(env_cfg, "rgb_array"), str(video_dir),
+    env = gym.wrappers.RecordVideo(builders.build_render_env(env_cfg, "rgb_array"), str(video_dir),
                                    episode_trigger=lambda _: True, disable_logger=True)
     try:
         play(net, env, n_episodes, seed, epsilon)
@@ -124,7 +109,7 @@ def watch(net: torch.nn.Module, env_cfg: DictConfig, n_episodes: int, seed: int,
     """Play episodes in a window (render_mode=human)."""
     check_display()
     try:
-        env = single_env(env_cfg, "human")
+        env = builders.build_render_env(env_cfg, "human")
     except UsageError:
         raise
     except Exception as exc:

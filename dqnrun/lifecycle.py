@@ -49,7 +49,6 @@ log = logging.getLogger("dqnrun.train")
 FROZEN_ON_RESUME = ("env.id", "env.kwargs", "env.num_envs", "env.wrappers", "network", "replay.capacity", "seed")
 # Overrides that say how a job is run, not what it is: left out of run labels and of the HParams record.
 BOOKKEEPING_KEYS = ("resume", "log.progress", "name", "tags")
-OBJECTIVES = ("auc", "best_eval", "final_eval", "steps_to_solve")
 
 
 @dataclass(frozen=True)

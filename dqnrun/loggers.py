@@ -208,7 +208,7 @@ class MultiLogger:
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
         for logger in self.loggers:
-            logger.log_hparams(hparams, dict(metrics), step)
+            logger.log_hparams(hparams, metrics, step)
 
     def close(self) -> None:
         errors = []
