@@ -223,11 +223,9 @@ class ReplayBuffer:
         self.obs_refs = torch.zeros((self.capacity, k), dtype=torch.int64)  # host, see _stores
         self.next_refs = torch.zeros((self.capacity, k), dtype=torch.int64)
         self._refs_np = (self.obs_refs.numpy(), self.next_refs.numpy())
-        # Per env, set on the first add: serials of its current obs, a host copy of it, and whether it is known.
+        # Per env, set on the first add: serials of its current obs and a host copy of it.
         self._cur_refs: np.ndarray | None = None
-        self._spare_refs: np.ndarray | None = None  # second (E, k) buffer, swapped with _cur_refs each add
         self._cur: np.ndarray | None = None
-        self._known: np.ndarray | None = None
 
     def _use_torch_ops(self) -> None:
         """Write with torch ops, as on an accelerator, even on the CPU (so tests cover that path)."""
@@ -236,16 +234,14 @@ class ReplayBuffer:
             self._frame_view = None
 
     def _init_envs(self, n_envs: int) -> None:
-        k = self._k
-        self._cur_refs = np.full((n_envs, k), -1, dtype=np.int64)
-        self._spare_refs = np.empty_like(self._cur_refs)
-        self._cur = np.zeros((n_envs, k, *self._frame), dtype=self._np_dtype)
-        self._known = np.zeros(n_envs, dtype=bool)
+        self._cur_refs = np.zeros((n_envs, self._k), dtype=np.int64)
+        self._cur = np.zeros((n_envs, self._k, *self._frame), dtype=self._np_dtype)
         self._cur_words = self._words(self._cur)
         self._eq = np.empty(self._cur_words.shape, dtype=bool)
 
     def _words(self, x: np.ndarray) -> np.ndarray:
-        """(E, k, *frame) as (E, k * words per frame) machine words, a view where x is contiguous."""
+        """(m, ...) as (m, words) machine words, a view where x is contiguous: (E, k, *frame) for a vector step's
+        stacks, (k, *frame) for one stack's frames."""
         return np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8).view(self._word)
 
     @staticmethod
@@ -324,7 +320,7 @@ class ReplayBuffer:
     def _put_stack(self, stack: np.ndarray) -> np.ndarray:
         """Write a whole stack (k, *frame); returns its serials (k,). A frame equal to the next one shares its
         serial, so zero or repeated-frame padding at an episode start costs 1-2 frames, not k."""
-        w = np.ascontiguousarray(stack).reshape(self._k, -1).view(np.uint8).view(self._word)
+        w = self._words(stack)
         keep = np.ones(self._k, dtype=bool)
         keep[:-1] = (w[:-1] != w[1:]).any(axis=1)
         kept = np.flatnonzero(keep)
@@ -340,20 +336,19 @@ class ReplayBuffer:
         if obs.shape[1:] != (self._k, *self._frame) or next_obs.shape != obs.shape:
             raise ValueError(f"replay: observations {obs.shape}/{next_obs.shape} do not match "
                              f"(E, {self._k}, {', '.join(map(str, self._frame))})")
-        if self._cur_refs is None:
+        ow, nw = self._words(obs), self._words(next_obs)
+        if self._cur_refs is None:  # first add: no env has a current observation yet
             self._init_envs(n_envs)
+            same = np.zeros(n_envs, dtype=bool)
         elif len(self._cur_refs) != n_envs:
             raise ValueError(f"replay: {n_envs} envs in this add, {len(self._cur_refs)} before")
-        cur, new = self._cur_refs, self._spare_refs
-        ow, nw = self._words(obs), self._words(next_obs)
+        else:  # (1) obs must be the env's current observation (the previous next_obs) to reuse its serials
+            same = np.equal(ow, self._cur_words, out=self._eq).all(axis=1)
+        cur, new = self._cur_refs, np.empty_like(self._cur_refs)
         eq = self._eq  # (E, k * words) bool, reused: ufuncs with out= allocate nothing
-        # (1) obs must be the env's current observation (the previous next_obs) to reuse its serials
-        np.equal(ow, self._cur_words, out=eq)
-        same = eq.all(axis=1) & self._known
         if np.count_nonzero(same) < n_envs:
             for e in np.flatnonzero(~same):
                 cur[e] = self._put_stack(obs[e])
-            self._known[:] = True
         # (2) next_obs continues the stack (next_obs[e][:-1] == obs[e][1:]): only its newest frame is new.
         # Compared as one flat run shifted by a frame (2.5x faster than the strided 2-D slices); the pairs that
         # straddle two envs land in each env's last frame of eq, which is not read.
@@ -369,7 +364,7 @@ class ReplayBuffer:
             for e in np.flatnonzero(~cont):
                 new[e] = self._put_stack(next_obs[e])
         np.copyto(self._cur, next_obs)
-        self._cur_refs, self._spare_refs = new, cur  # the caller copies both before the next add
+        self._cur_refs = new
         return cur, new
 
     def _write(self, obs, next_obs, action, reward, terminated, discount) -> None:  # noqa: ANN001
@@ -471,27 +466,39 @@ class ReplayBuffer:
         if self.tree is None:
             idx = torch.randint(0, self.size, shape, device=self.device, generator=self.generator)
             return self._gather(idx)
-        # Stratified proportional sampling: one draw in each of B equal slices of the total priority mass.
-        total = self.tree.total
-        g = 1 if n_batches is None else n_batches
-        strata = (np.arange(self.batch_size) + self.np_rng.random((g, self.batch_size))) * (total / self.batch_size)
-        rows_np = np.minimum(self.tree.find(strata.ravel()), self.size - 1).reshape(g, self.batch_size)
-        leaves = self.tree.leaf_values(self.size)
-        probs = leaves[rows_np] / total
-        beta = self.beta(step)
-        min_prob = leaves.min() / total
-        weights = (probs / min_prob) ** (-beta)  # (N P)^-beta / max_j (N P_j)^-beta
-        if n_batches is None:
-            rows_np, weights = rows_np[0], weights[0]
-        idx = torch.from_numpy(rows_np).to(self.device)
-        return self._gather(idx)._replace(
-            weights=torch.as_tensor(weights, dtype=torch.float32, device=self.device), indices=rows_np
-        )
+        rows, weights = self._draw_prioritized(shape, step)
+        return self._gather(torch.from_numpy(rows).to(self.device))._replace(weights=weights, indices=rows)
+
+    def _draw_prioritized(self, shape: tuple[int, ...], step: int) -> tuple[np.ndarray, torch.Tensor]:
+        """Rows (``shape``) and their importance-sampling weights, by stratified proportional sampling: one
+        draw in each of B equal slices of the total priority mass. With frames, rows whose frames were
+        overwritten leave the tree (priority 0; a new write restores it) and are redrawn over the whole mass."""
+        tree, size = self.tree, self.size
+        assert tree is not None
+        strata = (np.arange(self.batch_size) + self.np_rng.random(shape)) * (tree.total / self.batch_size)
+        rows = np.minimum(tree.find(strata.ravel()), size - 1).reshape(shape)
+        if self.frames is not None:
+
+            def draw(invalid: np.ndarray) -> np.ndarray:
+                tree.update(invalid, np.zeros(len(invalid)))
+                if tree.total <= 0:
+                    raise RuntimeError("replay: no row with intact frames has priority left")
+                return np.minimum(tree.find(self.np_rng.random(len(invalid)) * tree.total), size - 1)
+
+            self._redraw(rows, draw)
+        total = tree.total
+        leaves = tree.leaf_values(size)
+        probs = leaves[rows] / total
+        low = leaves.min()
+        if low <= 0:  # rows with priority 0 are out of the draw
+            low = np.min(leaves, initial=np.inf, where=leaves > 0)
+        weights = (probs / (low / total)) ** (-self.beta(step))  # (N P)^-beta / max_j (N P_j)^-beta
+        return rows, torch.as_tensor(weights, dtype=torch.float32, device=self.device)
 
     def _gather(self, idx: torch.Tensor) -> Batch:
         obs, next_obs = self.obs, self.next_obs
         assert obs is not None and next_obs is not None
-        if obs[0].numel() * obs.element_size() > 4096:  # big rows (pixels): index_select is ~15x faster
+        if obs.stride(0) * obs.element_size() > 4096:  # big rows (pixels): index_select is ~15x faster
             flat = idx.reshape(-1)
             o = obs.index_select(0, flat).view(*idx.shape, *obs.shape[1:])
             no = next_obs.index_select(0, flat).view(*idx.shape, *obs.shape[1:])
@@ -567,27 +574,8 @@ class ReplayBuffer:
             rows = self.np_rng.integers(0, self.size, shape)
             self._redraw(rows, lambda invalid: self.np_rng.integers(0, self.size, len(invalid)))
             return self._gather_frames(rows)
-        tree, size = self.tree, self.size
-
-        def draw(invalid: np.ndarray) -> np.ndarray:  # they leave the tree; a new write restores their priority
-            tree.update(invalid, np.zeros(len(invalid)))
-            if tree.total <= 0:
-                raise RuntimeError("replay: no row with intact frames has priority left")
-            return np.minimum(tree.find(self.np_rng.random(len(invalid)) * tree.total), size - 1)
-
-        # Stratified proportional sampling as for transitions; a redraw is proportional over the whole mass.
-        total = tree.total
-        strata = (np.arange(self.batch_size) + self.np_rng.random(shape)) * (total / self.batch_size)
-        rows = np.minimum(tree.find(strata.ravel()), size - 1).reshape(shape)
-        self._redraw(rows, draw)
-        total = tree.total
-        leaves = tree.leaf_values(size)
-        probs = leaves[rows] / total
-        min_prob = np.min(leaves, initial=np.inf, where=leaves > 0) / total  # rows set to 0 are out of the draw
-        weights = (probs / min_prob) ** (-self.beta(step))
-        return self._gather_frames(rows)._replace(
-            weights=torch.as_tensor(weights, dtype=torch.float32, device=self.device), indices=rows
-        )
+        rows, weights = self._draw_prioritized(shape, step)
+        return self._gather_frames(rows)._replace(weights=weights, indices=rows)
 
     def update_priorities(self, indices: np.ndarray, td_abs: np.ndarray) -> None:
         """New priorities (|td| + eps)^alpha for the sampled rows (prioritized replay only)."""
@@ -627,7 +615,6 @@ class ReplayBuffer:
             if self._cur_refs is not None:
                 state["cur_refs"] = torch.from_numpy(self._cur_refs.copy())
                 state["cur_obs"] = torch.from_numpy(self._cur.copy())
-                state["cur_known"] = torch.from_numpy(self._known.copy())
         if self.tree is not None:
             state["priorities"] = torch.from_numpy(self.tree.leaf_values(n).copy())
         if self._window is not None:
@@ -652,9 +639,8 @@ class ReplayBuffer:
                 self._init_envs(len(state["cur_refs"]))
                 self._cur_refs[:] = state["cur_refs"].numpy()
                 self._cur[:] = state["cur_obs"].numpy()
-                self._known[:] = state["cur_known"].numpy()
             else:
-                self._cur_refs = self._spare_refs = self._cur = self._known = None
+                self._cur_refs = self._cur = None
         for name in ("obs", "next_obs", "action", "reward", "terminated", "discount"):
             if name in state:
                 getattr(self, name)[:n] = state[name].to(self.device)
