@@ -31,6 +31,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,11 @@ log = logging.getLogger(__name__)
 
 SKIP = "dqnrun_skip"  # user attr of trials that do not count: interrupted | duplicate | surplus
 WORKER = "dqnrun_worker"  # user attr: {"host": ..., "pid": ...} of the sweeper that runs the trial
-ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 
 
 def counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial uses up the budget: every trial but the interrupted, duplicate and surplus ones."""
-    return trial.state in ALIVE and SKIP not in trial.user_attrs
+    return SKIP not in trial.user_attrs
 
 
 def pid_alive(pid: int) -> bool:
@@ -76,15 +76,13 @@ def open_storage(url: Any, attempts: int = 8) -> Any:
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     from sqlalchemy.exc import SQLAlchemyError
 
-    for attempt in range(attempts):
+    for _ in range(attempts - 1):
         try:
             return optuna.storages.RDBStorage(url)
         except SQLAlchemyError as exc:
-            if attempt == attempts - 1:
-                raise
             log.info("storage not ready (%s); retrying", type(exc).__name__)
             time.sleep(0.2 + random.random())
-    raise AssertionError("unreachable")
+    return optuna.storages.RDBStorage(url)
 
 
 def reseed(sampler: Any, salt: int) -> None:
@@ -127,36 +125,26 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
             reseed(self.sampler, existing)
         self._retry_interrupted(study)
         me = {"host": socket.gethostname(), "pid": os.getpid()}
-        while True:
-            trials = self._ask(study, distributions, fixed, me)
-            if not trials:
-                break
-            overrides = [
-                (*(f"{name}={value}" for name, value in {**trial.params, **fixed}.items()),
-                 f"hydra.sweep.subdir={trial.number}")
-                for trial in trials
-            ]
+        while asked := self._ask(study, distributions, fixed, me):
+            trials, overrides = zip(*asked, strict=True)
             returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
             for trial, ret in zip(trials, returns, strict=True):
                 self._tell(study, trial, ret, directions)
         self._write_results(study, directions)
 
-    def _ask(self, study: optuna.Study, distributions: dict, fixed: dict, me: dict) -> list[optuna.Trial]:
-        """Up to n_jobs new trials, within the study-wide budget, each with a parameter set of its own."""
-        taken = {params_key(t.params) for t in study.get_trials(deepcopy=False)
-                 if counts(t) and t.state != TrialState.WAITING}
-        remaining = self.n_trials - sum(counts(t) for t in study.get_trials(deepcopy=False))
-        trials: list[optuna.Trial] = []
+    def _ask(self, study: optuna.Study, distributions: dict, fixed: dict,
+             me: dict) -> list[tuple[optuna.Trial, Sequence[str]]]:
+        """Up to n_jobs new trials, within the study-wide budget, each with a parameter set of its own, and the
+        overrides that run each in its trial-numbered directory."""
+        counted = [t for t in study.get_trials(deepcopy=False) if counts(t)]
+        taken = {params_key(t.params) for t in counted if t.state != TrialState.WAITING}
+        remaining = self.n_trials - len(counted)
+        trials: list[tuple[optuna.Trial, Sequence[str]]] = []
         attempts = 0
         while len(trials) < min(self.n_jobs, remaining) and attempts < 20 * self.n_jobs:
             attempts += 1
             trial = study.ask()
-            for name, dist in distributions.items():
-                trial._suggest(name, dist)
-            for name, value in fixed.items():
-                trial.set_user_attr(name, value)
-            if self.custom_search_space_extender:
-                self.custom_search_space_extender(self.config, trial)
+            (params,) = self._configure_trials([trial], distributions, fixed)
             trial.set_user_attr(WORKER, me)
             before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and counts(t)]
             if len(before) >= self.n_trials:  # other sweepers used up the budget meanwhile
@@ -167,7 +155,7 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
                 self._skip(study, trial, "duplicate")
                 continue
             taken.add(key)
-            trials.append(trial)
+            trials.append((trial, (*params, f"hydra.sweep.subdir={trial.number}")))
         return trials
 
     @staticmethod
@@ -207,7 +195,7 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
             study.tell(trial, state=TrialState.FAIL)
 
     def _write_results(self, study: optuna.Study, directions: list[str]) -> None:
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not done:
             log.warning("no trial of study %s completed", study.study_name)
             return
