@@ -264,6 +264,23 @@ def test_minatar_smoke_run(tmp_path: Path) -> None:
     assert ckpt["online"]["torso.0.weight"].shape == (16, 4, 3, 3)  # channels last, permuted in the network
 
 
+def test_the_minatar_paper_experiment_runs_young_and_tians_dqn(tmp_path: Path) -> None:
+    run = tmp_path / "paper"
+    proc = run_cli(["train", "env=minatar_space_invaders", "experiment=minatar_paper", "total_steps=5400",
+                    "eval.every=5400", "eval.episodes=1", "log.progress=false", "checkpoint.every=0",
+                    f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((run / "results.json").read_text())
+    assert r["updates"] == 400  # one update per frame after 5000 random frames
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["online"]["net.2.weight"].shape == (6, 128)  # the full action set (the preset has 4 actions)
+    group = {k: v for k, v in ckpt["optimizer"]["param_groups"][0].items() if k != "params"}
+    assert group | {"lr": 2.5e-4, "alpha": 0.95, "eps": 0.01, "centered": True, "momentum": 0.95} == group
+    assert "momentum_buffer" in next(iter(ckpt["optimizer"]["state"].values()))  # centered RMSProp with momentum
+    cfg = ckpt["config"]
+    assert (cfg["replay"]["n_step"], cfg["learner"]["train_freq"], cfg["learner"]["max_grad_norm"]) == (1, 1, None)
+
+
 def test_device_auto_puts_pixel_networks_and_their_replay_on_cuda_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
     from dqnrun import builders
     from tests.conftest import compose_train
