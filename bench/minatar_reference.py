@@ -17,9 +17,8 @@ changed by the proxy.
 
 ``--table`` prints, per game, the mean training return (epsilon 0.1 after the first 105k frames, as in the
 published curves) of the episodes that end in the 50k frames before each mark, averaged over seeds; with
-``--dqnrun`` it reads dqnrun's runs (the episode returns in their TensorBoard scalars) the same way. Each
-implementation's own frames/s is printed too; they are not a speed comparison (the reference updates every frame,
-dqnrun's preset every 4th).
+``--dqnrun`` it reads dqnrun's runs (the episode returns in their TensorBoard scalars) the same way. Frames/s are
+in the JSON but not in the table: these runs share the cores, so their rates are not a speed comparison.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MARKS = (100_000, 250_000, 500_000, 750_000, 1_000_000)
+MARKS = (100_000, 250_000, 350_000, 500_000, 750_000, 1_000_000)
 WINDOW = 50_000
 
 
@@ -117,31 +116,26 @@ def dqnrun_episodes(run_dir: Path) -> list[tuple[int, float]]:
 
 def table(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, str], list[dict[int, float | None]]] = {}
-    speed: dict[tuple[str, str], list[float]] = {}
     for path in args.table:
         data = json.loads(Path(path).read_text())
         key = (data["game"], "MinAtar examples/dqn.py")
         rows.setdefault(key, []).append(window_means([tuple(e) for e in data["episodes"]]))
-        speed.setdefault(key, []).append(data["frames_per_s"])
     for multirun in args.dqnrun or []:
         for results in sorted(Path(multirun).glob("**/results.json")):
             res = json.loads(results.read_text())
             env_id = res.get("env_id") or res.get("config", {}).get("env", {}).get("id", "")
             game = env_id.split("/")[-1].split("-")[0].lower().replace("spaceinvaders", "space_invaders")
-            key = (game, "dqnrun (env=minatar_<game>)")
+            extra = [o for o in res.get("overrides", []) if not o.startswith(("env=", "seed=", "log."))]
+            key = (game, "dqnrun " + (" ".join(extra) if extra else "preset"))
             rows.setdefault(key, []).append(window_means(dqnrun_episodes(results.parent)))
-            if res.get("sps"):
-                speed.setdefault(key, []).append(float(res["sps"]))
-    print("| game | implementation | seeds | " + " | ".join(f"{m // 1000}k" for m in MARKS) + " | frames/s |")
-    print("|---|---|---|" + "---|" * (len(MARKS) + 1))
+    print("| game | implementation | seeds | " + " | ".join(f"{m // 1000}k" for m in MARKS) + " |")
+    print("|---|---|---|" + "---|" * len(MARKS))
     for (game, impl), per_seed in sorted(rows.items()):
         cells = []
         for mark in MARKS:
             vals = [s[mark] for s in per_seed if s[mark] is not None]
             cells.append(f"{sum(vals) / len(vals):.1f}" if vals else "-")
-        fps = speed.get((game, impl), [])
-        rate = f"{sum(fps) / len(fps):,.0f}" if fps else "-"
-        print(f"| {game} | {impl} | {len(per_seed)} | " + " | ".join(cells) + f" | {rate} |")
+        print(f"| {game} | {impl} | {len(per_seed)} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> None:
