@@ -252,27 +252,27 @@ def test_pong_trains_for_a_few_thousand_steps_and_evaluates_with_a_video(tmp_pat
     assert meta["size"] == (160, 210) and sum(1 for _ in reader) > 100  # a whole game, full-size colour frames
 
 
-def test_minatar_smoke_run(tmp_path: Path) -> None:
-    run = tmp_path / "minatar"
-    proc = run_cli(["train", "env=minatar_breakout", "total_steps=3000", "learner.learning_starts=1000",
-                    "eval.every=1500", "eval.episodes=3", "log.progress=false", "checkpoint.every=0",
-                    f"hydra.run.dir={run}"], tmp_path)
+def minatar_run(tmp_path: Path, overrides: list[str]) -> tuple[dict, dict]:
+    """A short MinAtar training run through the CLI: its results.json and last checkpoint."""
+    run = tmp_path / "run"
+    proc = run_cli(["train", *overrides, "log.progress=false", "checkpoint.every=0", f"hydra.run.dir={run}"],
+                   tmp_path)
     assert proc.returncode == 0, proc.stderr
-    r = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    return results, torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+
+def test_minatar_smoke_run(tmp_path: Path) -> None:
+    r, ckpt = minatar_run(tmp_path, ["env=minatar_breakout", "total_steps=3000", "learner.learning_starts=1000",
+                                     "eval.every=1500", "eval.episodes=3"])
     assert r["steps"] == 3000 and r["updates"] == 500 and len(r["eval_history"]) == 2
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["online"]["torso.0.weight"].shape == (16, 4, 3, 3)  # channels last, permuted in the network
 
 
 def test_the_minatar_paper_experiment_runs_young_and_tians_dqn(tmp_path: Path) -> None:
-    run = tmp_path / "paper"
-    proc = run_cli(["train", "env=minatar_space_invaders", "experiment=minatar_paper", "total_steps=5400",
-                    "eval.every=5400", "eval.episodes=1", "log.progress=false", "checkpoint.every=0",
-                    f"hydra.run.dir={run}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    r = json.loads((run / "results.json").read_text())
+    r, ckpt = minatar_run(tmp_path, ["env=minatar_space_invaders", "experiment=minatar_paper", "total_steps=5400",
+                                     "eval.every=5400", "eval.episodes=1"])
     assert r["updates"] == 400  # one update per frame after 5000 random frames
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["online"]["net.2.weight"].shape == (6, 128)  # the full action set (the preset has 4 actions)
     group = {k: v for k, v in ckpt["optimizer"]["param_groups"][0].items() if k != "params"}
     assert group | {"lr": 2.5e-4, "alpha": 0.95, "eps": 0.01, "centered": True, "momentum": 0.95} == group
