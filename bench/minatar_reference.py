@@ -39,10 +39,9 @@ WINDOW = 50_000
 class Recorder:
     """Stands in for ``minatar.Environment``: passes every call through and notes each episode's return."""
 
-    def __init__(self, env: Any, out: Path, flush_every: int = 50_000) -> None:
-        self._env, self._out, self._flush_every = env, out, flush_every
+    def __init__(self, env: Any, out: Path, meta: dict[str, Any], flush_every: int = 50_000) -> None:
+        self._env, self._out, self.meta, self._flush_every = env, out, meta, flush_every
         self.frames, self.ret, self.episodes = 0, 0.0, []
-        self.meta: dict[str, Any] = {}
         self.t0 = time.perf_counter()
 
     def act(self, action: Any) -> tuple[float, bool]:
@@ -83,9 +82,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     game = Environment(args.game)  # its defaults: sticky actions 0.1, difficulty ramping, the full action set
     game.seed(args.seed)
-    env = Recorder(game, out)
-    env.meta = {"game": args.game, "seed": args.seed, "source": str(args.dqn_py), "threads": args.threads,
-                "num_actions": env.num_actions()}
+    env = Recorder(game, out, {"game": args.game, "seed": args.seed, "source": str(args.dqn_py),
+                               "threads": args.threads, "num_actions": game.num_actions()})
     dqn.dqn(env, False, False, str(out.with_suffix("")), step_size=dqn.STEP_SIZE)
     env.flush()
     print(f"{args.game} seed {args.seed}: {env.frames} frames in {time.perf_counter() - env.t0:.0f} s, "
@@ -123,8 +121,7 @@ def table(args: argparse.Namespace) -> None:
     for multirun in args.dqnrun or []:
         for results in sorted(Path(multirun).glob("**/results.json")):
             res = json.loads(results.read_text())
-            env_id = res.get("env_id") or res.get("config", {}).get("env", {}).get("id", "")
-            game = env_id.split("/")[-1].split("-")[0].lower().replace("spaceinvaders", "space_invaders")
+            game = res["env_id"].split("/")[-1].split("-")[0].lower().replace("spaceinvaders", "space_invaders")
             extra = [o for o in res.get("overrides", []) if not o.startswith(("env=", "seed=", "log."))]
             key = (game, "dqnrun " + (" ".join(extra) if extra else "preset"))
             rows.setdefault(key, []).append(window_means(dqnrun_episodes(results.parent)))
