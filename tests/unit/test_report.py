@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +14,23 @@ import pytest
 import yaml
 
 from dqnrun import report
+from dqnrun.report import plot, stats
+from dqnrun.run import artifacts
 
-REPORT_PY = Path(report.__file__)
+REPORT_PKG = Path(report.__file__).parent
 FAST = ["--reps", "300"]  # enough for the checks below, and keeps each report well under a second
 
 
-def write_run(path: Path, overrides: list[str] | None = None, results: dict | str | None = None) -> Path:
-    """A run directory as Hydra + dqnrun leave it: .hydra/overrides.yaml and/or results.json."""
+def write_run(path: Path, overrides: list[str] | None = None, results: dict | str | None = None,
+              env_id: str = "CartPole-v1") -> Path:
+    """A run directory as Hydra + dqnrun leave it: .hydra/{overrides,config}.yaml and/or results.json."""
     path.mkdir(parents=True, exist_ok=True)
     if overrides is not None:
         (path / ".hydra").mkdir(exist_ok=True)
         (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        # The composed config of a training run (a slice of it: what the report reads).
+        config = {"seed": 0, "total_steps": 1000, "env": {"id": env_id, "num_envs": 1}}
+        (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if isinstance(results, str):
         (path / "results.json").write_text(results)
     elif results is not None:
@@ -49,6 +57,16 @@ def make_sweep(root: Path, groups: dict[str, list[float]]) -> Path:
                       completed(ret, seed=seed))
             job += 1
     return root
+
+
+def marked_png(software: str = plot.SOFTWARE, size: tuple[int, int] = (1, 1)) -> bytes:
+    """A tiny PNG (header, a Software text chunk, no pixels) like the ones `dqnrun report` writes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", *size, 8, 2, 0, 0, 0)
+    return (plot.PNG_MAGIC + chunk(b"IHDR", ihdr) + chunk(b"tEXt", b"Software\0" + software.encode())
+            + chunk(b"IEND", b""))
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -90,10 +108,11 @@ def test_defaults_group_and_overrides_from_results_json(tmp_path: Path) -> None:
 
 
 def test_config_overrides_normalises_and_filters() -> None:
-    assert report.config_overrides(["+a=1", "++b.c=x=y", "seed=3", "hydra.run.dir=o", "hydra/sweeper=optuna",
+    # The report groups by artifacts.config_tokens (the one definition of what defines a configuration).
+    assert artifacts.config_tokens(["+a=1", "++b.c=x=y", "seed=3", "hydra.run.dir=o", "hydra/sweeper=optuna",
                                     "name=n", "tags=[t]", "total_steps=5", "resume=auto", "log.progress=false",
                                     "~d"]) == ["a=1", "b.c=x=y", "total_steps=5", "~d"]
-    assert report.config_overrides(None) == []
+    assert artifacts.config_tokens(None) == []
 
 
 def test_discovery_recurses_but_not_into_run_internals(tmp_path: Path) -> None:
@@ -146,11 +165,11 @@ def test_fast_statistics_agree_with_rliable() -> None:
     rng = np.random.default_rng(0)
     for n in range(1, 14):
         x = rng.integers(0, 6, size=(n, 1)).astype(float)  # small integers: plenty of ties
-        assert report._iqm_fast(x)[0] == pytest.approx(metrics.aggregate_iqm(x))
+        assert stats._iqm_fast(x)[0] == pytest.approx(metrics.aggregate_iqm(x))
         for m in (1, 4, 9):
             y = rng.integers(0, 6, size=(m, 1)).astype(float)
-            assert report._poi_fast(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
-        assert report._poi_fast(x, x) == pytest.approx(0.5)
+            assert stats._poi_fast(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
+        assert stats._poi_fast(x, x) == pytest.approx(0.5)
 
 
 def test_probability_of_improvement_by_hand() -> None:
@@ -286,7 +305,7 @@ def test_report_files_table_sort_and_compare(tmp_path: Path, capsys: pytest.Capt
     for i in range(5):
         write_run(root / str(i), ["optimizer.lr=0.001", f"seed={i}"], completed(400.0 + i, 100.0 + i))
         write_run(root / str(i + 5), ["optimizer.lr=0.01", f"seed={i}"], completed(300.0 + i, 290.0 + i))
-    (root / "curves.png").write_text("stale")
+    (root / "curves.png").write_bytes(marked_png())  # a stale curves.png an earlier report wrote
     rc, out, err = run_main([str(root), "--compare", *FAST], capsys)
     assert rc == 0 and err == ""
     lines = out.splitlines()
@@ -368,15 +387,25 @@ def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert rc == 0 and out.startswith("usage: dqnrun report") and "--group-by" in out and "--compare" in out
 
 
-def test_report_imports_no_other_dqnrun_module() -> None:
-    tree = ast.parse(REPORT_PY.read_text())
+ALLOWED_DQNRUN_IMPORTS = {"dqnrun.run.artifacts", "dqnrun.config.keys"}
+
+
+def test_report_imports_no_training_code() -> None:
+    # The report reads run directories of any dqnrun version: of dqnrun it may import only its own modules and
+    # the two standard-library-only modules that define what a run directory holds.
+    modules = sorted(REPORT_PKG.glob("*.py"))
+    assert {m.stem for m in modules} >= {"__init__", "runs", "stats", "render", "plot", "command"}
     imported = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative import in report.py"
-            imported.append(node.module or "")
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                imported += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"relative import in {module.name}"
+                imported.append(node.module or "")
     assert imported, "the AST walk found no imports at all"
-    offenders = [m for m in imported if m == "dqnrun" or m.startswith("dqnrun.")]
-    assert offenders == [], offenders
+    offenders = {m for m in imported if (m == "dqnrun" or m.startswith("dqnrun."))
+                 and not m.startswith("dqnrun.report.") and m not in ALLOWED_DQNRUN_IMPORTS}
+    assert offenders == set(), offenders
+    assert set(imported) >= ALLOWED_DQNRUN_IMPORTS
+    assert not (REPORT_PKG.parent / "report.py").exists()
