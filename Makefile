@@ -44,7 +44,7 @@ $(RAY_STAMP): pyproject.toml
 	rm -f $(RAY_VENV)/.installed-* && touch $@
 
 test-ray: $(RAY_STAMP) ## the Ray launcher, in its own environment (.venv-ray)
-	$(RAY_VENV)/bin/pytest -q -m ray -p no:cacheprovider tests/test_ray.py $(ARGS)
+	$(RAY_VENV)/bin/pytest -q -m ray -p no:cacheprovider tests/e2e/test_ray.py $(ARGS)
 
 sweep-demo: install ## a real sweep: 2 learning rates x 5 seeds on CartPole, in parallel (joblib), then its report
 	rm -rf outputs/sweep-demo

@@ -74,9 +74,9 @@ class DQNConfig:
             "env=cartpole", f"env.num_envs={self.num_envs}", f"seed={seed}", "device=cpu", "torch_threads=1",
             f"network.hidden={hidden}", f"optimizer.lr={self.lr}",
             f"replay.capacity={self.buffer_size}", f"replay.batch_size={self.batch_size}", "replay.n_step=1",
-            f"learner.train_freq={self.train_freq}", f"learner.gradient_steps={self.gradient_steps}",
-            f"learner.learning_starts={self.learning_starts}",
-            f"learner.target_update_interval={self.target_update_interval}", f"learner.tau={self.tau}",
+            f"algo.train_freq={self.train_freq}", f"algo.gradient_steps={self.gradient_steps}",
+            f"algo.learning_starts={self.learning_starts}",
+            f"algo.target_update_interval={self.target_update_interval}", f"learner.tau={self.tau}",
             "learner.loss=huber", f"learner.max_grad_norm={self.max_grad_norm}", f"learner.gamma={self.gamma}",
             "schedule=linear", f"schedule.start={self.eps_start}", f"schedule.end={self.eps_end}",
             f"schedule.decay_steps={self.eps_decay_steps}",
@@ -115,10 +115,10 @@ CLEANRL_DEFAULTS = DQNConfig(
 
 
 def compose_dqnrun(overrides: Sequence[str]) -> Any:
-    from hydra import compose, initialize_config_module
+    """The config `dqnrun train OVERRIDES` runs (old key spellings work, as on the command line)."""
+    from dqnrun.config.compose import compose, rewrite
 
-    with initialize_config_module(config_module="dqnrun.conf", version_base=None):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose("train", rewrite(list(overrides))[0])[0]
 
 
 def sb3_silent(model: Any) -> Any:

@@ -79,7 +79,7 @@ def make_dqnrun_update(hidden: tuple[int, ...], batch: int, g: int,
         cfg = C.compose_dqnrun(["env=cartpole", "replay.n_step=1", "device=cpu",
                                 f"network.hidden={hid}", f"replay.batch_size={batch}",
                                 *extra])
-        learner, _ = builders.build_learner(cfg, builders.build_env_spec(cfg.env))
+        learner = builders.build_algorithm(cfg, builders.build_env_spec(cfg.env)).learner
     except Exception as exc:  # the benchmark must not break on an API change elsewhere
         print(f"(dqnrun Learner not measured: {type(exc).__name__}: {exc})")
         return None

@@ -34,13 +34,13 @@ import torch
 
 
 def dqnrun_run(overrides: list[str]) -> dict[str, Any]:
-    import dqnrun.lifecycle
+    import dqnrun.run.lifecycle
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="dqnrun-px-"))
     try:
         cfg = C.compose_dqnrun([*overrides, "log.progress=false", "eval.every=0", "checkpoint.every=0",
                                 "checkpoint.save_replay=false", "device=cpu", "torch_threads=1"])
-        res = dqnrun.lifecycle.run(cfg, tmp)
+        res = dqnrun.run.lifecycle.run(cfg, tmp)
         return {"tool": "dqnrun", "steps": res["steps"], "updates": res["updates"], "sps": res["sps"]}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -58,7 +58,7 @@ def sb3_learn(model: Any, total: int) -> dict[str, Any]:
 # --- acting: Pong, 8 envs ------------------------------------------------------------------------------
 def acting_dqnrun(total: int) -> dict[str, Any]:
     # learning_starts = total - 8: the last vector step crosses it, so one burst of 2 updates runs at the end
-    return dqnrun_run(["env=pong", "env.num_envs=8", f"total_steps={total}", f"learner.learning_starts={total - 8}",
+    return dqnrun_run(["env=pong", "env.num_envs=8", f"total_steps={total}", f"algo.learning_starts={total - 8}",
                        f"replay.capacity={total}"])
 
 
@@ -87,7 +87,7 @@ MINATAR = {"lr": 2.5e-4, "buffer": 100_000, "learning_starts": 5000, "batch": 32
 def minatar_dqnrun(total: int) -> dict[str, Any]:
     m = MINATAR
     return dqnrun_run(["env=minatar_breakout", f"total_steps={total}", "replay.n_step=1",
-                       f"learner.learning_starts={m['learning_starts']}", f"schedule.decay_steps={total}",
+                       f"algo.learning_starts={m['learning_starts']}", f"schedule.decay_steps={total}",
                        f"schedule.end={m['eps_end']}", "log.every=5000"])
 
 
@@ -143,9 +143,8 @@ def build_parts(overrides: list[str]) -> tuple[Any, Any, Any]:
 
     cfg = C.compose_dqnrun(["device=cpu", *overrides])
     spec = builders.build_env_spec(cfg.env)
-    learner, device = builders.build_learner(cfg, spec)
-    replay = builders.build_replay(cfg.replay, spec, device, seed=0, num_envs=cfg.env.num_envs)
-    return learner, replay, builders.build_vector_env(cfg.env, threads=1)
+    algo = builders.build_algorithm(cfg, spec)
+    return algo.learner, algo.replay, builders.build_vector_env(cfg.env, threads=1)
 
 
 def minatar_parts(n: int = 2000) -> dict[str, float]:
@@ -266,7 +265,7 @@ def main() -> None:
         print(f"## Pong training on this CPU: 8 envs, train_freq 4, batch 32, {args.pong_steps} env steps")
         learning_starts = args.pong_steps // 3
         r = dqnrun_run(["env=pong", "env.num_envs=8", f"total_steps={args.pong_steps}",
-                        f"learner.learning_starts={learning_starts}", "replay.capacity=20000", "log.every=1000"])
+                        f"algo.learning_starts={learning_starts}", "replay.capacity=20000", "log.every=1000"])
         parts = pong_parts(6 if args.quick else 40)
         learn_frac = 1 - learning_starts / args.pong_steps
         vec = {  # ms per vector step of 8 env steps, in the learning phase

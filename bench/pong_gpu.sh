@@ -43,8 +43,8 @@ budget = float(os.environ.get("BUDGET_S", "420"))
 # once, replay and networks on the GPU.
 overrides = [
     "env=pong", f"device={os.environ['DEVICE']}", "env.num_envs=16", "total_steps=10000000", "replay.capacity=500000",
-    "replay.batch_size=128", "replay.n_step=3", "learner.double=true", "learner.learning_starts=20000",
-    "learner.train_freq=4", "learner.target_update_interval=2000", "optimizer.lr=2.5e-4",
+    "replay.batch_size=128", "replay.n_step=3", "learner.double=true", "algo.learning_starts=20000",
+    "algo.train_freq=4", "algo.target_update_interval=2000", "optimizer.lr=2.5e-4",
     "schedule.decay_steps=250000", "schedule.end=0.01", "eval.every=100000", "eval.episodes=8", "eval.max_envs=8",
     "checkpoint.every=0", "checkpoint.save_replay=false", "log.progress=false", "torch_threads=4",
     f"hydra.run.dir={out / 'run'}",

@@ -30,7 +30,7 @@ def row_bytes(storage: str) -> int:
 def measure(storage: str, capacity: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="dqnrun-mem-") as tmp:
         args = [sys.executable, "-m", "dqnrun", "train", "env=pong", f"env.num_envs={ENVS}",
-                f"total_steps={capacity + ENVS}", f"learner.learning_starts={capacity}",
+                f"total_steps={capacity + ENVS}", f"algo.learning_starts={capacity}",
                 f"replay.capacity={capacity}", f"replay.storage={storage}", "eval.every=0", "checkpoint.every=0",
                 "checkpoint.save_replay=false", "log.progress=false", "log.every=50000", "device=cpu",
                 f"hydra.run.dir={tmp}/run"]

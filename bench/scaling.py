@@ -17,14 +17,14 @@ from pathlib import Path
 
 import _common as C
 
-import dqnrun.lifecycle
+import dqnrun.run.lifecycle
 
 
 def run(overrides: list[str], steps: int) -> dict:
     cfg = C.compose_dqnrun(["env=cartpole", f"total_steps={steps}", "eval.every=0", "checkpoint.every=0",
                             "log.progress=false", *overrides])
     with tempfile.TemporaryDirectory(prefix="dqnrun-scaling-") as run_dir:
-        r = dqnrun.lifecycle.run(cfg, Path(run_dir))
+        r = dqnrun.run.lifecycle.run(cfg, Path(run_dir))
     return {"overrides": overrides, "sps": r["sps"], "updates": r["updates"], "steps": r["steps"],
             "us_per_env_step": 1e6 / r["sps"]}
 

@@ -42,11 +42,11 @@ def parse_seeds(s: str) -> list[int]:
 
 
 def run_dqnrun(seed: int, tmp: pathlib.Path, extra: list[str]) -> dict[str, Any]:
-    import dqnrun.lifecycle
+    import dqnrun.run.lifecycle
 
     cfg = C.compose_dqnrun(["env=cartpole", f"seed={seed}", "log.progress=false", *extra])
     t0 = time.perf_counter()
-    res = dqnrun.lifecycle.run(cfg, pathlib.Path(tempfile.mkdtemp(prefix=f"dqnrun-s{seed}-", dir=tmp)))
+    res = dqnrun.run.lifecycle.run(cfg, pathlib.Path(tempfile.mkdtemp(prefix=f"dqnrun-s{seed}-", dir=tmp)))
     wall = time.perf_counter() - t0
     solved = res["solved_at_seconds"] is not None
     return {

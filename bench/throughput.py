@@ -31,13 +31,15 @@ import torch
 
 
 def run_dqnrun(cfg: C.DQNConfig, total: int, seed: int, tmp: pathlib.Path) -> dict[str, Any]:
-    import dqnrun.lifecycle
+    import dqnrun.run.lifecycle
 
     hcfg = C.compose_dqnrun(cfg.dqnrun_overrides(total, seed))
     run_dir = pathlib.Path(tempfile.mkdtemp(prefix="dqnrun-", dir=tmp))
-    # Process CPU time of the training loop alone: wrap the loop function that run() calls (bench-side only).
+    # Process CPU time of the training loop alone: wrap the algorithm's loop that run() calls (bench-side only).
+    from dqnrun.algos.dqn import DQN
+
     loop_cpu: list[float] = []
-    inner = dqnrun.lifecycle.train_loop
+    inner = DQN.train
 
     def timed_loop(*a: Any, **kw: Any) -> Any:
         c = time.process_time()
@@ -46,13 +48,13 @@ def run_dqnrun(cfg: C.DQNConfig, total: int, seed: int, tmp: pathlib.Path) -> di
         finally:
             loop_cpu.append(time.process_time() - c)
 
-    dqnrun.lifecycle.train_loop = timed_loop
+    DQN.train = timed_loop  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
-        res = dqnrun.lifecycle.run(hcfg, run_dir)
+        res = dqnrun.run.lifecycle.run(hcfg, run_dir)
         wall = time.perf_counter() - t0
     finally:
-        dqnrun.lifecycle.train_loop = inner
+        DQN.train = inner  # type: ignore[method-assign]
     cpu = loop_cpu[0]
     return {"tool": "dqnrun", "steps": res["steps"], "updates": res["updates"], "sps": res["sps"],
             "seconds": res["train_seconds"], "wall_incl_setup": wall, "cpu_seconds": cpu,

@@ -1,12 +1,13 @@
 """Config -> objects. The only module that calls ``hydra.utils.instantiate``.
 
-Derived values (observation shape, action count, device) are passed as arguments and never written back
-into the config, so the stored config is exactly what the user asked for.
+Generic parts (envs, networks, optimizers, replay buffers, schedules, loggers) are built here; an algorithm's
+``build`` module (`dqnrun.algos`) combines them into the parts its class receives, and `build_algorithm`
+instantiates ``algo`` with them. Derived values (observation shape, action count, device) are passed as
+arguments and never written back into the config, so the stored config is exactly what the user asked for.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ from torch import nn
 
 from dqnrun.envs import make_env, make_vector_env, obs_dtype_and_shape, probe_spaces, resolve_env_id
 from dqnrun.errors import UsageError
-from dqnrun.learner import Learner
 from dqnrun.replay import ReplayBuffer
 
 # `device=auto` puts a network on CUDA only when it is big enough to gain from it. For DQN-sized MLPs the
@@ -117,13 +117,12 @@ def build_render_env(cfg_env: DictConfig, render_mode: str) -> gym.Env:
     return make_env(resolve_env_id(cfg_env.id), env_kwargs(cfg_env), env_wrapper(cfg_env), render_mode=render_mode)
 
 
-def build_network(cfg_network: DictConfig, spec: EnvSpec, cfg_learner: DictConfig | None = None) -> nn.Module:
+def build_network(cfg_network: DictConfig, spec: EnvSpec, **head: Any) -> nn.Module:
+    """The ``network`` config for this env's spaces; ``head`` (e.g. ``head="c51"``) comes from the algorithm."""
     _, shape, n_cat = obs_dtype_and_shape(spec.observation_space)
     extra: dict[str, Any] = {"n_obs_categories": n_cat} if n_cat else {}
-    if cfg_learner is not None and cfg_learner.get("distributional"):
-        extra.update(n_atoms=cfg_learner.atoms, v_min=cfg_learner.v_min, v_max=cfg_learner.v_max)
     return _build(f"network: cannot build {cfg_network.get('_target_')}",
-                  lambda: instantiate(cfg_network, obs_shape=shape, n_actions=spec.n_actions, **extra))
+                  lambda: instantiate(cfg_network, obs_shape=shape, n_actions=spec.n_actions, **extra, **head))
 
 
 def resolve_device(requested: str, network: nn.Module, spec: EnvSpec) -> torch.device:
@@ -199,20 +198,13 @@ def build_schedule(cfg_schedule: DictConfig) -> Any:
     return instantiate(cfg_schedule)
 
 
-def build_learner(cfg: DictConfig, spec: EnvSpec) -> tuple[Learner, torch.device]:
-    """Online and target networks (same init), optimizer and learner, on the resolved device."""
-    online = build_network(cfg.network, spec, cfg.learner)
-    device = resolve_device(cfg.device, online, spec)
-    online = online.to(device)
-    target = copy.deepcopy(online)
-    optimizer = build_optimizer(cfg.optimizer, online.parameters(), device)
-    lc = cfg.learner
-    learner = Learner(
-        online, target, optimizer, gamma=lc.gamma, loss=lc.loss, max_grad_norm=lc.max_grad_norm,
-        tau=lc.tau, double=lc.get("double", False), fast_mlp=lc.get("fast_mlp", True),
-        distributional=lc.get("distributional", False), compile=cfg.get("compile", False),
-    )
-    return learner, device
+def build_algorithm(cfg: DictConfig, spec: EnvSpec) -> Any:
+    """The algorithm ``cfg.algo`` names, instantiated with the parts its ``build`` module makes from the config
+    (`dqnrun.algos`): ``instantiate(cfg.algo, **parts)``."""
+    from dqnrun.config.rules import algorithm_module
+
+    parts = algorithm_module(cfg).parts(cfg, spec)
+    return _build(f"algo: cannot build {cfg.algo.get('_target_')}", lambda: instantiate(cfg.algo, **parts))
 
 
 def available_memory_bytes() -> int | None:

@@ -1,4 +1,5 @@
-"""`dqnrun eval`: evaluate a checkpoint using only what the checkpoint file holds.
+"""Evaluating a policy: whole episodes on eval envs, videos, a window. `dqnrun eval` (`dqnrun.cli.eval`) and the
+API's `Agent.evaluate` use it; it evaluates a checkpoint using only what the checkpoint file holds.
 
 The env (id, kwargs, wrappers, Atari preprocessing) and the network are rebuilt from the config stored in the
 checkpoint, through `dqnrun.builders`, as training built them. Episodes use the eval epsilon the run was
@@ -7,42 +8,22 @@ trained with (``eval.epsilon``: 0.05 for Atari presets) unless ``epsilon=`` is g
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from dqnrun import builders
-from dqnrun.checkpoint import load_checkpoint
+from dqnrun.acting import greedy_actor
 from dqnrun.envs import EVAL_SEED_BASE, SEED_STRIDE, run_episodes
 from dqnrun.errors import UsageError
-from dqnrun.networks import greedy_actor
-from dqnrun.validate import validate_eval_config
 
 log = logging.getLogger(__name__)
-
-
-def load_policy(ckpt_path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, DictConfig, dict]:
-    """Rebuild the online network from a checkpoint's stored config and load its weights."""
-    ckpt = load_checkpoint(ckpt_path, map_location=device)
-    cfg = OmegaConf.create(ckpt["config"])
-    spec = builders.build_env_spec(cfg.env)
-    net = builders.build_network(cfg.network, spec, cfg.get("learner")).to(device)
-    try:
-        net.load_state_dict(ckpt["online"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UsageError(f"ckpt={ckpt_path}: weights do not match the stored network config ({first})") from None
-    net.eval()
-    return net, cfg, ckpt
 
 
 def stored_epsilon(train_cfg: DictConfig) -> float:
@@ -119,46 +100,3 @@ def watch(net: torch.nn.Module, env_cfg: DictConfig, n_episodes: int, seed: int,
         return play(net, env, n_episodes, seed, epsilon)
     finally:
         env.close()
-
-
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    validate_eval_config(cfg)
-    if cfg.get("render") == "human":
-        check_display()  # before any work
-    net, train_cfg, ckpt = load_policy(cfg.ckpt, cfg.device)
-    env_cfg = train_cfg.env
-    if cfg.env_kwargs:
-        env_cfg = OmegaConf.merge(env_cfg, {"kwargs": cfg.env_kwargs})
-    epsilon = stored_epsilon(train_cfg) if cfg.epsilon is None else float(cfg.epsilon)
-    returns = evaluate_policy(net, env_cfg, cfg.episodes, epsilon, cfg.seed)
-    seed = EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
-    result: dict[str, Any] = {
-        "ckpt": str(Path(cfg.ckpt).resolve()),
-        "env_id": env_cfg.id,
-        "step": int(ckpt["step"]),
-        "episodes": int(cfg.episodes),
-        "epsilon": epsilon,
-        "mean_return": float(returns.mean()),
-        "std_return": float(returns.std()),
-        "returns": [float(r) for r in returns],
-        "solved_score": env_cfg.get("solved_score"),
-    }
-    if cfg.video:
-        result["videos"] = record_videos(net, env_cfg, cfg.video_episodes, seed, epsilon, out_dir / "videos")
-    if cfg.get("render") == "human":
-        result["watched_returns"] = watch(net, env_cfg, cfg.video_episodes, seed, epsilon)
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{env_cfg.id} @ step {result['step']}: mean return {result['mean_return']:.2f} "
-          f"+/- {result['std_return']:.2f} over {cfg.episodes} episodes at epsilon {epsilon:g}  "
-          f"({out_dir / 'eval.json'})")
-    return result
-
-
-@hydra.main(config_path="pkg://dqnrun.conf", config_name="eval", version_base=None)
-def main(cfg: DictConfig) -> float:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        return run(cfg, out_dir)["mean_return"]
-    except UsageError as exc:
-        print(f"dqnrun eval: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)

@@ -21,7 +21,6 @@ import contextlib
 import io
 import json
 import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,9 @@ from torch import nn
 from dqnrun.errors import UsageError
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
-USAGE = "usage: dqnrun export ckpt=PATH [format=torchscript|onnx] [out=PATH]"
 
 
-class Policy(nn.Module):
+class ExportedPolicy(nn.Module):
     """float32 observations (B, *obs_shape) -> Q-values (B, A), for a network in eval mode."""
 
     def __init__(self, net: nn.Module) -> None:
@@ -46,48 +44,27 @@ class Policy(nn.Module):
         return self.net(obs).float()
 
 
-def parse(argv: list[str]) -> dict[str, str]:
-    args: dict[str, str] = {}
-    for a in argv:
-        if a in ("-h", "--help"):
-            print(USAGE)
-            print(__doc__)
-            raise SystemExit(0)
-        key, sep, value = a.partition("=")
-        if not sep:
-            raise UsageError(f"{a!r} is not key=value; {USAGE}")
-        if key not in ("ckpt", "format", "out"):
-            raise UsageError(f"unknown key {key!r}; {USAGE}")
-        args[key] = value
-    if not args.get("ckpt"):
-        raise UsageError(f"ckpt is required; {USAGE}")
-    fmt = args.setdefault("format", "torchscript")
-    if fmt not in FORMATS:
-        raise UsageError(f"format={fmt!r} is not one of {' | '.join(FORMATS)}")
-    return args
-
-
 def example_batch(obs_shape: tuple[int, ...], n: int = 2) -> torch.Tensor:
     return torch.zeros((n, *obs_shape), dtype=torch.float32)
 
 
 def export(ckpt: str | Path, fmt: str = "torchscript", out: str | Path | None = None) -> Path:
     """Write the policy file and return its path."""
-    from dqnrun.api import load
+    from dqnrun.envs import obs_dtype_and_shape
+    from dqnrun.policy import load_policy
+    from dqnrun.run.artifacts import run_dir_of
 
-    agent = load(ckpt)
-    ckpt_path = agent.ckpt_path
-    if out is None:
-        run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-        path = run_dir / "export" / f"policy{FORMATS[fmt]}"
-    else:
-        path = Path(out).expanduser()
+    if fmt not in FORMATS:
+        raise UsageError(f"format={fmt!r} is not one of {' | '.join(FORMATS)}")
+    loaded = load_policy(ckpt)
+    path = run_dir_of(loaded.path) / "export" / f"policy{FORMATS[fmt]}" if out is None else Path(out).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    policy = Policy(agent.net.cpu().eval()).eval()
-    meta = {"env_id": str(agent.config.env.id), "obs_shape": list(agent.obs_shape), "n_actions": agent.n_actions,
-            "step": agent.step, "checkpoint": str(ckpt_path), "input": "float32 (B, *obs_shape)",
-            "output": "Q-values (B, n_actions)"}
-    x = example_batch(tuple(agent.obs_shape))
+    policy = ExportedPolicy(loaded.net.cpu().eval()).eval()
+    _, obs_shape, _ = obs_dtype_and_shape(loaded.spec.observation_space)
+    meta = {"env_id": str(loaded.config.env.id), "obs_shape": list(obs_shape), "n_actions": loaded.spec.n_actions,
+            "algo": str(loaded.payload["algo"]), "step": loaded.step, "checkpoint": str(loaded.path),
+            "input": "float32 (B, *obs_shape)", "output": "Q-values (B, n_actions)"}
+    x = example_batch(tuple(obs_shape))
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice: tracing still works in 2.13
@@ -125,14 +102,3 @@ def _export_onnx(policy: nn.Module, x: torch.Tensor, path: Path, meta: dict[str,
     entry = model.metadata_props.add()
     entry.key, entry.value = "dqnrun", json.dumps(meta)
     onnx.save(model, str(path))
-
-
-def main(argv: list[str]) -> int:
-    try:
-        args = parse(argv)
-        path = export(args["ckpt"], args["format"], args.get("out"))
-    except UsageError as exc:
-        print(f"dqnrun export: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"wrote {path} ({args['format']}: float32 observations (B, *obs_shape) -> Q-values (B, A))")
-    return 0

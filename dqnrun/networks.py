@@ -3,9 +3,11 @@
 One class, `QNetwork` (also spelled `MLP`), is an optional convolutional torso followed by fully connected
 layers and a head. Variants are options, not copies: ``conv`` (``nature``: Mnih et al. 2015's Atari CNN;
 ``minatar``: Young and Tian 2019's one-layer CNN), ``dueling`` (value + advantage - mean advantage), ``noisy``
-(NoisyNet layers with factorised Gaussian noise) and ``n_atoms`` (C51: the net also exposes ``dist_logits``
-(B, A, n_atoms), and ``forward`` returns the expected value under the categorical distribution). So every head
+(NoisyNet layers with factorised Gaussian noise) and ``head`` (``c51``: the net also exposes ``dist_logits``
+(B, A, atoms), and ``forward`` returns the expected value under the categorical distribution). So every head
 composes with every torso. ``QTable`` is tabular Q-learning expressed as a network.
+
+Acting (epsilon-greedy, batched over envs) lives in `dqnrun.acting`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -71,6 +72,7 @@ def minatar_torso(in_channels: int) -> nn.Sequential:
 
 
 TORSOS: dict[str, Callable[[int], nn.Sequential]] = {"nature": nature_torso, "minatar": minatar_torso}
+HEADS = ("q", "c51")
 
 
 class QNetwork(nn.Module):
@@ -89,8 +91,9 @@ class QNetwork(nn.Module):
             (input) layer stays a plain Linear unless ``noisy_input``, as the convolutional torso does in
             Fortunato et al.'s Atari networks; on CartPole that learned 3/3 seeds against 0-2/3 with every
             layer noisy (docs/benchmarks.md, section 4).
-        n_atoms, v_min, v_max: C51 categorical head over ``n_atoms`` atoms on [v_min, v_max]
-            (passed by the builder when ``learner.distributional=true``).
+        head: ``q`` (one Q-value per action) or ``c51`` (a categorical return distribution over ``atoms``
+            atoms on [v_min, v_max]); the builder passes it from the learner's ``distributional`` switch.
+        atoms, v_min, v_max: C51's support (``network.atoms``, ...), used by the ``c51`` head only.
         conv: ``nature`` | ``minatar`` | None: a convolutional torso for image observations (C, H, W), whose
             flattened output feeds ``hidden``. With a torso every fully connected layer is noisy when ``noisy``
             (the paper's Atari networks keep only the convolutions plain).
@@ -109,7 +112,8 @@ class QNetwork(nn.Module):
         n_obs_categories: int | None = None,
         dueling: bool = False,
         noisy: bool = False,
-        n_atoms: int | None = None,
+        head: str = "q",
+        atoms: int = 51,
         v_min: float = -10.0,
         v_max: float = 10.0,
         sigma0: float = 0.5,
@@ -123,13 +127,16 @@ class QNetwork(nn.Module):
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if conv is not None and conv not in TORSOS:
             raise ValueError(f"unknown conv torso {conv!r}; choose one of {sorted(TORSOS)} or null")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
         self.conv, self.channels_last = conv, bool(channels_last)
         self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
         self.torso: nn.Module | None = None
         self.n_obs_categories = n_obs_categories
         self.activation = activation
         self.dueling, self.noisy, self.n_actions = bool(dueling), bool(noisy), int(n_actions)
-        self.n_atoms = int(n_atoms) if n_atoms else None
+        self.head_kind = head
+        self.n_atoms = int(atoms) if head == "c51" else None
         linear: Callable[[int, int], nn.Module] = (
             (lambda i, o: NoisyLinear(i, o, sigma0)) if self.noisy else nn.Linear
         )
@@ -230,23 +237,3 @@ class QTable(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """obs: (B,) int64 state indices -> Q: (B, A)."""
         return self.table[obs.long()]
-
-
-def greedy_actor(
-    net: nn.Module, epsilon: float = 0.0, rng: np.random.Generator | None = None, n_actions: int = 0
-) -> Callable[[np.ndarray], np.ndarray]:
-    """obs (E, *obs_shape) -> actions (E,): greedy in ``net``'s Q-values, or epsilon-greedy using ``rng``
-    (its own generator, so evaluation never perturbs the training streams)."""
-    device = next(net.parameters()).device
-    if epsilon > 0.0 and rng is None:
-        raise ValueError("epsilon-greedy acting needs an rng")
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            a = net(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
-        if epsilon > 0.0:
-            explore = rng.random(len(a)) < epsilon  # type: ignore[union-attr]
-            a = np.where(explore, rng.integers(0, n_actions, len(a)), a)  # type: ignore[union-attr]
-        return a
-
-    return act

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")  # optuna 2.10 on SQLAlchemy 1.4 (pinned <2)
 
 # A tiny CartPole run: enough steps to update, evaluate and checkpoint, in about a second.
 TINY = [
-    "total_steps=1200", "learner.learning_starts=400", "eval.every=600", "eval.episodes=4",
+    "total_steps=1200", "algo.learning_starts=400", "eval.every=600", "eval.episodes=4",
     "checkpoint.every=600", "log.every=200", "log.progress=false", "replay.capacity=2000",
 ]
 
@@ -35,8 +34,10 @@ def tb_dir(run_dir: Path) -> Path:
 
 
 def compose_train(overrides: list[str] | None = None):
-    with initialize_config_module(config_module="dqnrun.conf", version_base=None):
-        return compose(config_name="train", overrides=overrides or [])
+    """The config `dqnrun train OVERRIDES` would run (key spellings rewritten, integers normalized)."""
+    from dqnrun.config.compose import compose, rewrite
+
+    return compose("train", rewrite(overrides or [])[0])[0]
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ What the upstream sweeper does not do, and a tuning study needs:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -43,15 +44,24 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import OmegaConf  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from dqnrun.config.keys import canonical_key, canonical_overrides  # noqa: E402
+
 log = logging.getLogger(__name__)
 
-SKIP = "dqnrun_skip"  # user attr of trials that do not count: interrupted | duplicate | surplus
+SKIP = "dqnrun_skip"  # user attr of trials that do not count: duplicate | surplus
+# Study user attr listing the numbers of trials a dead sweeper left running (failed, not counted, rerun). A
+# study-level attr: a trial's own attrs can be set only through the Trial object of the process that asked it.
+INTERRUPTED = "dqnrun_interrupted"
 WORKER = "dqnrun_worker"  # user attr: {"host": ..., "pid": ...} of the sweeper that runs the trial
 
 
-def counts(trial: optuna.trial.FrozenTrial) -> bool:
+def counts(trial: optuna.trial.FrozenTrial, interrupted: frozenset[int] = frozenset()) -> bool:
     """Whether a trial uses up the budget: every trial but the interrupted, duplicate and surplus ones."""
-    return SKIP not in trial.user_attrs
+    return SKIP not in trial.user_attrs and trial.number not in interrupted
+
+
+def interrupted_trials(study: optuna.Study) -> frozenset[int]:
+    return frozenset(int(n) for n in study.user_attrs.get(INTERRUPTED, []))
 
 
 def pid_alive(pid: int) -> bool:
@@ -65,7 +75,20 @@ def pid_alive(pid: int) -> bool:
 
 
 def params_key(params: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+    """A trial's parameters as a comparable key; a study begun before a key moved names it the old way."""
+    return tuple(sorted((canonical_key(k), repr(v)) for k, v in params.items()))
+
+
+def canonical_params(overrides: list[str]) -> list[str]:
+    """Search-space overrides with their keys in today's spelling (``learner.target_update_interval:
+    choice(...)`` works as ``algo.target_update_interval``); jobs record them as written in the search space."""
+    from dqnrun.config.compose import TYPED_KEYS_ENV
+
+    out, typed = canonical_overrides(overrides)
+    if typed:
+        known = json.loads(os.environ.get(TYPED_KEYS_ENV) or "{}")
+        os.environ[TYPED_KEYS_ENV] = json.dumps({**known, **typed})
+    return out
 
 
 def open_storage(url: Any, attempts: int = 8) -> Any:
@@ -107,8 +130,7 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None
         self._process_searchspace_config()
-        params_conf = self._parse_sweeper_params_config()
-        params_conf.extend(arguments)
+        params_conf = canonical_params([*self._parse_sweeper_params_config(), *arguments])
         space, fixed = create_params_from_overrides(params_conf)
         distributions = dict(self.search_space_distributions or {})
         distributions.update(space)
@@ -136,7 +158,8 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
              me: dict) -> list[tuple[optuna.Trial, Sequence[str]]]:
         """Up to n_jobs new trials, within the study-wide budget, each with a parameter set of its own, and the
         overrides that run each in its trial-numbered directory."""
-        counted = [t for t in study.get_trials(deepcopy=False) if counts(t)]
+        gone = interrupted_trials(study)
+        counted = [t for t in study.get_trials(deepcopy=False) if counts(t, gone)]
         taken = {params_key(t.params) for t in counted if t.state != TrialState.WAITING}
         remaining = self.n_trials - len(counted)
         trials: list[tuple[optuna.Trial, Sequence[str]]] = []
@@ -146,7 +169,7 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
             trial = study.ask()
             (params,) = self._configure_trials([trial], distributions, fixed)
             trial.set_user_attr(WORKER, me)
-            before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and counts(t)]
+            before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and counts(t, gone)]
             if len(before) >= self.n_trials:  # other sweepers used up the budget meanwhile
                 self._skip(study, trial, "surplus")
                 break
@@ -173,11 +196,11 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
             if worker.get("host") != host or pid_alive(int(worker.get("pid", -1))):
                 continue
             try:
-                study._storage.set_trial_user_attr(t._trial_id, SKIP, "interrupted")
-                study._storage.set_trial_state(t._trial_id, TrialState.FAIL)
-            except RuntimeError:  # another sweeper recovered it first
+                study.tell(t.number, state=TrialState.FAIL)
+            except (RuntimeError, ValueError):  # another sweeper recovered it first
                 continue
-            study.enqueue_trial(dict(t.params))
+            study.set_user_attr(INTERRUPTED, sorted(interrupted_trials(study) | {t.number}))
+            study.enqueue_trial({canonical_key(k): v for k, v in t.params.items()})
             log.info("trial %d was interrupted; its parameters are queued again", t.number)
 
     @staticmethod

@@ -81,3 +81,22 @@ def test_the_readme_api_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - our own README
     assert scope["result"]["status"] == "completed"
     assert scope["agent"].n_actions == 2
+
+
+def test_dqnrun_train_validates_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dqnrun.config.rules
+    import dqnrun.run.lifecycle
+    from dqnrun import train
+
+    calls = []
+    real = dqnrun.config.rules.validate_train_config
+
+    def counting(cfg: object) -> None:
+        calls.append(1)
+        real(cfg)
+
+    monkeypatch.setattr(dqnrun.config.rules, "validate_train_config", counting)
+    monkeypatch.setattr(dqnrun.run.lifecycle, "validate_train_config", counting)
+    r = train(["env=cartpole", "total_steps=600", "algo.learning_starts=200", "eval.every=0", "log.progress=false"],
+              run_dir=tmp_path / "run")
+    assert r["status"] == "completed" and len(calls) == 1

@@ -35,8 +35,9 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
 
 def test_checkpoint_is_self_contained_and_loads_weights_only(trained_run: Path) -> None:
     ckpt = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=True)
-    for key in ("online", "target", "optimizer", "step", "config", "format_version", "rng", "loop"):
+    for key in ("algo", "policy", "algo_state", "step", "config", "format_version", "rng", "loop"):
         assert key in ckpt, key
+    assert ckpt["algo"] == "dqn" and {"target", "optimizer", "updates"} <= set(ckpt["algo_state"])
     assert ckpt["step"] == 1200
     assert ckpt["config"]["env"]["id"] == "CartPole-v1"
     assert ckpt["config"]["seed"] == 1
@@ -84,7 +85,7 @@ def test_eval_video_writes_a_playable_mp4(trained_run: Path, tmp_path: Path) -> 
 
 
 def test_two_runs_started_together_get_distinct_directories(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "dqnrun", "train", "total_steps=100", "learner.learning_starts=50",
+    args = [sys.executable, "-m", "dqnrun", "train", "total_steps=100", "algo.learning_starts=50",
             "eval.every=0", "log.progress=false"]
     procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]
@@ -93,7 +94,7 @@ def test_two_runs_started_together_get_distinct_directories(tmp_path: Path) -> N
 
 
 def test_multirun_sweeps_over_values(tmp_path: Path) -> None:
-    proc = run_cli(["train", "-m", "seed=0,1", "total_steps=200", "learner.learning_starts=100",
+    proc = run_cli(["train", "-m", "seed=0,1", "total_steps=200", "algo.learning_starts=100",
                     "eval.every=0", "log.progress=false"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = sorted((tmp_path / "outputs" / "multirun").rglob("results.json"))
@@ -101,7 +102,7 @@ def test_multirun_sweeps_over_values(tmp_path: Path) -> None:
 
 
 def test_multirun_flag_may_follow_overrides(tmp_path: Path) -> None:
-    proc = run_cli(["train", "total_steps=200", "learner.learning_starts=100", "eval.every=0",
+    proc = run_cli(["train", "total_steps=200", "algo.learning_starts=100", "eval.every=0",
                     "log.progress=false", "optimizer.lr=1e-3,3e-4", "-m"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "outputs" / "multirun").rglob("results.json"))) == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqnrun.learner import Learner
+from dqnrun.algos.dqn.learner import Learner
 from dqnrun.networks import MLP
 from dqnrun.replay import Batch
 from tests.conftest import run_cli
@@ -71,7 +71,7 @@ def test_compiled_update_gives_the_same_losses_priorities_and_weights_as_eager(v
 
 def test_compile_true_trains_through_the_cli(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = run_cli(["train", "env=cartpole", "compile=true", "total_steps=1500", "learner.learning_starts=500",
+    proc = run_cli(["train", "env=cartpole", "compile=true", "total_steps=1500", "algo.learning_starts=500",
                     "eval.every=0", "log.every=500", "log.progress=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((run_dir / "results.json").read_text())

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from dqnrun import metrics as M
-from dqnrun.lifecycle import run
+from dqnrun.run.lifecycle import run
 from tests.conftest import compose_train, tb_dir
 
 BUDGET = [
-    "env=cartpole", "device=cpu", "total_steps=800", "learner.learning_starts=200", "log.every=100",
+    "env=cartpole", "device=cpu", "total_steps=800", "algo.learning_starts=200", "log.every=100",
     "log.progress=false", "eval.every=400", "eval.episodes=2", "checkpoint.every=0", "checkpoint.save_replay=false",
     "replay.capacity=2000",
 ]
@@ -42,7 +42,7 @@ def td_losses(run_dir: Path) -> list[tuple[int, float]]:
 
 def weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    return {"online": ckpt["online"], "target": ckpt["target"]}
+    return {"online": ckpt["policy"], "target": ckpt["algo_state"]["target"]}
 
 
 def same_weights(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dict[str, torch.Tensor]]) -> bool:
@@ -81,7 +81,7 @@ def test_different_seed_gives_different_losses_and_weights(three_runs: tuple[Pat
 
 
 def test_run_without_eval_or_saved_replay_still_writes_its_checkpoint(tmp_path: Path) -> None:
-    cfg = compose_train(["env=cartpole", "device=cpu", "total_steps=300", "learner.learning_starts=100",
+    cfg = compose_train(["env=cartpole", "device=cpu", "total_steps=300", "algo.learning_starts=100",
                          "log.progress=false", "eval.every=0", "checkpoint.save_replay=false", "seed=0"])
     results = run(cfg, tmp_path / "run")
     assert results["status"] == "completed"

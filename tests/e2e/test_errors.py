@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqnrun.checkpoint import FORMAT_VERSION
 from dqnrun.cli import main
+from dqnrun.run.checkpoint import FORMAT_VERSION
 from tests.conftest import run_cli
 
 TRAIN_CASES = [
@@ -27,7 +27,7 @@ TRAIN_CASES = [
     (["learner.gamma=1.5"], "learner.gamma=1.5 is out of range; it must lie in [0, 1]"),
     (["replay.batch_size=256", "replay.capacity=100"], "replay.batch_size=256 exceeds replay.capacity=100"),
     (["env.num_envs=0"], "env.num_envs=0 is out of range"),
-    (["total_steps=500", "learner.learning_starts=1000"], "total_steps=500 is not above learner.learning_starts"),
+    (["total_steps=500", "algo.learning_starts=1000"], "total_steps=500 is not above algo.learning_starts"),
     (["schedule.start=1.5"], "schedule.start=1.5 is out of range"),
     (["eval.epsilon=2"], "eval.epsilon=2 is out of range"),
     (["learner.loss=l1"], "learner.loss='l1' is not one of huber | mse | half_sse"),
@@ -71,10 +71,10 @@ class Evil:
 
 
 def _eval_cases(tmp: Path) -> list[tuple[str, str]]:
-    good = {"format_version": FORMAT_VERSION, "online": {}, "target": {}, "optimizer": {}, "step": 0,
+    good = {"format_version": FORMAT_VERSION, "algo": "dqn", "policy": {}, "algo_state": {}, "step": 0,
             "config": {"env": {"id": "CartPole-v1"}}}
     truncated = tmp / "truncated.pt"
-    _write(truncated, {**good, "online": {"w": torch.zeros(1000)}})
+    _write(truncated, {**good, "policy": {"w": torch.zeros(1000)}})
     truncated.write_bytes(truncated.read_bytes()[:200])
     garbage = tmp / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint at all" * 10)
@@ -93,8 +93,10 @@ def _eval_cases(tmp: Path) -> list[tuple[str, str]]:
         (str(_write(tmp / "list.pt", [1, 2, 3])), "is not a dqnrun checkpoint"),
         (str(_write(tmp / "future.pt", {**good, "format_version": FORMAT_VERSION + 1})),
          f"has checkpoint format {FORMAT_VERSION + 1}"),
-        (str(_write(tmp / "incomplete.pt", {"format_version": FORMAT_VERSION, "online": {}})),
-         "missing target, optimizer, step, config"),
+        (str(_write(tmp / "incomplete.pt", {"format_version": FORMAT_VERSION, "policy": {}})),
+         "missing algo, config, step"),
+        (str(_write(tmp / "incomplete_v1.pt", {"format_version": 1, "online": {}})),
+         "missing config, step"),
     ]
 
 

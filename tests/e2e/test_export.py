@@ -14,7 +14,7 @@ from dqnrun import load
 from tests.conftest import TINY, run_cli
 
 NETWORKS = {"plain": [], "dueling": ["network=dueling_mlp"],
-            "c51": ["learner.distributional=true", "learner.v_min=0", "learner.v_max=100"]}
+            "c51": ["learner.distributional=true", "network.v_min=0", "network.v_max=100"]}
 
 
 @pytest.fixture(scope="module")

@@ -66,14 +66,14 @@ def test_init_from_starts_a_new_run_from_trained_weights_with_a_fresh_optimizer(
                     "optimizer.lr=1e-30", f"hydra.run.dir={tuned}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     ckpt = torch.load(tuned / "checkpoints" / "last.pt", weights_only=True)
-    for k, v in source["online"].items():
-        assert torch.allclose(ckpt["online"][k], v) and torch.allclose(ckpt["target"][k], v), k
+    for k, v in source["policy"].items():
+        assert torch.allclose(ckpt["policy"][k], v) and torch.allclose(ckpt["algo_state"]["target"][k], v), k
     r = json.loads((tuned / "results.json").read_text())
     # Fresh counters: the same step budget and warm-up as a new run (not a continuation at step 1200).
     assert r["steps"] == 1200 and r["updates"] == (1200 - 400) // 4 and r["resumed_from_step"] is None
     assert r["init_from"].endswith("first/checkpoints/last.pt")
     # Fresh optimizer: Adam's step count is the new run's updates only.
-    steps = {int(s["step"]) for s in ckpt["optimizer"]["state"].values()}
+    steps = {int(s["step"]) for s in ckpt["algo_state"]["optimizer"]["state"].values()}
     assert steps == {r["updates"]}
 
 

@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.ray
 
-QUICK = ["env=cartpole", "total_steps=1200", "learner.learning_starts=400", "eval.every=600", "eval.episodes=2",
+QUICK = ["env=cartpole", "total_steps=1200", "algo.learning_starts=400", "eval.every=600", "eval.episodes=2",
          "log.progress=false", "replay.capacity=2000", "checkpoint.every=0"]
 
 

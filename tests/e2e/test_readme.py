@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import REPO
 
-BUDGET = ["total_steps=1200", "learner.learning_starts=400", "eval.every=600", "eval.episodes=2",
+BUDGET = ["total_steps=1200", "algo.learning_starts=400", "eval.every=600", "eval.episodes=2",
           "log.progress=false", "replay.capacity=2000", "checkpoint.every=600"]
 CFG_ONLY = ("env=pong", "env=atari", "LunarLander", "hydra/launcher=slurm", "postgresql://", "my_pkg")
 
@@ -80,7 +80,7 @@ def test_every_tour_command_runs_as_written(tmp_path: Path) -> None:
             elif sub == "train" and not any(a.startswith("--") for a in args):
                 args += BUDGET
                 if "hparams_search=" in command:
-                    args += ["hydra.sweeper.n_trials=2", "total_steps=1500", "learner.learning_starts=500",
+                    args += ["hydra.sweeper.n_trials=2", "total_steps=1500", "algo.learning_starts=500",
                              "eval.every=500"]
             elif sub == "eval":
                 args += ["episodes=2", "video_episodes=1"]

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from dqnrun import metrics as M
-from dqnrun.checkpoint import load_checkpoint
+from dqnrun.run.checkpoint import load_checkpoint
 from tests.conftest import run_cli, tb_dir
 
 BASE = [
-    "env=cartpole", "seed=3", "learner.learning_starts=300", "eval.every=500", "eval.episodes=3",
+    "env=cartpole", "seed=3", "algo.learning_starts=300", "eval.every=500", "eval.episodes=3",
     "checkpoint.every=500", "log.every=100", "log.progress=false", "replay.capacity=1500",
-    "learner.target_update_interval=100",
+    "algo.target_update_interval=100",
 ]
 
 
@@ -34,13 +34,15 @@ def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 def _assert_same_training(a: Path, b: Path) -> None:
     ca, cb = (torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (a, b))
-    assert ca["step"] == cb["step"] and ca["updates"] == cb["updates"]
-    for net in ("online", "target"):
-        for k in ca[net]:
-            assert torch.equal(ca[net][k], cb[net][k]), (net, k)
-    for k, v in ca["optimizer"]["state"].items():
+    sa, sb = ca["algo_state"], cb["algo_state"]
+    assert ca["step"] == cb["step"] and sa["updates"] == sb["updates"]
+    for k in ca["policy"]:
+        assert torch.equal(ca["policy"][k], cb["policy"][k]), ("policy", k)
+    for k in sa["target"]:
+        assert torch.equal(sa["target"][k], sb["target"][k]), ("target", k)
+    for k, v in sa["optimizer"]["state"].items():
         for name in v:
-            assert torch.equal(v[name], cb["optimizer"]["state"][k][name]), (k, name)
+            assert torch.equal(v[name], sb["optimizer"]["state"][k][name]), (k, name)
     for tag in (M.TD_LOSS, M.Q_VALUES, M.EPISODIC_RETURN, M.EVAL_RETURN, M.EPSILON):
         sa, sb = _scalars(a, tag), _scalars(b, tag)
         assert sa == sb, tag  # same steps (none duplicated or missing) and bit-identical values
@@ -159,7 +161,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
     assert "non-finite loss or Q-value between env steps" in proc.stderr
     assert "Traceback" not in proc.stderr
     ckpt = load_checkpoint(d / "checkpoints" / "last.pt")
-    assert all(torch.isfinite(v).all() for v in ckpt["online"].values())
+    assert all(torch.isfinite(v).all() for v in ckpt["policy"].values())
     results = json.loads((d / "results.json").read_text())
     assert results["status"] == "failed" and results["stop_reason"] == "failed"
     assert results["error"].startswith("non-finite loss or Q-value between env steps")
@@ -175,8 +177,8 @@ def test_in_training_evaluation_never_perturbs_the_training_streams(tmp_path: Pa
         assert proc.returncode == 0, proc.stderr
         runs.append(torch.load(d / "checkpoints" / "last.pt", weights_only=True))
     assert runs[0]["loop"]["eval_history"] and not runs[1]["loop"]["eval_history"]
-    for k in runs[0]["online"]:
-        assert torch.equal(runs[0]["online"][k], runs[1]["online"][k]), k
+    for k in runs[0]["policy"]:
+        assert torch.equal(runs[0]["policy"][k], runs[1]["policy"][k]), k
 
 
 def test_only_keep_last_periodic_checkpoints_are_kept(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pytest
 from dqnrun.sweep import available_cores
 from tests.conftest import run_cli, tb_dir
 
-QUICK = ["env=cartpole", "total_steps=1200", "learner.learning_starts=400", "eval.every=600", "eval.episodes=2",
+QUICK = ["env=cartpole", "total_steps=1200", "algo.learning_starts=400", "eval.every=600", "eval.episodes=2",
          "log.every=200", "log.progress=false", "replay.capacity=2000", "checkpoint.every=0"]
 
 
@@ -100,7 +100,7 @@ def test_every_job_logs_its_hyperparameters_for_tensorboards_hparams_tab(tmp_pat
 
 def _optuna_args(sweep: Path, n_trials: int, *extra: str) -> list[str]:
     return ["train", "-m", "hparams_search=cartpole_optuna", f"hydra.sweep.dir={sweep}",
-            f"hydra.sweeper.n_trials={n_trials}", "total_steps=1500", "learner.learning_starts=500",
+            f"hydra.sweeper.n_trials={n_trials}", "total_steps=1500", "algo.learning_starts=500",
             "eval.every=500", "eval.episodes=3", "replay.capacity=3000", "checkpoint.every=0", *extra]
 
 
@@ -112,7 +112,9 @@ def _study(sweep: Path, name: str = "cartpole", storage: str | None = None):  # 
 
 
 def _counted(study) -> list:  # noqa: ANN001
-    return [t for t in study.get_trials() if "dqnrun_skip" not in t.user_attrs]
+    """The trials that use up the budget: not skipped (duplicate, surplus) nor left running by a dead sweeper."""
+    gone = set(study.user_attrs.get("dqnrun_interrupted", []))
+    return [t for t in study.get_trials() if "dqnrun_skip" not in t.user_attrs and t.number not in gone]
 
 
 def test_optuna_preset_runs_trials_with_distinct_parameters_and_finite_objectives(tmp_path: Path) -> None:
@@ -158,7 +160,7 @@ def test_a_killed_optuna_sweep_continues_without_repeating_a_finished_trial(tmp_
     assert resumed.returncode == 0, resumed.stderr
     study = _study(sweep)
     trials = study.get_trials()
-    assert trials[2].state.name == "FAIL" and trials[2].user_attrs["dqnrun_skip"] == "interrupted"
+    assert trials[2].state.name == "FAIL" and study.user_attrs["dqnrun_interrupted"] == [2]
     counted = _counted(study)
     assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted)  # n_trials counts the study
     assert [t.number for t in counted][:2] == [0, 1]

@@ -12,9 +12,9 @@ import torch
 from tests.conftest import REPO, run_cli
 
 ENV = {"PYTHONPATH": str(REPO)}  # so that `tests.custom_envs` imports from any cwd
-BUDGET = ["total_steps=800", "learner.learning_starts=200", "eval.every=400", "eval.episodes=4", "log.every=100",
+BUDGET = ["total_steps=800", "algo.learning_starts=200", "eval.every=400", "eval.episodes=4", "log.every=100",
           "log.progress=false", "replay.capacity=1000", "checkpoint.every=0", "env.num_envs=2",
-          "learner.train_freq=2"]
+          "algo.train_freq=2"]
 WRAP_X10 = ("env.wrappers=[{_target_:gymnasium.wrappers.TransformReward,"
             "func:{_target_:tests.custom_envs.times,_partial_:true,k:10}}]")
 
@@ -31,7 +31,7 @@ def test_env_kwargs_name_works_whether_or_not_the_preset_sets_it(tmp_path: Path)
     run = _run(tmp_path, "env.kwargs.size=8")
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["config"]["env"]["kwargs"] == {"size": 8}
-    assert ckpt["online"]["net.0.weight"].shape[1] == 8  # the network saw 8-dim observations
+    assert ckpt["policy"]["net.0.weight"].shape[1] == 8  # the network saw 8-dim observations
     # FrozenLake's preset sets kwargs.map_name; overriding a key the preset has works the same way.
     proc = run_cli(["train", "env=frozenlake", "env.kwargs.map_name=8x8", "env.kwargs.is_slippery=false",
                     "--cfg", "job"], tmp_path)

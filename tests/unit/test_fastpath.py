@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from dqnrun.learner import Learner
-from dqnrun.mlp_update import mlp_forward, supports
+from dqnrun.algos.dqn.learner import Learner
+from dqnrun.fastpath import mlp_forward, supports
 from dqnrun.networks import MLP
 from dqnrun.replay import Batch
 
@@ -102,10 +102,31 @@ def test_only_plain_mlps_take_the_manual_path() -> None:
     assert supports(MLP((4,), 2, [8], "relu"))
     assert not supports(MLP((4,), 2, [8], "gelu"))  # derivative not written out: autograd
     assert not supports(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+    assert not supports(MLP((4,), 2, [8], dueling=True))
+    assert not supports(MLP((4,), 2, [8], noisy=True))
+    assert not supports(MLP((4,), 2, [8], head="c51"))
+
+
+def test_a_layer_the_fast_path_does_not_implement_sends_the_network_through_autograd() -> None:
+    """Eligibility is decided by the layers a network holds, not by the flags it was built from: the same MLP
+    with a LayerNorm slipped in is refused, and its update (autograd) trains the LayerNorm too."""
+    torch.manual_seed(0)
+    net = MLP((5,), 3, [16, 8], "relu")
+    assert supports(net)
+    net.net.insert(1, torch.nn.LayerNorm(16))
+    assert not supports(net)
+    learner = Learner(net, copy.deepcopy(net), torch.optim.SGD(net.parameters(), lr=0.1))
+    assert learner.manual is None and learner.np_actor is None
+    norm = net.net[1]
+    before = norm.weight.detach().clone()
+    learner.update(_batch(1, 32, 5, 3, seed=1))
+    assert not torch.equal(norm.weight, before)  # the gradient went through the LayerNorm
+    x = torch.randn(4, 5)
+    assert learner.greedy_actions(x.numpy()).tolist() == net(x).argmax(1).tolist()
 
 
 def test_lean_fused_adam_step_is_bit_identical_to_optimizer_step() -> None:
-    from dqnrun.mlp_update import FusedAdamStep
+    from dqnrun.fastpath import FusedAdamStep
 
     torch.manual_seed(0)
     a = MLP((4,), 2, [8])
@@ -134,7 +155,7 @@ def test_lean_fused_adam_step_is_bit_identical_to_optimizer_step() -> None:
 
 
 def test_lean_adam_step_falls_back_for_other_optimizers() -> None:
-    from dqnrun.mlp_update import FusedAdamStep
+    from dqnrun.fastpath import FusedAdamStep
 
     net = MLP((4,), 2, [8])
     assert not FusedAdamStep(torch.optim.Adam(net.parameters(), fused=False)).enabled
@@ -144,7 +165,7 @@ def test_lean_adam_step_falls_back_for_other_optimizers() -> None:
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_numpy_actor_matches_the_torch_network_and_follows_weight_updates(activation: str) -> None:
-    from dqnrun.mlp_update import NumpyGreedyActor
+    from dqnrun.fastpath import NumpyGreedyActor
 
     torch.manual_seed(1)
     net = MLP((3, 2), 4, [16, 16], activation)
@@ -160,7 +181,7 @@ def test_numpy_actor_matches_the_torch_network_and_follows_weight_updates(activa
 
 
 def test_numpy_actor_one_hot_encodes_discrete_observations() -> None:
-    from dqnrun.mlp_update import NumpyGreedyActor
+    from dqnrun.fastpath import NumpyGreedyActor
 
     net = MLP((), 3, [8], n_obs_categories=5)
     obs = torch.tensor([0, 4, 2, 2])

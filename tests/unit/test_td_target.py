@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dqnrun.learner import Learner, td_target
+from dqnrun.algos.dqn.learner import Learner
+from dqnrun.algos.dqn.targets import td_target
 from dqnrun.networks import MLP
 from dqnrun.replay import Batch
 

@@ -17,10 +17,11 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from torch import nn
 
+from dqnrun.algos.dqn.learner import Learner
 from dqnrun.envs import make_vector_env
-from dqnrun.learner import Learner
-from dqnrun.loop import EnvCursor, LoopSettings, LoopState, train_loop
 from dqnrun.replay import ReplayBuffer
+from dqnrun.run.session import LoopState
+from tests.loop_helpers import run_dqn_loop
 
 TAG, EP = 10_000, 100
 SCRIPTED_ID = "DqnrunTest/Scripted-v0"
@@ -100,17 +101,9 @@ class ListLogger:
 def run_loop(envs: gym.vector.VectorEnv, total_steps: int, capacity: int = 10_000,
              obs_shape: tuple[int, ...] = (1,)) -> tuple[ReplayBuffer, LoopState, ListLogger]:
     replay = ReplayBuffer(capacity, batch_size=1, obs_shape=obs_shape, obs_dtype=torch.float32)
-    settings = LoopSettings(
-        total_steps=total_steps, train_freq=1, gradient_steps=1, learning_starts=total_steps + 1,
-        target_update_interval=1, eval_every=0, log_every=10**9, checkpoint_every=0, progress=False,
-    )
-    cursor = EnvCursor.start(envs.reset(seed=0)[0])
     logger = ListLogger()
     saved: list[str] = []
-    state, status = train_loop(
-        envs, NoLearning(obs_shape[0]), replay, lambda step: 1.0, settings, LoopState(),
-        np.random.default_rng(0), logger, None, saved.append, cursor,
-    )
+    state, status = run_dqn_loop(envs, NoLearning(obs_shape[0]), replay, total_steps, logger, saved.append)
     assert status == "completed" and saved == []
     return replay, state, logger
 

@@ -6,18 +6,19 @@ import itertools
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from dqnrun import builders
+from dqnrun.config.rules import validate_train_config
 from dqnrun.errors import UsageError
 from dqnrun.schedules import ExponentialSchedule, LinearSchedule
-from dqnrun.validate import validate_train_config
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
-    with initialize_config_module(config_module="dqnrun.conf", version_base=None):
-        return compose(config_name="train", overrides=overrides)
+    """The config a run gets (as `dqnrun train` composes it: spellings rewritten, integers normalized)."""
+    from dqnrun.config.compose import compose, rewrite
+
+    return compose("train", rewrite(overrides)[0])[0]
 
 
 # (overrides, key the message must name)
@@ -29,7 +30,7 @@ IMPOSSIBLE = [
     (["learner.gamma=-0.1"], "learner.gamma"),
     (["replay.batch_size=256", "replay.capacity=100"], "replay.batch_size"),
     (["env.num_envs=0"], "env.num_envs"),
-    (["total_steps=500", "learner.learning_starts=1000"], "total_steps"),
+    (["total_steps=500", "algo.learning_starts=1000"], "total_steps"),
     (["schedule.start=1.5"], "schedule.start"),
     (["eval.epsilon=2"], "eval.epsilon"),
     (["learner.tau=0"], "learner.tau"),
@@ -41,7 +42,7 @@ IMPOSSIBLE = [
     (["schedule.end=-0.1"], "schedule.end"),
     (["schedule=exponential", "schedule.end=0"], "schedule.end"),  # a geometric path cannot reach 0
     (["learner.max_grad_norm=0"], "learner.max_grad_norm"),
-    (["learner.train_freq=0"], "learner.train_freq"),
+    (["algo.train_freq=0"], "algo.train_freq"),
     (["seed=-1"], "seed"),
     (["env.vectorization=threads"], "env.vectorization"),
     (["network.hidden=[64,0]"], "network.hidden"),
@@ -84,7 +85,7 @@ def test_batch_size_message_names_both_keys() -> None:
         ["replay.batch_size=100", "replay.capacity=100"],
         ["schedule.start=0", "schedule.end=0"],
         ["eval.every=0"],
-        ["learner.learning_starts=0", "total_steps=1"],
+        ["algo.learning_starts=0", "total_steps=1"],
         ["learner.loss=mse"],
         ["env.vectorization=sync"],
     ],
@@ -95,7 +96,7 @@ def test_boundary_values_are_accepted(overrides: list[str]) -> None:
 
 
 def test_total_steps_equal_to_learning_starts_is_rejected() -> None:
-    cfg = compose_train(["total_steps=1000", "learner.learning_starts=1000"])
+    cfg = compose_train(["total_steps=1000", "algo.learning_starts=1000"])
     with pytest.raises(UsageError, match="total_steps"):
         validate_train_config(cfg)
 
@@ -131,7 +132,8 @@ def test_shipped_preset_composes_validates_and_builds(env: str, optimizer: str, 
     assert spec.env_id == ENVS[env]
     n_obs = spec.observation_space.shape[0]
 
-    learner, device = builders.build_learner(cfg, spec)
+    algo = builders.build_algorithm(cfg, spec)
+    learner, device = algo.learner, algo.device
     assert device == torch.device("cpu")
     assert isinstance(learner.optimizer, OPTIMIZERS[optimizer])
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr)
@@ -150,3 +152,17 @@ def test_shipped_preset_composes_validates_and_builds(env: str, optimizer: str, 
     assert isinstance(sched, SCHEDULES[schedule])
     assert sched(0) == pytest.approx(cfg.schedule.start)
     assert sched(cfg.schedule.decay_steps) == pytest.approx(cfg.schedule.end)
+
+
+def test_the_validator_never_writes_to_the_config() -> None:
+    from omegaconf import OmegaConf
+
+    from dqnrun.config.compose import Composer
+
+    with Composer() as c:
+        raw = c.full("train", ["total_steps=1e5", "env.num_envs=2.0"])  # as Hydra composed it: floats
+    before = OmegaConf.to_container(raw)
+    validate_train_config(raw)
+    assert OmegaConf.to_container(raw) == before
+    normalized = compose_train(["total_steps=1e5"])  # composing for a run normalizes, before validation
+    assert normalized.total_steps == 100000 and isinstance(normalized.total_steps, int)

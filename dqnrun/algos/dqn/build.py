@@ -1,0 +1,108 @@
+"""Config -> DQN's parts. Part of the builder layer: the only DQN module that sees a config.
+
+``algo=dqn`` composes ``algo.*`` (the loop's cadences and reward clipping), ``learner.*`` (the update),
+``replay.*``, ``schedule.*``, ``network.*`` and ``optimizer.*``; `parts` turns them into the objects
+`dqnrun.algos.dqn.DQN` receives, and `dqnrun.builders.build_algorithm` instantiates ``algo`` with them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from dqnrun import builders
+from dqnrun.algos.dqn.learner import Learner
+from dqnrun.builders import EnvSpec
+from dqnrun.config.rules import Rule, cross_check
+from dqnrun.errors import UsageError
+
+# Keys whose change would make a resume meaningless (other network shape, other buffer).
+FROZEN_ON_RESUME = ("network", "replay.capacity", "replay.storage")
+
+# Validation rules of DQN's own keys: (kind, low, high, low_inclusive, high_inclusive, nullable).
+RULES: dict[str, Rule] = {
+    "algo.train_freq": ("int", 1, float("inf"), True, True, False),
+    "algo.gradient_steps": ("int", 1, float("inf"), True, True, False),
+    "algo.learning_starts": ("int", 0, float("inf"), True, True, False),
+    "algo.target_update_interval": ("int", 1, float("inf"), True, True, False),
+    "algo.reward_clip": ("float", 0, float("inf"), False, False, True),
+    "learner.gamma": ("float", 0, 1, True, True, False),
+    "learner.tau": ("float", 0, 1, False, True, False),
+    "learner.max_grad_norm": ("float", 0, float("inf"), False, True, True),
+    "replay.capacity": ("int", 1, float("inf"), True, True, False),
+    "replay.batch_size": ("int", 1, float("inf"), True, True, False),
+    "replay.n_step": ("int", 1, 1000, True, True, False),
+    "replay.alpha": ("float", 0, 1, True, True, False),
+    "replay.beta": ("float", 0, 1, True, True, False),
+    "replay.beta_steps": ("int", 0, float("inf"), True, True, False),
+}
+BOOL_KEYS = ("learner.double", "learner.distributional", "learner.fast_mlp")
+CHOICES = {
+    "learner.loss": ("huber", "mse", "half_sse"),
+    "replay.storage": ("transitions", "frames"),
+    "replay.device": ("auto", "cpu", "cuda"),
+}
+
+
+def check(cfg: DictConfig) -> None:
+    """DQN's rules across keys; each raises UsageError naming the keys and what to do."""
+    cross_check(cfg, RULES, BOOL_KEYS, CHOICES)
+    algo, replay = cfg.algo, cfg.replay
+    if cfg.learner.get("distributional"):
+        if not {"atoms", "v_min", "v_max"} <= set(cfg.network):
+            raise UsageError(f"learner.distributional=true needs a network with a distributional head; "
+                             f"{cfg.network.get('_target_')} has no C51 support (network.atoms, v_min, v_max): use network=mlp or a CNN")
+        if not cfg.network.v_min < cfg.network.v_max:
+            raise UsageError(f"network.v_min={cfg.network.v_min} must be below network.v_max={cfg.network.v_max}")
+    if replay.get("storage") == "frames" and replay.get("latest"):
+        raise UsageError("replay.storage=frames does not apply to replay=latest; use replay=uniform or prioritized")
+    if replay.batch_size > replay.capacity:
+        raise UsageError(f"replay.batch_size={replay.batch_size} exceeds replay.capacity={replay.capacity}; "
+                         "lower the batch size or raise the capacity")
+    if replay.get("latest") and algo.train_freq != cfg.env.num_envs:
+        raise UsageError(
+            f"replay=latest learns from each vector step once, so algo.train_freq={algo.train_freq} must equal "
+            f"env.num_envs={cfg.env.num_envs}; set algo.train_freq={cfg.env.num_envs}")
+    if cfg.total_steps <= algo.learning_starts:
+        raise UsageError(f"total_steps={cfg.total_steps} is not above algo.learning_starts={algo.learning_starts}: "
+                         "the run would never update; raise total_steps or lower learning_starts")
+
+
+def head_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """What the network's head is: C51's categorical distribution when ``learner.distributional``."""
+    return {"head": "c51"} if cfg.learner.get("distributional") else {}
+
+
+def build_policy(cfg: DictConfig, spec: EnvSpec) -> nn.Module:
+    """The online network, untrained: what a checkpoint's ``policy`` weights load into (eval, export, API)."""
+    return builders.build_network(cfg.network, spec, **head_kwargs(cfg))
+
+
+def preflight(cfg: DictConfig, spec: EnvSpec) -> None:
+    """Checks that need the env's spaces, before any run directory exists: the network fits the env, the
+    replay fits in memory."""
+    builders.check_replay_memory(cfg.replay, spec, cfg.env.num_envs)
+    build_policy(cfg, spec)
+
+
+def parts(cfg: DictConfig, spec: EnvSpec) -> dict[str, Any]:
+    """The learner (online and target networks with the same init, optimizer), replay, epsilon schedule and
+    action count: the arguments `DQN` takes besides its own ``algo.*`` values."""
+    online = build_policy(cfg, spec)
+    device = builders.resolve_device(cfg.device, online, spec)
+    online = online.to(device)
+    target = copy.deepcopy(online)
+    optimizer = builders.build_optimizer(cfg.optimizer, online.parameters(), device)
+    lc = cfg.learner
+    learner = Learner(
+        online, target, optimizer, gamma=lc.gamma, loss=lc.loss, max_grad_norm=lc.max_grad_norm,
+        tau=lc.tau, double=lc.get("double", False), fast_mlp=lc.get("fast_mlp", True),
+        distributional=lc.get("distributional", False), compile=cfg.get("compile", False),
+    )
+    replay = builders.build_replay(cfg.replay, spec, device, seed=cfg.seed, gamma=lc.gamma,
+                                   num_envs=cfg.env.num_envs)
+    return {"learner": learner, "replay": replay, "schedule": builders.build_schedule(cfg.schedule),
+            "n_actions": spec.n_actions}

@@ -1,0 +1,89 @@
+"""DQN's targets and losses as pure functions of tensors: the TD target (Double DQN is a branch), C51's projection,
+the per-sample losses. Tested on hand-computed values (`tests/unit/test_td_target.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def td_target(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    next_q_target: torch.Tensor,
+    gamma: float,
+    next_q_online: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The one-step TD target.
+
+        y = r + gamma * (1 - terminated) * Q_target(s', a*)
+        a* = argmax_a Q_target(s', a)             (DQN)
+        a* = argmax_a Q_online(s', a)             (Double DQN, when next_q_online is given)
+
+    Truncation is not termination: a time-limited transition still bootstraps, so only ``terminated``
+    masks the bootstrap.
+
+    Args:
+        reward: (...,) float32.
+        terminated: (...,) float32, 1.0 for a terminal transition.
+        next_q_target: (..., A) target-network Q-values at s'.
+        gamma: discount in [0, 1].
+        next_q_online: (..., A) online-network Q-values at s', for Double DQN.
+    Returns:
+        (...,) float32 targets, with no gradient attached.
+    """
+    if next_q_online is None:
+        next_v = next_q_target.max(dim=-1).values
+    else:
+        a_star = next_q_online.argmax(dim=-1, keepdim=True)
+        next_v = next_q_target.gather(-1, a_star).squeeze(-1)
+    not_done = 1.0 - terminated
+    if isinstance(gamma, torch.Tensor):  # per-sample discounts (n-step windows)
+        return torch.addcmul(reward, gamma * not_done, next_v).detach()
+    # not_done is 0 or 1, so gamma * (not_done * next_v) rounds exactly like (gamma * not_done) * next_v
+    return torch.addcmul(reward, not_done, next_v, value=gamma).detach()
+
+
+def categorical_projection(
+    next_probs: torch.Tensor,
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float | torch.Tensor,
+    support: torch.Tensor,
+) -> torch.Tensor:
+    """C51's target: project the distribution of r + gamma (1 - terminated) Z(s', a*) onto the support.
+
+    Each shifted atom Tz_j = clip(r + gamma (1 - d) z_j, v_min, v_max) splits its probability between
+    the two neighbouring atoms l = floor(b), u = ceil(b), b = (Tz_j - v_min) / dz, in proportion to
+    closeness; an atom that lands exactly on a support point keeps all of it.
+
+    Args:
+        next_probs: (B, N) probabilities of Z(s', a*).
+        reward, terminated: (B,).
+        gamma: scalar or (B,) per-sample discount (n-step windows).
+        support: (N,) atoms z_0 < ... < z_{N-1}, evenly spaced.
+    Returns:
+        (B, N) target probabilities.
+    """
+    n = support.numel()
+    v_min, v_max = float(support[0]), float(support[-1])
+    dz = (v_max - v_min) / (n - 1)
+    g = gamma.unsqueeze(-1) if isinstance(gamma, torch.Tensor) else gamma
+    tz = (reward.unsqueeze(-1) + g * (1.0 - terminated.unsqueeze(-1)) * support).clamp(v_min, v_max)
+    b = (tz - v_min) / dz
+    lower, upper = b.floor().long().clamp(0, n - 1), b.ceil().long().clamp(0, n - 1)
+    m = torch.zeros_like(next_probs)
+    m.scatter_add_(-1, lower, next_probs * (upper.float() - b + (lower == upper).float()))
+    m.scatter_add_(-1, upper, next_probs * (b - lower.float()))
+    return m
+
+
+# Per-sample losses (B,); `half_sse` is summed, not averaged, so that with SGD one step on one transition is
+# the textbook tabular update Q += alpha * (y - Q) (a mean squared error would double the step).
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "huber": lambda q, y: nn.functional.smooth_l1_loss(q, y, reduction="none"),
+    "mse": lambda q, y: (q - y) ** 2,
+    "half_sse": lambda q, y: 0.5 * (q - y) ** 2,
+}

@@ -1,0 +1,155 @@
+"""The `dqnrun` console script (also `python -m dqnrun`). Nothing imports this package; it imports the rest.
+
+It picks the subcommand, rewrites the overrides (old key spellings, open env.kwargs; `dqnrun.config.compose`),
+checks the composed config(s) before any run directory exists (`dqnrun.config.preflight`: bad input costs one
+clear line and exit code 2, and touches no files), then hands the arguments to that subcommand's Hydra app
+(`dqnrun.cli.train`, `dqnrun.cli.eval`) or parser (`report`, `export`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dqnrun import __version__
+from dqnrun.errors import UsageError
+
+USAGE = f"""dqnrun {__version__}: train and evaluate DQN agents on Gymnasium environments
+
+usage:
+  dqnrun train [key=value ...]          train one run (Hydra overrides, e.g. env=acrobot seed=3)
+  dqnrun train -m key=a,b [key=c,d ...] a sweep: one run per combination (Hydra multirun)
+  dqnrun eval ckpt=PATH [episodes=N] [video=true] [render=human]
+  dqnrun report DIR [--compare]         statistics of a sweep: IQM, bootstrap CIs, curves.png
+  dqnrun export ckpt=PATH format=torchscript|onnx [out=PATH]
+  dqnrun train --cfg job                print the composed config and exit
+  dqnrun train --help                   config groups, options and the important keys
+
+examples:
+  dqnrun train env=cartpole seed=3 optimizer.lr=5e-4
+  dqnrun train -m optimizer.lr=1e-3,3e-4 seed=0,1,2,3,4 hydra/launcher=joblib
+  dqnrun report outputs/multirun/<date>/<time>-<id>
+  dqnrun eval ckpt=outputs/<date>/<time>-<id>/checkpoints/best.pt episodes=100
+"""
+
+COMMANDS = ("train", "eval", "report", "export")
+# Flags that make Hydra print something instead of running: skip the preflight for them.
+_INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc",
+               "--resolve", "--package", "-p", "--version"}
+_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def sweep_dir_of(resume: str) -> Path | None:
+    """The sweep directory that ``resume=DIR`` names in a multirun (it holds multirun.yaml or optuna.db)."""
+    path = Path(resume).expanduser()
+    if path.is_dir() and ((path / "multirun.yaml").exists() or (path / "optuna.db").exists()):
+        return path
+    return None
+
+
+def continue_sweep(args: list[str]) -> list[str]:
+    """In a multirun, ``resume=SWEEP_DIR`` continues that sweep in place: ``hydra.sweep.dir=SWEEP_DIR`` and
+    ``resume=auto``, so every job resumes its own run (a finished one has nothing left to do) and the Optuna
+    sweeper reopens the study in SWEEP_DIR/optuna.db."""
+    from dqnrun.config.preflight import quote
+
+    out = []
+    for a in args:
+        sweep = sweep_dir_of(a.split("=", 1)[1]) if a.startswith("resume=") else None
+        out += [f'hydra.sweep.dir="{quote(sweep.resolve())}"', "resume=auto"] if sweep is not None else [a]
+    return out
+
+
+def explain_spellings(message: str, typed: dict[str, str]) -> str:
+    """A message about a canonical key the user typed in its old spelling says so (validation stays truthful:
+    it names the key that exists, and the spelling the user knows)."""
+    notes = [f"{old} is now spelled {new}" for new, old in typed.items() if new in message]
+    return message + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def print_sweep_configs(command: str, overrides: list[str]) -> int:
+    """``-m ... --cfg job``: validate every job of the sweep as a real one would be, print each job's config."""
+    from omegaconf import OmegaConf
+
+    from dqnrun.config.preflight import expand, preflight
+
+    overrides = [a for a in overrides if not a.startswith("-") and a not in ("job", "hydra", "all")]
+    checked = preflight(command, overrides, multirun=True)
+    for i, (job, cfg) in enumerate(zip(expand(overrides, True), checked.configs, strict=False)):
+        print(f"# job {i}: {' '.join(job)}")
+        print(OmegaConf.to_yaml(cfg))
+    return 0
+
+
+def _app(command: str) -> Callable[[], object]:
+    if command == "train":
+        from dqnrun.cli.train import main as app
+    else:
+        from dqnrun.cli.eval import main as app
+    return app
+
+
+def _fail(command: str, exc: UsageError, typed: dict[str, str]) -> None:
+    print(f"dqnrun {command}: error: {explain_spellings(str(exc), typed)}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if args else 2)
+    if args[0] == "--version":
+        print(f"dqnrun {__version__}")
+        sys.exit(0)
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"dqnrun: error: unknown command {command!r}{hint}; use one of: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        sys.exit(2)
+    if command == "report":
+        from dqnrun.report import main as report_main
+
+        sys.exit(report_main(rest))
+    if command == "export":
+        from dqnrun.cli.export import main as export_main
+
+        sys.exit(export_main(rest))
+    run_app(command, rest)
+
+
+def run_app(command: str, rest: list[str]) -> None:
+    """``dqnrun train|eval ARGS``: rewrite, check, then run the Hydra app."""
+    from dqnrun.config.compose import remember_typed, rewrite
+    from dqnrun.config.preflight import preflight
+
+    # Hydra rejects overrides on both sides of -m; let users put it anywhere.
+    flags = [a for a in rest if a in ("-m", "--multirun")]
+    rest, typed = rewrite([a for a in rest if a not in ("-m", "--multirun")])
+    remember_typed(typed)
+    multirun = bool(flags)
+    if multirun and command == "train":
+        rest = continue_sweep(rest)
+    info = [a for a in rest if a.split("=")[0] in _INFO_FLAGS]
+    try:
+        if multirun and info and info[0] in ("--cfg", "-c"):
+            # Hydra cannot combine -m with --cfg; print every job's config instead (nothing runs, no directory).
+            sys.exit(print_sweep_configs(command, rest))
+        if not any(a.split("=")[0] in _INFO_FLAGS | _CONFIG_FLAGS for a in rest):
+            overrides = [a for a in rest if not a.startswith("-")]
+            rest += preflight(command, overrides, multirun).extra
+    except UsageError as exc:
+        _fail(command, exc, typed)
+    if "COMP_LINE" in os.environ:  # shell completion: hide the subcommand from Hydra
+        os.environ["COMP_LINE"] = os.environ["COMP_LINE"].replace(f" {command}", "", 1)
+    sys.argv = [sys.argv[0], *flags[:1], *rest]
+    _app(command)()
+    from dqnrun.sweep import LAST_SWEEP
+
+    if LAST_SWEEP.get("failed"):  # the summary (N of M jobs failed) is printed; Hydra itself returns normally
+        sys.exit(1)

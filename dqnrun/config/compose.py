@@ -1,0 +1,160 @@
+"""Composing a config from ``conf/`` and the user's overrides, the same way for every entry point.
+
+The command line (`dqnrun.cli`), the Python API (`dqnrun.api.train`) and the preflight compose through here:
+overrides are first rewritten (`rewrite`: an old key spelling becomes the canonical one, and
+``env.kwargs.NAME=v`` an add-or-set, since env.kwargs is an open mapping), then Hydra composes, then integer
+settings given as ``1e5`` become ints (`normalize`). Hydra's own ``@hydra.main`` apps compose the rewritten
+overrides too: the CLI rewrites ``sys.argv`` before handing it to them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dqnrun.config.keys import as_typed, canonical_overrides
+from dqnrun.errors import UsageError
+
+CONFIG_MODULE = "dqnrun.conf"
+# {canonical key: key as typed} for the keys of this invocation typed in an old spelling. Set by the entry point
+# that rewrote them, inherited by a sweep's job processes, read by a run to record its overrides as typed.
+TYPED_KEYS_ENV = "DQNRUN_TYPED_KEYS"
+
+
+def open_dict_overrides(args: Iterable[str]) -> list[str]:
+    """``env.kwargs.NAME=v`` -> ``++env.kwargs.NAME=v``: env.kwargs is an open mapping of gymnasium.make
+    arguments, so a key works whether or not the preset already sets it (Hydra would refuse a new key)."""
+    return [f"++{a}" if a.startswith("env.kwargs.") and "=" in a else a for a in args]
+
+
+def rewrite(args: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """Overrides as Hydra must see them (canonical keys, open env.kwargs), and {canonical key: typed key}."""
+    canonical, typed = canonical_overrides(args)
+    return open_dict_overrides(canonical), typed
+
+
+def remember_typed(typed: dict[str, str]) -> None:
+    """Keep the typed spellings for this process and the sweep jobs it starts (see `TYPED_KEYS_ENV`)."""
+    if typed:
+        os.environ[TYPED_KEYS_ENV] = json.dumps(typed)
+    else:
+        os.environ.pop(TYPED_KEYS_ENV, None)
+
+
+def as_typed_overrides(overrides: Iterable[str]) -> list[str]:
+    """A run's (canonical) overrides in the spelling the user typed them."""
+    try:
+        typed = json.loads(os.environ.get(TYPED_KEYS_ENV, "{}"))
+    except ValueError:
+        typed = {}
+    plain = [o[2:] if o.startswith("++env.kwargs.") else o for o in overrides]
+    return as_typed(plain, typed if isinstance(typed, dict) else {})
+
+
+def one_line(message: str, known_keys: list[str] | None = None) -> str:
+    """Turn a multi-line Hydra/OmegaConf message into one line that says what to do."""
+    text = str(message)
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m and "To append to your config" in text:
+        key = m.group(1)
+        close = difflib.get_close_matches(key, known_keys or [], n=1, cutoff=0.7)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        return (f"unknown config key '{key}'{hint}; run `dqnrun train --cfg job` to list the keys, "
+                f"or add a new key with +{key}=...")
+    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if m:
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+        listed = f"; choose one of: {', '.join(options)}" if options else ""
+        return f"unknown {m.group(1)} preset '{m.group(2)}'{listed}"
+    keep = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("full_key:", "object_type", "reference_type", "Set the environment")):
+            continue
+        keep.append(line.rstrip("."))
+    return "; ".join(keep)
+
+
+def flat_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every key of a config, dotted (``learner.gamma``), for "did you mean" hints."""
+    keys: list[str] = []
+    if isinstance(cfg, DictConfig):
+        for k, v in cfg.items_ex(resolve=False):
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += flat_keys(v, full + ".")
+    return keys
+
+
+class Composer:
+    """Composes configs from the package's conf/ (one Hydra initialization for many compositions)::
+
+        with Composer() as c:
+            cfg = c.task("train", overrides)
+    """
+
+    def __enter__(self) -> Composer:
+        from hydra import initialize_config_module
+
+        from dqnrun.sweep import ensure_plugins
+
+        ensure_plugins()  # hydra/sweeper=dqnrun_optuna must be known before anything composes
+
+        self._init = initialize_config_module(config_module=CONFIG_MODULE, version_base=None)
+        self._init.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._init.__exit__(*exc)
+
+    def full(self, command: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+        """The composed config (with Hydra's own node if ``hydra``); bad overrides raise UsageError, one line."""
+        from hydra import compose as hydra_compose
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            return hydra_compose(config_name=command, overrides=overrides, return_hydra_config=hydra)
+        except (HydraException, OmegaConfBaseException) as exc:
+            known = flat_keys(hydra_compose(config_name=command)) if command == "train" else []
+            raise UsageError(one_line(str(exc), known)) from None
+
+    def task(self, command: str, overrides: list[str]) -> DictConfig:
+        """The task's config, integer settings normalized."""
+        cfg = self.full(command, overrides)
+        return normalize(cfg) if command == "train" else cfg
+
+
+def compose(command: str, overrides: list[str], hydra: bool = False) -> tuple[DictConfig, DictConfig | None]:
+    """(task config, Hydra's config if ``hydra``) composed from the package's conf/ with these (already
+    rewritten) overrides, as ``dqnrun <command>`` would; bad overrides raise UsageError with one line."""
+    with Composer() as c:
+        full = c.full(command, overrides, hydra)
+    hydra_cfg = None
+    if hydra:
+        hydra_cfg = full.hydra
+        with open_dict(full):
+            del full["hydra"]
+    return (normalize(full) if command == "train" else full), hydra_cfg
+
+
+def normalize(cfg: DictConfig) -> DictConfig:
+    """Integer settings typed as floats (``total_steps=1e5``) become the ints they denote, in place; returns
+    ``cfg``. Values that are not integral are left for validation to refuse."""
+    from dqnrun.config.rules import int_rules
+
+    try:
+        keys = int_rules(cfg)
+    except UsageError:
+        return cfg  # no algorithm: validation says so
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, float) and value.is_integer():
+            OmegaConf.update(cfg, key, int(value))
+    return cfg

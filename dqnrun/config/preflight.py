@@ -1,0 +1,117 @@
+"""The preflight: every job's config composed and checked before any run directory exists.
+
+Bad input then costs one clear line and exit code 2, and touches no files. Checks: the overrides parse; each
+job composes and validates; its env id resolves and its spaces suit the algorithm; its network fits the env;
+its buffers fit in memory (the algorithm's ``preflight``); a resume names an existing checkpoint; an
+``init_from`` checkpoint loads. Each job is checked against its own env.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dqnrun.config.compose import Composer, one_line
+from dqnrun.errors import UsageError
+
+MAX_PREFLIGHT_JOBS = 256
+
+
+def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """Per-job override lists. Multirun: comma sweeps and ranges are expanded (their cartesian product, in
+    Hydra's basic sweeper's order); other sweeps (e.g. Optuna's interval()) are left to the sweeper by dropping
+    them from the preflight. Single run: a sweep is an error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UsageError(one_line(str(exc))) from None
+    if not multirun:
+        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+        if sweeps:
+            raise UsageError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
+        return [overrides]
+    axes: dict[str, list[str]] = {}  # by key: a later override of a key replaces it in place, as Hydra does
+    for o in parsed:
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            axes[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+    return [list(job) for job in itertools.product(*axes.values())] or [[]]
+
+
+@dataclass
+class Checked:
+    """What the preflight found: each checked job's config (validated), and extra overrides for Hydra (a single
+    run that resumes continues in that run's directory)."""
+
+    configs: list[DictConfig] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+
+def preflight(command: str, overrides: list[str], multirun: bool = False) -> Checked:
+    """Compose and check every job of ``dqnrun <command> [-m] overrides`` (already rewritten by
+    `dqnrun.config.compose.rewrite`); raise UsageError for the first problem."""
+    out = Checked()
+    specs: dict[str, Any] = {}
+    with Composer() as c:
+        for job in expand(overrides, multirun)[:MAX_PREFLIGHT_JOBS]:
+            cfg = c.task(command, job)
+            if command == "train":
+                out.extra = _train_job(cfg, multirun, specs) or out.extra
+            else:
+                _eval_job(cfg)
+            out.configs.append(cfg)
+    return out
+
+
+def _train_job(cfg: DictConfig, multirun: bool, specs: dict[str, Any]) -> list[str] | None:
+    from dqnrun import builders
+    from dqnrun.config.rules import algorithm_module, validate_train_config
+    from dqnrun.run.artifacts import run_dir_of
+
+    if multirun and cfg.resume not in (None, "", "auto"):
+        raise UsageError(f"resume={cfg.resume}: in a sweep (-m), resume names a sweep "
+                         "directory (one with multirun.yaml or optuna.db), or is auto")
+    validate_train_config(cfg)
+    extra = None
+    if cfg.resume not in (None, "", "auto") and not multirun:
+        from dqnrun.run.lifecycle import resolve_resume
+
+        ckpt = resolve_resume(cfg.resume, Path("."))
+        run_dir = quote(run_dir_of(ckpt).resolve())  # type: ignore[arg-type]
+        extra = [f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=.hydra/resume-${now:%Y%m%d-%H%M%S}"]
+    if cfg.get("init_from"):
+        from dqnrun.run.checkpoint import load_checkpoint
+        from dqnrun.run.lifecycle import resolve_init_from
+
+        load_checkpoint(resolve_init_from(cfg.init_from))
+    key = repr((cfg.env.id, cfg.env.get("kwargs"), cfg.env.get("wrappers"), cfg.env.get("atari")))
+    if key not in specs:  # one probe per distinct env; each job is checked against its own
+        specs[key] = builders.build_env_spec(cfg.env)
+    algorithm_module(cfg).preflight(cfg, specs[key])
+    return extra
+
+
+def _eval_job(cfg: DictConfig) -> None:
+    from dqnrun.config.rules import validate_eval_config
+    from dqnrun.evaluate import check_display
+    from dqnrun.policy import load_policy
+
+    validate_eval_config(cfg)
+    if cfg.get("render") == "human":
+        check_display()
+    load_policy(cfg.ckpt)
+
+
+def quote(path: Path) -> str:
+    """A path as a double-quoted Hydra override value."""
+    return str(path).replace("\\", "\\\\").replace('"', '\\"')

@@ -1,0 +1,527 @@
+"""One training run's lifecycle, shared by `dqnrun train` (the Hydra task) and `dqnrun.train(...)` (the API).
+
+In the order it happens:
+
+    Run.prepare   validate the config; resolve resume (merge the stored config) or init_from (nothing is
+                  written yet, so bad input costs nothing)
+    Run.build     seed, then the envs and the algorithm (`dqnrun.builders.build_algorithm`)
+    Run.restore   resume: weights, algorithm state, counters, RNGs, experience and env state exactly as saved;
+                  init_from: trained weights into an otherwise fresh run
+    Run.train     the algorithm's loop in a `dqnrun.run.session.Session`, which calls back `evaluate` and `save`
+
+The lifecycle knows nothing of replay buffers, target networks or TD targets: it talks to the algorithm through
+`dqnrun.algos.base.Algorithm`.
+    Run.finish    last.pt, results.json, the HParams record, the closing lines
+
+`execute` runs them in that order and guarantees that a run directory ends with a results.json saying how
+the run ended (`status`: completed | interrupted | failed, and `stop_reason`), also when it fails: a sweep
+then records the failed job and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dqnrun import __version__, builders
+from dqnrun import metrics as M
+from dqnrun.acting import greedy_actor
+from dqnrun.algos import name_of
+from dqnrun.config.rules import algorithm_module, validate_train_config
+from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_STRIDE, run_episodes
+from dqnrun.errors import DqnrunError, UsageError
+from dqnrun.run import artifacts as A
+from dqnrun.run import checkpoint as C
+from dqnrun.run.session import Cadence, EnvCursor, LoopState, Session, StopFlag
+from dqnrun.sweep import SWEEP_ID_ENV
+
+log = logging.getLogger("dqnrun.train")
+
+# Changing these would make a resume meaningless (other env, other algorithm, other streams); each algorithm
+# adds its own (`FROZEN_ON_RESUME` of its build module: network shape, buffer size, ...).
+FROZEN_ON_RESUME = ("algo._target_", "env.id", "env.kwargs", "env.num_envs", "env.wrappers", "seed")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where a run sits: its directory, the overrides it was started with, and its place in a sweep."""
+
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    multirun: bool = False
+    cpu_share: int | None = None  # cores this job may use when jobs run side by side; None: no limit
+
+
+# --- pure helpers ----------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``auto`` -> this run dir's last.pt if present; a run dir -> its
+    last.pt; a file -> itself."""
+    if resume in (None, ""):
+        return None
+    if resume == "auto":
+        path = run_dir / A.CHECKPOINTS / A.LAST
+        return path if path.exists() else None
+    path = A.resolve_checkpoint(str(resume), prefer=(A.LAST,))
+    if not path.exists():
+        raise UsageError(f"resume={resume}: no checkpoint found at {path}; pass a run directory that has "
+                         "checkpoints/last.pt, a .pt file, or resume=auto")
+    return path
+
+
+def resolve_init_from(init_from: str) -> Path:
+    """A run directory (its best.pt, else last.pt) or a checkpoint file."""
+    path = A.resolve_checkpoint(str(init_from))
+    if not path.exists():
+        raise UsageError(f"init_from={init_from}: no checkpoint found at {path}; pass a .pt file written by "
+                         "`dqnrun train` or a run directory that has checkpoints/best.pt")
+    return path
+
+
+def merge_resume_config(stored: dict[str, Any], cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The stored config with the keys named in this invocation's overrides taken from ``cfg``."""
+    merged = OmegaConf.create(stored)
+    for override in overrides:
+        o = A.parse_override(override)
+        key = o.canonical
+        if key == "resume" or o.is_hydra:
+            continue
+        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    merged.resume = cfg.resume
+    original = OmegaConf.create(stored)
+    for key in (*FROZEN_ON_RESUME, *algorithm_module(original).FROZEN_ON_RESUME):
+        old, new = OmegaConf.select(original, key), OmegaConf.select(merged, key)
+        if old != new:
+            raise UsageError(f"resume: {key} cannot change on resume ({_show(old)} -> {_show(new)}); "
+                             "start a new run instead")
+    return merged
+
+
+def _show(value: Any) -> str:
+    return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
+def sweep_objective(results: dict[str, Any], name: str) -> float:
+    """The number a sweeper maximizes, from a run's results (``objective=`` picks it):
+
+    - ``auc``: the mean eval return over the run, i.e. the area under the eval curve per evaluation. A run
+      that solves and then collapses keeps the credit for the time it was good (the default).
+    - ``best_eval``: the best greedy eval return.
+    - ``final_eval``: the last one (a poor tuning target on its own: one unlucky collapse scores ~0).
+    - ``steps_to_solve``: minus the env steps at the first eval reaching ``env.solved_score``, negated so that
+      every objective is maximized; a run that never solves scores ``-(steps + 1)``, below every solved run.
+
+    Finite for every finished run: without any evaluation the eval-based objectives fall back to the mean
+    return of the last training episodes, and to 0 without those.
+    """
+    history = [r for _, r in results.get("eval_history") or []]
+    if name == "steps_to_solve":
+        solved = results.get("solved_at_step")
+        return -float(solved) if solved is not None else -float(results.get("steps", 0) + 1)
+    if history:
+        value = {"auc": float(np.mean(history)), "best_eval": max(history), "final_eval": history[-1]}[name]
+        return float(value)
+    fallback = results.get("recent_train_return")
+    return float(fallback) if fallback is not None else 0.0
+
+
+def run_label(cfg: DictConfig, job: Job) -> str:
+    """What a run is, for TensorBoard's run list: env, name, seed, and the other overrides of a sweep job."""
+    parts = [str(cfg.env.id).replace("/", "-")]
+    if cfg.get("name"):
+        parts.append(str(cfg.name))
+    parts.append(f"seed={cfg.seed}")
+    if job.multirun:
+        parts += sorted(o.lstrip("+~") for o in A.defining_overrides(job.overrides)
+                        if A.parse_override(o).canonical != A.SEED_KEY)
+    label = ",".join(parts)
+    return "".join(ch if ch.isalnum() or ch in "._=+-,[]" else "-" for ch in label)[:200]
+
+
+def hparams_record(cfg: DictConfig, job: Job) -> dict[str, Any]:
+    """The hyperparameters of a run for TensorBoard's HParams tab: env, seed, and every key this job overrode
+    (a sweep's swept keys, so the tab's columns are what differs between jobs). A config-group override
+    (``network=dueling_mlp``) records the option's name. Values are plain numbers, booleans or strings."""
+    out: dict[str, Any] = {"env.id": str(cfg.env.id), "seed": int(cfg.seed)}
+    if cfg.get("name"):
+        out["name"] = str(cfg.name)
+    for override in A.defining_overrides(job.overrides):
+        key = A.parse_override(override).canonical
+        if key in out:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_dict(value):  # a group choice: the option's name, not its contents
+            value = override.split("=", 1)[1]
+        elif OmegaConf.is_config(value):
+            value = json.dumps(OmegaConf.to_container(value, resolve=True))
+        out[key] = value if isinstance(value, bool | int | float | str) else str(value)
+    return out
+
+
+def _rel(path: Path) -> str:
+    """A path as the user would type it from the current directory."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --- the lifecycle -----------------------------------------------------------------------------------
+class Run:
+    """One run, from a validated config to its results. Use `execute` (or the steps in its order)."""
+
+    def __init__(self, cfg: DictConfig, job: Job, ckpt: dict[str, Any] | None = None,
+                 init: tuple[Path, dict[str, Any]] | None = None) -> None:
+        self.cfg, self.job, self.ckpt, self.init = cfg, job, ckpt, init
+        self.run_dir = job.run_dir
+        self.ckpt_dir = self.run_dir / A.CHECKPOINTS
+        self.state = LoopState()
+        self.resumed_from: int | None = None
+        self.envs: Any = None
+        self.eval_envs: Any = None
+        self.logger: Any = None
+        self.algo: Any = None
+        self.stop: StopFlag | None = None
+        self.started = time.time()
+
+    # 1. prepare ---------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg: DictConfig, job: Job, validated: bool = False) -> Run:
+        """Validate (unless the caller has, ``validated``) and resolve what the run continues from; raises
+        UsageError before any file is written. A resume validates the stored config merged with the new keys."""
+        if not validated:
+            validate_train_config(cfg)
+        resume_path = resolve_resume(cfg.get("resume"), job.run_dir)
+        if resume_path is not None:
+            ckpt = C.load_checkpoint(resume_path)
+            if "algo_state" not in ckpt:
+                raise UsageError(f"resume={resume_path}: this checkpoint holds the policy only (best.pt); resume "
+                                 f"from {resume_path.parent / A.LAST}")
+            cfg = merge_resume_config(ckpt["config"], cfg, job.overrides)
+            validate_train_config(cfg)
+            return cls(cfg, replace(job, run_dir=A.run_dir_of(resume_path)), ckpt=ckpt)  # its own directory
+        if cfg.get("init_from"):
+            path = resolve_init_from(cfg.init_from)
+            return cls(cfg, job, init=(path, C.load_checkpoint(path)))
+        return cls(cfg, job)
+
+    # 2. build -----------------------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg, share = self.cfg, self.job.cpu_share
+        torch.set_num_threads(cfg.torch_threads if share is None else max(1, min(cfg.torch_threads, share)))
+        seed_everything(cfg.seed)
+        self.spec = builders.build_env_spec(cfg.env)
+        self.algo = builders.build_algorithm(cfg, self.spec)
+        self.envs = builders.build_vector_env(cfg.env, threads=share)
+        n_eval = min(cfg.eval.episodes, cfg.eval.max_envs)
+        if cfg.eval.every > 0:
+            self.eval_envs = builders.build_vector_env(cfg.env, num_envs=n_eval, threads=share, evaluation=True)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.envs.action_space.seed(cfg.seed)
+        self.cursor = EnvCursor.start(self.envs.reset(seed=cfg.seed)[0])
+
+    # 3. restore ---------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        if self.ckpt is not None:
+            self._resume(self.ckpt)
+        elif self.init is not None:
+            self._init_from(*self.init)
+
+    def _resume(self, ckpt: dict[str, Any]) -> None:
+        self.state = LoopState.from_state_dict(ckpt["loop"])
+        self.algo.policy.load_state_dict(ckpt["policy"])
+        self.algo.load_state_dict(ckpt["algo_state"])
+        env_state = C.load_env_state(self.ckpt_dir, self.state.step)
+        if env_state is not None:
+            self.envs.close()
+            self.envs, self.cursor = env_state["envs"], env_state["cursor"]
+        else:
+            log.warning("resume: no env state for step %d; the envs start new episodes", self.state.step)
+        self.algo.load_data_state(C.load_replay_state(self.ckpt_dir, self.state.step), self.state.step)
+        rngs = ckpt["rng"]
+        random.setstate(_to_tuple(rngs["python"]))
+        _set_np_global_state(rngs["numpy_global"])
+        self.rng.bit_generator.state = rngs["numpy"]
+        torch.set_rng_state(rngs["torch"])
+        self.resumed_from = self.state.step
+        log.info("resuming %s from step %d", self.run_dir, self.state.step)
+
+    def _init_from(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Trained weights into the algorithm; optimizer, counters, experience and exploration start fresh."""
+        try:
+            self.algo.init_from(ckpt["policy"])
+        except (RuntimeError, KeyError) as exc:
+            stored = ckpt["config"].get("network", {})
+            first = str(exc).strip().splitlines()[0][:160]
+            raise UsageError(f"init_from={path}: its weights do not fit this run's network ({first}); the "
+                             f"checkpoint's network was {stored} on {ckpt['config']['env']['id']}") from None
+        log.info("initialized the policy from %s (step %d)", path, int(ckpt["step"]))
+
+    # 4. train -----------------------------------------------------------------------------------------
+    def train(self) -> str:
+        """Run the algorithm's loop; returns its stop reason (completed | solved | interrupted)."""
+        cfg = self.cfg
+        cadence = Cadence(
+            total_steps=cfg.total_steps,
+            eval_every=cfg.eval.every,
+            log_every=cfg.log.every,
+            checkpoint_every=cfg.checkpoint.every,
+            solved_score=cfg.env.get("solved_score"),
+            progress=cfg.log.progress,
+            stop_when_solved=bool(cfg.get("stop_when_solved", False)),
+        )
+        # On resume, drop events the interrupted run wrote after its checkpoint: no duplicated points.
+        purge = self.state.step + 1 if self.ckpt is not None else None
+        self.logger = builders.build_logger(cfg, self.run_dir, run_label(cfg, self.job), purge)
+        log.info("training in %s (pid %d)", self.run_dir, os.getpid())
+        self.stop = StopFlag().install()
+        try:
+            self.session = Session(self.envs, self.cursor, self.state, cadence, self.rng, self.algo, self.logger,
+                                   self.evaluate if self.eval_envs is not None else None, self.save, self.stop)
+            self.algo.train(self.session)
+            self.state, reason = self.session.finish()
+            self.save("last")
+        finally:
+            self.stop.uninstall()
+        return reason
+
+    def evaluate(self) -> float:
+        """Greedy (``eval.epsilon``) mean return over ``eval.episodes`` episodes on the eval envs. Its own env
+        and RNG, seeded from (seed, step): evaluating never perturbs the training streams."""
+        cfg = self.cfg
+        eval_rng = np.random.default_rng([cfg.seed, self.state.step])
+        policy = self.algo.policy
+        act = greedy_actor(policy, cfg.eval.epsilon, eval_rng, self.spec.n_actions)
+        seed = IN_TRAINING_EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
+        policy.eval()  # NoisyNet layers act on their mean weights when evaluated
+        try:
+            return float(run_episodes(self.eval_envs, act, cfg.eval.episodes, seed).mean())
+        finally:
+            policy.train()
+
+    def save(self, kind: str) -> None:
+        """``best`` -> best.pt; ``progress`` -> a results.json with status running; ``periodic`` and ``last``
+        -> experience and env state, then step_*.pt (periodic) and last.pt, the commit point, written last."""
+        if kind == "progress":
+            self.write_results(self.results("running", None))
+            return
+        payload = self.checkpoint_payload()
+        if kind == "best":
+            C.atomic_torch_save(payload, self.ckpt_dir / A.BEST)
+            return
+        cfg = self.cfg
+        if cfg.checkpoint.save_replay:
+            C.save_replay_state(self.ckpt_dir, self.state.step, self.algo.data_state(), cfg.checkpoint.replay_max_gb)
+        C.save_env_state(self.ckpt_dir, self.state.step, self.envs, self.cursor)
+        if kind == "periodic":
+            C.atomic_torch_save(payload, self.ckpt_dir / f"step_{self.state.step:010d}.pt")
+            periodic = sorted(self.ckpt_dir.glob("step_*.pt"))
+            for old in periodic[: max(len(periodic) - cfg.checkpoint.keep_last, 0)]:
+                old.unlink(missing_ok=True)  # only after the new one is safely on disk
+        C.atomic_torch_save(payload, self.ckpt_dir / A.LAST)
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "format_version": C.FORMAT_VERSION,
+            "dqnrun_version": __version__,
+            "algo": name_of(self.cfg.algo._target_),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "policy": self.algo.policy.state_dict(),
+            "algo_state": self.algo.state_dict(),
+            "step": self.state.step,
+            "loop": self.state.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy_global": _np_global_state(),
+                "numpy": self.rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+            },
+        }
+
+    # 5. finish ----------------------------------------------------------------------------------------
+    def results(self, status: str, stop_reason: str | None, error: str | None = None) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        results: dict[str, Any] = {
+            "status": status,
+            "stop_reason": stop_reason,
+            "error": error,
+            "algo": name_of(cfg.algo._target_),
+            "env_id": cfg.env.id,
+            "seed": cfg.seed,
+            "name": cfg.get("name"),
+            "tags": list(cfg.get("tags") or []),
+            "overrides": list(self.job.overrides),
+            "steps": st.step,
+            "total_steps": cfg.total_steps,
+            "updates": self.algo.updates if self.algo is not None else 0,
+            "episodes": st.episodes,
+            "train_seconds": st.train_seconds,
+            "sps": st.step / st.train_seconds if st.train_seconds > 0 else None,
+            "final_eval_return": st.last_eval_return,
+            "best_eval_return": st.best_eval_return,
+            "solved_score": cfg.env.get("solved_score"),
+            "solved_at_step": st.solved_at_step,
+            "solved_at_seconds": st.solved_at_seconds,
+            "recent_train_return": st.recent_train_return,
+            "resumed_from_step": self.resumed_from,
+            "init_from": str(self.init[0]) if self.init is not None else None,
+            "eval_history": [list(x) for x in st.eval_history],
+            "run_dir": str(self.run_dir),
+            "device": str(self.algo.device) if self.algo is not None else None,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_share": self.job.cpu_share,
+            "dqnrun_version": __version__,
+            "pid": os.getpid(),
+            "sweep_id": os.environ.get(SWEEP_ID_ENV) if self.job.multirun else None,
+            "updated_at": A.now_stamp(),
+        }
+        name = cfg.get("objective", "auc")
+        value = sweep_objective(results, name) if status != A.FAILED else None
+        results["objective"] = {"name": name, "value": value}
+        return results
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        A.write_results(self.run_dir, results)
+
+    def finish(self, stop_reason: str, error: str | None = None) -> dict[str, Any]:
+        """Write results.json and the HParams record, close everything, say where things are."""
+        results = self.results(A.STATUS_OF_REASON.get(stop_reason, A.FAILED), stop_reason, error)
+        self.write_results(results)
+        if self.logger is not None:
+            try:
+                self.logger.log_hparams(hparams_record(self.cfg, self.job), {
+                    M.HP_BEST_EVAL: _num(results["best_eval_return"]),
+                    M.HP_FINAL_EVAL: _num(results["final_eval_return"]),
+                    M.HP_OBJECTIVE: _num(results["objective"]["value"]),
+                    M.HP_SOLVED_AT: _num(results["solved_at_step"]),
+                    M.HP_SPS: _num(results["sps"]),
+                }, self.state.step)
+            except Exception as exc:  # the record is a convenience; never lose results over it
+                log.warning("could not write the HParams record: %s", exc)
+        self.close()
+        self._closing_lines(results)
+        if stop_reason == "interrupted" and self.stop is not None and self.stop.signum is not None:
+            # Checkpoint and results are on disk: let a launcher's own handler act now (submitit requeues the
+            # job, which lands in this run dir again and continues with resume=auto). Else exit 128+signum.
+            if self.stop.signum == signal.SIGUSR2 and self.stop.chain():
+                return results
+            results["exit_code"] = 128 + self.stop.signum
+        return results
+
+    def close(self) -> None:
+        """Close the logger and envs (idempotent; also after a failure)."""
+        for name in ("logger", "envs", "eval_envs"):
+            obj = getattr(self, name)
+            setattr(self, name, None)
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception as exc:
+                    log.warning("closing %s failed: %s", name, exc)
+
+    def _closing_lines(self, r: dict[str, Any]) -> None:
+        log.info(
+            "%s: %d steps, %d updates in %.1fs (%.0f steps/s); final eval %s, best %s, solved at %s",
+            r["stop_reason"], r["steps"], r["updates"], r["train_seconds"], r["sps"] or 0,
+            _fmt(r["final_eval_return"]), _fmt(r["best_eval_return"]), r["solved_at_step"],
+        )
+        where = _rel(self.run_dir)
+        log.info("run directory: %s", where)
+        best = self.ckpt_dir / A.BEST
+        if best.exists():
+            log.info("evaluate it:   dqnrun eval ckpt=%s", _rel(best))
+        if r["status"] == A.INTERRUPTED:
+            log.info("continue it:   dqnrun train resume=%s", where)
+        log.info("watch it:      tensorboard --logdir %s", _rel(self.run_dir / "tb"))
+
+
+def _num(x: Any) -> float:
+    return float(x) if x is not None else math.nan
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def execute(cfg: DictConfig, job: Job, validated: bool = False) -> dict[str, Any]:
+    """Prepare, build, restore, train and finish one run; return its results (also in results.json).
+
+    A failure (a non-finite loss, an env that crashes, bad input found late) still leaves a results.json
+    with ``"status": "failed"``, the error in one line and the traceback in train.log, then re-raises. A
+    failure while preparing never overwrites the results.json of an existing run (a refused resume).
+    """
+    try:
+        run = Run.prepare(cfg, job, validated)
+    except Exception as exc:
+        message = _log_failure(exc)
+        if job.run_dir.exists() and not A.results_path(job.run_dir).exists():
+            A.write_results(job.run_dir, {
+                "status": "failed", "stop_reason": "failed", "error": message, "overrides": list(job.overrides),
+                "seed": OmegaConf.select(cfg, "seed", default=None), "run_dir": str(job.run_dir),
+                "eval_history": [], "objective": {"name": cfg.get("objective", "auc"), "value": None},
+                "dqnrun_version": __version__, "pid": os.getpid(),
+                "sweep_id": os.environ.get(SWEEP_ID_ENV) if job.multirun else None})
+        raise
+    try:
+        run.write_results(run.results("running", None))  # a started job is visible at once (report, sweeps)
+        run.build()
+        run.restore()
+        reason = run.train()
+    except Exception as exc:
+        run.finish("failed", error=_log_failure(exc))
+        raise
+    except BaseException:  # KeyboardInterrupt (a second Ctrl-C) or SystemExit: leave at once
+        run.close()
+        raise
+    return run.finish(reason)
+
+
+def _log_failure(exc: BaseException) -> str:
+    """Log a failure (with its traceback if it is not one of ours) and return it as one line."""
+    if isinstance(exc, DqnrunError):
+        message = str(exc)
+        log.error("run failed: %s", message)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("run failed:\n%s", traceback.format_exc())
+    return (message.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _np_global_state() -> dict[str, Any]:
+    """NumPy's legacy global RNG state as tensors and ints (a checkpoint must load with weights_only)."""
+    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_np_global_state(d: dict[str, Any]) -> None:
+    np.random.set_state((d["name"], d["key"].numpy().astype(np.uint32), d["pos"], d["has_gauss"],
+                         d["cached_gaussian"]))
+
+
+def _to_tuple(x: Any) -> Any:
+    """random.setstate needs tuples; a checkpoint round trip may give lists."""
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train one composed config into ``run_dir`` in this process (tests, benchmarks); see `execute`."""
+    return execute(cfg, Job(Path(run_dir), list(overrides or [])))

@@ -1,0 +1,57 @@
+"""The private third-party APIs dqnrun still uses (docs/architecture.md lists each and why), pinned: each test
+fails loudly, naming the API, when a dependency changes it."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+
+def test_torch_fused_adam_kernel_takes_the_arguments_the_lean_step_passes() -> None:
+    """dqnrun.fastpath.optim.FusedAdamStep calls the fused Adam kernel directly (3x cheaper per call than
+    ``optimizer.step()`` for small nets); tests/unit/test_fastpath.py checks it bit-identical to the step."""
+    p, g = [torch.ones(3)], [torch.full((3,), 0.5)]
+    m, v, steps = [torch.zeros(3)], [torch.zeros(3)], [torch.zeros(())]
+    torch._foreach_add_(steps, 1)
+    torch._fused_adam_(p, g, m, v, [], steps, amsgrad=False, lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0,
+                       eps=1e-8, maximize=False)
+    torch.testing.assert_close(p[0], torch.full((3,), 0.9))  # first Adam step: lr * sign(grad)
+
+
+def test_torch_foreach_copy_and_lerp_sync_a_target_network() -> None:
+    """The DQN learner's target sync (hard copy, polyak) in one call over all tensors."""
+    dst, src = [torch.zeros(2), torch.zeros(3)], [torch.ones(2), torch.full((3,), 2.0)]
+    torch._foreach_lerp_(dst, src, 0.25)
+    torch.testing.assert_close(dst[1], torch.full((3,), 0.5))
+    torch._foreach_copy_(dst, src)
+    assert torch.equal(dst[0], src[0])
+
+
+def test_torch_aten_activation_backward_kernels() -> None:
+    """The hand-written MLP backward uses autograd's own single kernels for ReLU and tanh."""
+    grad, h = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 0.5, -1.0])
+    assert torch.ops.aten.threshold_backward(grad, h, 0).tolist() == [0.0, 2.0, 0.0]
+    torch.testing.assert_close(torch.ops.aten.tanh_backward(grad, h), grad * (1 - h * h))
+
+
+def test_torch_dynamo_reports_a_backend_failure_with_this_exception() -> None:
+    """compile=true turns a failed inductor build into one line by catching this exception."""
+    exc = torch._dynamo.exc.BackendCompilerFailed
+    assert issubclass(exc, Exception) and "inner_exception" in inspect.signature(exc.__init__).parameters
+
+
+def test_hydra_optuna_sweeper_internals_the_dqnrun_sweeper_builds_on() -> None:
+    """hydra_plugins/dqnrun_sweeper subclasses the upstream sweeper's implementation class and reuses its search
+    space parsing and trial configuration (no public API exposes them)."""
+    pytest.importorskip("optuna")
+    from hydra_plugins.hydra_optuna_sweeper import _impl
+
+    for name in ("_process_searchspace_config", "_parse_sweeper_params_config", "_configure_trials",
+                 "_get_directions"):
+        assert callable(getattr(_impl.OptunaSweeperImpl, name, None)), name
+    assert list(inspect.signature(_impl.OptunaSweeperImpl._configure_trials).parameters)[1:] == [
+        "trials", "search_space_distributions", "fixed_params"]
+    space, fixed = _impl.create_params_from_overrides(["a=choice(1,2)", "b=3"])
+    assert set(space) == {"a"} and fixed == {"b": "3"}
