@@ -123,12 +123,6 @@ class QNetwork(nn.Module):
         pixel_scale: float | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        if conv is not None and conv not in TORSOS:
-            raise ValueError(f"unknown conv torso {conv!r}; choose one of {sorted(TORSOS)} or null")
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
         self.conv, self.channels_last = conv, bool(channels_last)
         self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
         self.torso: nn.Module | None = None

@@ -23,8 +23,6 @@ class ExponentialSchedule:
     """
 
     def __init__(self, start: float = 1.0, end: float = 0.05, decay_steps: int = 10_000) -> None:
-        if start <= 0.0 or end <= 0.0:
-            raise ValueError("exponential schedule needs start > 0 and end > 0")
         self.start, self.end, self.decay_steps = float(start), float(end), int(decay_steps)
 
     def __call__(self, step: int) -> float:

@@ -5,7 +5,6 @@ Launching stays Hydra's (basic, joblib, submitit, Ray launchers; the Optuna swee
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -15,6 +14,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from dqnrun.run.artifacts import COMPLETED, FAILED, RUNNING, read_results, results_path
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +85,23 @@ def job_dirs(sweep_dir: Path, sweep_id: str | None = None) -> list[Path]:
     found = []
     for hydra_dir in sweep_dir.glob("*/.hydra"):
         job = hydra_dir.parent
-        if sweep_id is not None:
-            try:
-                if json.loads((job / "results.json").read_text()).get("sweep_id") != sweep_id:
-                    continue
-            except (OSError, ValueError):
-                continue
+        if sweep_id is not None and (read_results(job) or {}).get("sweep_id") != sweep_id:
+            continue
         found.append(job)
     return sorted(found, key=lambda p: (len(p.name), p.name))
 
 
 def job_outcome(job_dir: Path) -> tuple[str, str]:
     """(status, reason) of one job from its results.json: status completed | interrupted | failed."""
-    try:
-        r = json.loads((job_dir / "results.json").read_text())
-    except FileNotFoundError:
-        return "failed", "it ended without writing results.json (killed?)"
-    except (OSError, ValueError) as exc:
-        return "failed", f"its results.json is unreadable ({exc})"
+    if not results_path(job_dir).exists():
+        return FAILED, "it ended without writing results.json (killed?)"
+    r = read_results(job_dir)
+    if r is None:
+        return FAILED, "its results.json is unreadable"
     status = r.get("status")
-    if status == "running":
-        return "failed", "it stopped while running (killed?)"
-    return status or "completed", r.get("error") or ""
+    if status == RUNNING:
+        return FAILED, "it stopped while running (killed?)"
+    return status or COMPLETED, r.get("error") or ""
 
 
 class SweepSummary(Callback):

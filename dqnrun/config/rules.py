@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqnrun.envs import SEED_LIMIT
 from dqnrun.errors import UsageError
+from dqnrun.networks import ACTIVATIONS, TORSOS
 
 INF = math.inf
 # (kind, low, high, low_inclusive, high_inclusive, nullable)
@@ -52,8 +53,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "env.vectorization": ("auto", "sync", "async", "vector"),
     "objective": ("auc", "best_eval", "final_eval", "steps_to_solve"),
-    "network.conv": (None, "nature", "minatar"),
-    "network.activation": ("relu", "tanh", "elu", "gelu"),
+    "network.conv": (None, *TORSOS),
+    "network.activation": tuple(ACTIVATIONS),
 }
 _ABSENT = object()
 

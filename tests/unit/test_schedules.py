@@ -85,7 +85,13 @@ def test_exponential_schedule_is_monotone_between_endpoints() -> None:
     assert all(0.05 <= v <= 1.0 for v in values)
 
 
-@pytest.mark.parametrize(("start", "end"), [(0.0, 0.05), (1.0, 0.0), (-0.5, 0.1)])
-def test_exponential_schedule_rejects_non_positive_endpoints(start: float, end: float) -> None:
-    with pytest.raises(ValueError, match="start > 0 and end > 0"):
-        ExponentialSchedule(start=start, end=end, decay_steps=10)
+@pytest.mark.parametrize(("start", "end"), [(0.0, 0.05), (1.0, 0.0)])
+def test_validation_rejects_an_exponential_schedule_that_would_reach_zero(start: float, end: float) -> None:
+    """The rule lives in the validator (one place); the schedule itself trusts validated values."""
+    from dqnrun.config.rules import validate_train_config
+    from dqnrun.errors import UsageError
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["schedule=exponential", f"schedule.start={start}", f"schedule.end={end}"])
+    with pytest.raises(UsageError, match="start > 0 and schedule.end > 0"):
+        validate_train_config(cfg)

@@ -53,8 +53,8 @@ def check(cfg: DictConfig) -> None:
     algo, replay = cfg.algo, cfg.replay
     if cfg.learner.get("distributional"):
         if not {"atoms", "v_min", "v_max"} <= set(cfg.network):
-            raise UsageError(f"learner.distributional=true needs a network with a distributional head; "
-                             f"{cfg.network.get('_target_')} has no C51 support (network.atoms, v_min, v_max): use network=mlp or a CNN")
+            raise UsageError(f"learner.distributional=true needs a network with a C51 support (network.atoms, "
+                             f"v_min, v_max); {cfg.network.get('_target_')} has none: use network=mlp or a CNN")
         if not cfg.network.v_min < cfg.network.v_max:
             raise UsageError(f"network.v_min={cfg.network.v_min} must be below network.v_max={cfg.network.v_max}")
     if replay.get("storage") == "frames" and replay.get("latest"):
