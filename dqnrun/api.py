@@ -34,10 +34,9 @@ def train(overrides: list[str] | None = None, run_dir: str | Path | None = None)
     Old key spellings (``learner.train_freq``) work as on the command line. Raises UsageError for bad input
     (before any file is written) and TrainingError if training fails.
     """
-    from dqnrun.config.compose import compose, remember_typed, rewrite
+    from dqnrun.config.compose import remember_typed, rewrite
     from dqnrun.config.preflight import preflight
-    from dqnrun.run.artifacts import run_dir_of
-    from dqnrun.run.lifecycle import Job, execute, resolve_resume
+    from dqnrun.run.lock import RunDirBusy, RunLock, holds_run
 
     typed = [str(o) for o in (overrides or [])]
     if any(o.startswith("-") for o in typed):
@@ -47,13 +46,28 @@ def train(overrides: list[str] | None = None, run_dir: str | Path | None = None)
     remember_typed(spellings)
     checked = preflight("train", hydra_overrides)
     cfg = checked.configs[0]
-    if cfg.get("resume") not in (None, "", "auto"):
-        run_dir = run_dir_of(resolve_resume(cfg.resume, Path(".")))  # type: ignore[arg-type]
-    elif run_dir is None:
-        run_dir = compose("train", hydra_overrides, hydra=True)[1].run.dir  # type: ignore[union-attr]
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("resume") in (None, "", "auto"):  # a resumed run keeps the files it was started with
+    resume = cfg.get("resume")
+    if resume not in (None, "", "auto") or run_dir is None:
+        run_dir = checked.run_dir  # a resumed run's own directory, or the CLI's outputs/<date>/<time>-<id>
+    elif resume in (None, "") and holds_run(run_dir):
+        raise UsageError(f"run_dir={run_dir} already holds a run; continue it with resume={run_dir}, or train "
+                         "into another directory")
+    run_dir = Path(run_dir)  # type: ignore[arg-type]
+    try:
+        lock = RunLock(run_dir).acquire()  # before anything is written there
+    except RunDirBusy as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _train_in(run_dir, cfg, typed, resume)
+    finally:
+        lock.release()
+
+
+def _train_in(run_dir: Path, cfg: Any, typed: list[str], resume: Any) -> dict[str, Any]:
+    from dqnrun.run.lifecycle import Job, execute
+
+    if resume in (None, "") or (resume == "auto" and not (run_dir / "checkpoints" / "last.pt").exists()):
+        # a fresh run records its config; a resumed run keeps the files it was started with
         hydra_dir = run_dir / ".hydra"
         hydra_dir.mkdir(exist_ok=True)
         (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

@@ -23,3 +23,41 @@ class TrainingError(DqnrunError):
     """The run itself went wrong (e.g. a non-finite loss). Exit code 3; the last checkpoint stays intact."""
 
     exit_code = 3
+
+
+class WriteError(TrainingError):
+    """A file could not be written (disk full, read-only, no permission): one line naming the path and the cause.
+    What was on disk before stays intact (every write is atomic)."""
+
+
+def write_failure(path: object, exc: BaseException) -> str:
+    """Why writing ``path`` failed, in words: the errno's meaning, or for a failure inside torch.save (which
+    reports a full disk as "unexpected pos ...") the free space of the filesystem."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    reasons = {errno.ENOSPC: "the disk is full (no space left on the device)",
+               errno.EDQUOT: "the disk quota is used up", errno.EROFS: "the filesystem is read-only",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+    if isinstance(exc, OSError) and exc.errno in reasons:
+        return f"cannot write {path}: {reasons[exc.errno]}"
+    folder = Path(str(path)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if shutil.disk_usage(folder).free < 64 * 2**20:
+            return f"cannot write {path}: {reasons[errno.ENOSPC]}"
+    except OSError:
+        pass
+    first = (str(getattr(exc, "strerror", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"cannot write {path}: {first}"
+
+
+class Interrupted(BaseException):  # noqa: N818 - it is a signal, not an error
+    """A signal (SIGTERM, SIGINT) outside a run's own handling (while starting up): leave, saying so in one line.
+    A BaseException, like KeyboardInterrupt, so that nothing catching Exception swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dqnrun.errors import UsageError
+from dqnrun.errors import UsageError, write_failure
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 
@@ -58,7 +58,13 @@ def export(ckpt: str | Path, fmt: str = "torchscript", out: str | Path | None = 
         raise UsageError(f"format={fmt!r} is not one of {' | '.join(FORMATS)}")
     loaded = load_policy(ckpt)
     path = run_dir_of(loaded.path) / "export" / f"policy{FORMATS[fmt]}" if out is None else Path(out).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.probe"), "wb"):
+            pass
+        path.with_name(f".{path.name}.probe").unlink()
+    except OSError as exc:
+        raise UsageError(f"{write_failure(path, exc)}; pass out=PATH to write the policy elsewhere") from None
     policy = ExportedPolicy(loaded.net.cpu().eval()).eval()
     _, obs_shape, _ = obs_dtype_and_shape(loaded.spec.observation_space)
     meta = {"env_id": str(loaded.config.env.id), "obs_shape": list(obs_shape), "n_actions": loaded.spec.n_actions,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from dqnrun import __version__
-from dqnrun.errors import UsageError
+from dqnrun.cli.terminal import guard_streams, interrupt_on_signals
+from dqnrun.errors import Interrupted, UsageError
 
 USAGE = f"""dqnrun {__version__}: train and evaluate DQN agents on Gymnasium environments
 
@@ -84,6 +86,19 @@ def print_sweep_configs(command: str, overrides: list[str]) -> int:
     return 0
 
 
+def own(run_dir: Path) -> object:
+    """Lock a run's directory (creating it), or raise UsageError naming its owner and what to do."""
+    from dqnrun.run.lock import RunDirBusy, RunLock
+
+    try:
+        return RunLock(run_dir).acquire()
+    except RunDirBusy as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"hydra.run.dir={run_dir}: cannot create the run directory ({exc.strerror or exc}); "
+                         "pick a writable place") from None
+
+
 def _app(command: str) -> Callable[[], object]:
     if command == "train":
         from dqnrun.cli.train import main as app
@@ -98,7 +113,19 @@ def _fail(command: str, exc: UsageError, typed: dict[str, str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    guard_streams()
+    interrupt_on_signals()
     args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and args[0] in COMMANDS else "dqnrun"
+    try:
+        _main(args)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"dqnrun {command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        sys.exit(128 + signum)
+
+
+def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         sys.exit(0 if args else 2)
@@ -126,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_app(command: str, rest: list[str]) -> None:
     """``dqnrun train|eval ARGS``: rewrite, check, then run the Hydra app."""
     from dqnrun.config.compose import remember_typed, rewrite
-    from dqnrun.config.preflight import preflight
+    from dqnrun.config.preflight import preflight, quote
 
     # Hydra rejects overrides on both sides of -m; let users put it anywhere.
     flags = [a for a in rest if a in ("-m", "--multirun")]
@@ -136,19 +163,29 @@ def run_app(command: str, rest: list[str]) -> None:
     if multirun and command == "train":
         rest = continue_sweep(rest)
     info = [a for a in rest if a.split("=")[0] in _INFO_FLAGS]
+    lock = None
     try:
         if multirun and info and info[0] in ("--cfg", "-c"):
             # Hydra cannot combine -m with --cfg; print every job's config instead (nothing runs, no directory).
             sys.exit(print_sweep_configs(command, rest))
         if not any(a.split("=")[0] in _INFO_FLAGS | _CONFIG_FLAGS for a in rest):
             overrides = [a for a in rest if not a.startswith("-")]
-            rest += preflight(command, overrides, multirun).extra
+            checked = preflight(command, overrides, multirun)
+            rest += checked.extra
+            if checked.run_dir is not None:  # own the run's directory before Hydra writes into it
+                lock = own(checked.run_dir)
+                if not checked.extra:
+                    rest.append(f'hydra.run.dir="{quote(checked.run_dir)}"')
     except UsageError as exc:
         _fail(command, exc, typed)
     if "COMP_LINE" in os.environ:  # shell completion: hide the subcommand from Hydra
         os.environ["COMP_LINE"] = os.environ["COMP_LINE"].replace(f" {command}", "", 1)
     sys.argv = [sys.argv[0], *flags[:1], *rest]
-    _app(command)()
+    try:
+        _app(command)()
+    finally:
+        if lock is not None:
+            lock.release()
     from dqnrun.sweep import LAST_SWEEP
 
     if LAST_SWEEP.get("failed"):  # the summary (N of M jobs failed) is printed; Hydra itself returns normally

@@ -55,6 +55,7 @@ class Checked:
 
     configs: list[DictConfig] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    run_dir: Path | None = None  # a single run's directory, resolved (the command line pins and locks it)
 
 
 def preflight(command: str, overrides: list[str], multirun: bool = False) -> Checked:
@@ -70,7 +71,39 @@ def preflight(command: str, overrides: list[str], multirun: bool = False) -> Che
             else:
                 _eval_job(cfg)
             out.configs.append(cfg)
+        if command == "train":
+            _check_directories(c, overrides, out, multirun)
     return out
+
+
+def _check_directories(c: Composer, overrides: list[str], out: Checked, multirun: bool) -> None:
+    """Where the run(s) will write, checked before anything is written there: a fresh run never goes into a
+    directory that holds a run, a fresh sweep never into a sweep directory that holds runs (``resume=`` is
+    the way in); a single run's directory is resolved, so that the command line can pin and lock it."""
+    from omegaconf import OmegaConf
+
+    from dqnrun.run.lock import holds_run
+
+    full = c.full("train", expand(overrides, multirun)[0], hydra=True)  # the sweep dir is every job's
+    resume = out.configs[0].get("resume") if out.configs else None
+    if multirun:
+        sweep = Path(str(OmegaConf.select(full, "hydra.sweep.dir"))).expanduser()
+        sweeper = str(OmegaConf.select(full, "hydra.sweeper._target_", default=""))
+        jobs = [d for d in sweep.iterdir() if d.is_dir() and holds_run(d)] if sweep.is_dir() else []
+        if jobs and resume in (None, "") and "dqnrun_sweeper" not in sweeper:
+            raise UsageError(f"hydra.sweep.dir={sweep} already holds the runs of a sweep ({len(jobs)}); continue "
+                             f"it with resume={sweep}, or sweep into another directory")
+        return
+    if out.extra:  # a resume: the run's own directory
+        out.run_dir = Path(out.extra[0].split("=", 1)[1].strip('"'))
+        return
+    run_dir = Path(str(OmegaConf.select(full, "hydra.run.dir"))).expanduser().resolve()
+    if resume in (None, "") and holds_run(run_dir):
+        raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}, or "
+                         "train into another directory")
+    if resume == "auto" and (run_dir / "checkpoints" / "last.pt").exists():  # keep the record it started with
+        out.extra = [f'hydra.run.dir="{quote(run_dir)}"', "hydra.output_subdir=.hydra/resume-${now:%Y%m%d-%H%M%S}"]
+    out.run_dir = run_dir
 
 
 def _train_job(cfg: DictConfig, multirun: bool, specs: dict[str, Any]) -> list[str] | None:

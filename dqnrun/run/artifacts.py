@@ -69,20 +69,25 @@ def now_stamp() -> str:
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write through ``write(file)`` to a temp file in the same directory, fsync it, ``os.replace`` it over
     ``path`` and fsync the directory: a crash at any moment leaves the old file or the new one, never a torn one."""
+    from dqnrun.run.faults import point
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             write(f)
+            point(f"{path.name}:writing")
             f.flush()
             os.fsync(f.fileno())
         if os.environ.get("DQNRUN_TEST_SLOW_SAVE"):  # test hook: widen the window for a kill mid-save
             time.sleep(float(os.environ["DQNRUN_TEST_SLOW_SAVE"]))
+        point(f"{path.name}:written")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    point(f"{path.name}:replaced")
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

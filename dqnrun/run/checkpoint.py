@@ -27,7 +27,7 @@ import torch
 
 from dqnrun import __version__
 from dqnrun.config.keys import migrate_config
-from dqnrun.errors import UsageError
+from dqnrun.errors import UsageError, WriteError, write_failure
 from dqnrun.run.artifacts import atomic_write
 
 FORMAT_VERSION = 2
@@ -37,7 +37,12 @@ REQUIRED_KEYS = ("format_version", "algo", "config", "policy", "step")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save`` through `atomic_write`; a failed write (disk full, read-only) raises WriteError, one line,
+    and leaves the file that was there."""
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except (OSError, RuntimeError) as exc:
+        raise WriteError(write_failure(path, exc) + "; the checkpoints written before are intact") from None
 
 
 def _corrupt(path: Path, exc: BaseException) -> str:
@@ -101,45 +106,43 @@ def migrate_v1(obj: dict[str, Any]) -> dict[str, Any]:
     return out  # what is missing is named by the required-keys check
 
 
-# --- resume state: the vector env and the replay buffer, beside last.pt -----------------------------
+# --- resume state: the vector env and the experience, beside last.pt ------------------------------------
 # last.pt is the commit point: the env and replay files are written first and carry the step they
 # belong to, so a crash between the writes is detected (step mismatch) instead of resuming inconsistently.
-ENV_STATE_NAME = "last.env.pkl"
+ENV_STATE_NAME = "last.env.pt"
+OLD_ENV_STATE_NAME = "last.env.pkl"  # dqnrun 0.2 pickled the env: never loaded (unpickling can run code)
 REPLAY_STATE_NAME = "last.replay.pt"
 
 
-def save_env_state(ckpt_dir: Path, step: int, envs: Any, cursor: Any) -> bool:
-    """Pickle the vector env (physics, time-limit counters, RNGs) and the loop's env cursor.
+def save_env_state(ckpt_dir: Path, step: int, envs: Any, cursor: Any) -> None:
+    """The vector env as arrays and plain values (`dqnrun.envs.state`) and the session's env cursor. An env that
+    cannot be captured exactly saves its RNGs (or nothing) and why, so a resume says so."""
+    from dqnrun.envs import state as S
 
-    Gymnasium has no state API, so pickling is the general route. Returns False (and writes nothing) for
-    envs that cannot be pickled; resume then resets them and says so.
-    """
-    # SyncVectorEnv keeps the factory closures it was built from; they are not state and do not pickle.
-    env_fns = getattr(envs, "env_fns", None)
-    if env_fns is not None:
-        envs.env_fns = None
+    blob: dict[str, Any] = {"step": step, "cursor": S.encode(vars(cursor))}
     try:
-        blob = pickle.dumps({"step": step, "envs": envs, "cursor": cursor}, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # unpicklable native handles (e.g. Box2D worlds)
-        (ckpt_dir / ENV_STATE_NAME).unlink(missing_ok=True)
-        log.warning("env state not saved (%s: %s); a resume will start new episodes", type(exc).__name__, exc)
-        return False
-    finally:
-        if env_fns is not None:
-            envs.env_fns = env_fns
-    atomic_write(ckpt_dir / ENV_STATE_NAME, lambda f: f.write(blob))
-    return True
+        blob["envs"] = S.capture(envs)
+    except S.NotCapturable as exc:
+        blob["why"], blob["rngs"] = str(exc), S.capture_rngs(envs)
+    atomic_torch_save(blob, ckpt_dir / ENV_STATE_NAME)
+    (ckpt_dir / OLD_ENV_STATE_NAME).unlink(missing_ok=True)
 
 
 def load_env_state(ckpt_dir: Path, step: int) -> dict[str, Any] | None:
-    """Unpickle the env state written by *this run* (resume trusts its own run directory; `eval` never
-    unpickles anything). None if absent or from another step."""
+    """The env state saved with last.pt at ``step`` (``weights_only``: nothing in it can run code); None if it
+    is missing, unreadable or from another step."""
     path = ckpt_dir / ENV_STATE_NAME
-    if not path.exists():
+    if (ckpt_dir / OLD_ENV_STATE_NAME).exists() and not path.exists():
+        log.warning("resume: %s is an older dqnrun's pickled env state; it is not loaded (unpickling can run "
+                    "code)", ckpt_dir / OLD_ENV_STATE_NAME)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
         return None
-    with open(path, "rb") as f:
-        state = pickle.load(f)  # noqa: S301 - our own run directory, see docs/reliability.md
-    return state if state.get("step") == step else None
+    except Exception as exc:  # torn or foreign: the run resumes with new episodes
+        log.warning("resume: %s is unreadable (%s); the envs start new episodes", path, type(exc).__name__)
+        return None
+    return state if isinstance(state, dict) and state.get("step") == step else None
 
 
 def save_replay_state(ckpt_dir: Path, step: int, state: dict[str, Any] | None, max_gb: float) -> bool:
@@ -162,5 +165,9 @@ def load_replay_state(ckpt_dir: Path, step: int) -> dict[str, Any] | None:
         return None
     # mmap: a large buffer (frames of 1M Atari transitions) is paged in as it is copied into the preallocated
     # replay, instead of being read whole first (which would need twice its size in memory)
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return obj["replay"] if obj.get("step") == step else None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torn, foreign or crafted: never unpickled beyond plain data; refilled instead
+        log.warning("resume: %s is unreadable (%s); it is not used", path, type(exc).__name__)
+        return None
+    return obj["replay"] if isinstance(obj, dict) and obj.get("step") == step else None

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import signal
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -41,10 +42,13 @@ from dqnrun import metrics as M
 from dqnrun.acting import greedy_actor
 from dqnrun.algos import name_of
 from dqnrun.config.rules import algorithm_module, validate_train_config
-from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_STRIDE, run_episodes
-from dqnrun.errors import DqnrunError, UsageError
+from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_LIMIT, SEED_STRIDE, run_episodes
+from dqnrun.envs import state as env_state
+from dqnrun.errors import DqnrunError, UsageError, WriteError, write_failure
 from dqnrun.run import artifacts as A
 from dqnrun.run import checkpoint as C
+from dqnrun.run import faults
+from dqnrun.run.lock import RunDirBusy, RunLock, remove_stale_temp_files
 from dqnrun.run.session import Cadence, EnvCursor, LoopState, Session, StopFlag
 from dqnrun.sweep import SWEEP_ID_ENV
 
@@ -70,6 +74,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def resume_seed(seed: int, step: int) -> int:
+    """Reset seed for envs a resume cannot restore exactly: derived from (seed, step), so a resume is repeatable,
+    and below the in-training eval range (`IN_TRAINING_EVAL_SEED_BASE`), so it never replays evaluation's games."""
+    h = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1)[0])
+    return SEED_LIMIT + h % (IN_TRAINING_EVAL_SEED_BASE - 2 * SEED_LIMIT)
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
@@ -201,6 +212,8 @@ class Run:
         self.algo: Any = None
         self.stop: StopFlag | None = None
         self.started = time.time()
+        self.restored = ckpt is None  # a resumed run's record is its own again once its restore succeeded
+        self.session: Session | None = None
 
     # 1. prepare ---------------------------------------------------------------------------------------
     @classmethod
@@ -249,12 +262,7 @@ class Run:
         self.state = LoopState.from_state_dict(ckpt["loop"])
         self.algo.policy.load_state_dict(ckpt["policy"])
         self.algo.load_state_dict(ckpt["algo_state"])
-        env_state = C.load_env_state(self.ckpt_dir, self.state.step)
-        if env_state is not None:
-            self.envs.close()
-            self.envs, self.cursor = env_state["envs"], env_state["cursor"]
-        else:
-            log.warning("resume: no env state for step %d; the envs start new episodes", self.state.step)
+        self._restore_envs(C.load_env_state(self.ckpt_dir, self.state.step))
         self.algo.load_data_state(C.load_replay_state(self.ckpt_dir, self.state.step), self.state.step)
         rngs = ckpt["rng"]
         random.setstate(_to_tuple(rngs["python"]))
@@ -262,7 +270,30 @@ class Run:
         self.rng.bit_generator.state = rngs["numpy"]
         torch.set_rng_state(rngs["torch"])
         self.resumed_from = self.state.step
+        self.restored = True
         log.info("resuming %s from step %d", self.run_dir, self.state.step)
+
+    def _restore_envs(self, saved: dict[str, Any] | None) -> None:
+        """The envs exactly where they were (`dqnrun.envs.state`); where that cannot be captured, new episodes from
+        the envs' saved RNG state, else from seeds derived from the run's seed and step. Says which in one line."""
+        if saved is not None and saved.get("envs") is not None:
+            try:
+                env_state.restore(self.envs, saved["envs"])
+                self.cursor = EnvCursor(**env_state.decode(saved["cursor"]))
+                return
+            except ValueError as exc:
+                why = f"its saved state does not fit ({exc})"
+        else:
+            why = saved.get("why", "unknown") if saved is not None else "no env state was saved with this checkpoint"
+        rngs = saved.get("rngs") if saved is not None else None
+        if rngs and env_state.restore_rngs(self.envs, rngs):
+            obs, source = self.envs.reset()[0], "its saved RNG state"
+        else:
+            seed = resume_seed(self.cfg.seed, self.state.step)
+            obs, source = self.envs.reset(seed=seed)[0], f"seeds derived from the run's seed and step ({seed})"
+        self.cursor = EnvCursor.start(obs)
+        log.warning("resume: %s is not restored exactly (%s); it starts new episodes from %s. Weights, optimizer, "
+                    "experience, counters and RNGs are exact", self.cfg.env.id, why, source)
 
     def _init_from(self, path: Path, ckpt: dict[str, Any]) -> None:
         """Trained weights into the algorithm; optimizer, counters, experience and exploration start fresh."""
@@ -292,15 +323,14 @@ class Run:
         purge = self.state.step + 1 if self.ckpt is not None else None
         self.logger = builders.build_logger(cfg, self.run_dir, run_label(cfg, self.job), purge)
         log.info("training in %s (pid %d)", self.run_dir, os.getpid())
-        self.stop = StopFlag().install()
+        self.session = Session(self.envs, self.cursor, self.state, cadence, self.rng, self.algo, self.logger,
+                               self.evaluate if self.eval_envs is not None else None, self.save, self.stop)
         try:
-            self.session = Session(self.envs, self.cursor, self.state, cadence, self.rng, self.algo, self.logger,
-                                   self.evaluate if self.eval_envs is not None else None, self.save, self.stop)
             self.algo.train(self.session)
-            self.state, reason = self.session.finish()
-            self.save("last")
         finally:
-            self.stop.uninstall()
+            self.state, reason = self.session.finish()  # books the time; never writes to the terminal
+        self.save("last")
+        self.session.close_display()  # the progress bar, after last.pt is safe (a closed pipe cannot lose it)
         return reason
 
     def evaluate(self) -> float:
@@ -312,6 +342,7 @@ class Run:
         act = greedy_actor(policy, cfg.eval.epsilon, eval_rng, self.spec.n_actions)
         seed = IN_TRAINING_EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
         policy.eval()  # NoisyNet layers act on their mean weights when evaluated
+        faults.point("evaluate")
         try:
             return float(run_episodes(self.eval_envs, act, cfg.eval.episodes, seed).mean())
         finally:
@@ -358,53 +389,27 @@ class Run:
 
     # 5. finish ----------------------------------------------------------------------------------------
     def results(self, status: str, stop_reason: str | None, error: str | None = None) -> dict[str, Any]:
-        cfg, st = self.cfg, self.state
-        results: dict[str, Any] = {
-            "status": status,
-            "stop_reason": stop_reason,
-            "error": error,
-            "algo": name_of(cfg.algo._target_),
-            "env_id": cfg.env.id,
-            "seed": cfg.seed,
-            "name": cfg.get("name"),
-            "tags": list(cfg.get("tags") or []),
-            "overrides": list(self.job.overrides),
-            "steps": st.step,
-            "total_steps": cfg.total_steps,
-            "updates": self.algo.updates if self.algo is not None else 0,
-            "episodes": st.episodes,
-            "train_seconds": st.train_seconds,
-            "sps": st.step / st.train_seconds if st.train_seconds > 0 else None,
-            "final_eval_return": st.last_eval_return,
-            "best_eval_return": st.best_eval_return,
-            "solved_score": cfg.env.get("solved_score"),
-            "solved_at_step": st.solved_at_step,
-            "solved_at_seconds": st.solved_at_seconds,
-            "recent_train_return": st.recent_train_return,
-            "resumed_from_step": self.resumed_from,
-            "init_from": str(self.init[0]) if self.init is not None else None,
-            "eval_history": [list(x) for x in st.eval_history],
-            "run_dir": str(self.run_dir),
-            "device": str(self.algo.device) if self.algo is not None else None,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_share": self.job.cpu_share,
-            "dqnrun_version": __version__,
-            "pid": os.getpid(),
-            "sweep_id": os.environ.get(SWEEP_ID_ENV) if self.job.multirun else None,
-            "updated_at": A.now_stamp(),
-        }
-        name = cfg.get("objective", "auc")
-        value = sweep_objective(results, name) if status != A.FAILED else None
-        results["objective"] = {"name": name, "value": value}
-        return results
+        return results_record(self, status, stop_reason, error)
 
     def write_results(self, results: dict[str, Any]) -> None:
-        A.write_results(self.run_dir, results)
+        try:
+            A.write_results(self.run_dir, results)
+        except OSError as exc:
+            raise WriteError(write_failure(A.results_path(self.run_dir), exc)) from None
 
     def finish(self, stop_reason: str, error: str | None = None) -> dict[str, Any]:
         """Write results.json and the HParams record, close everything, say where things are."""
         results = self.results(A.STATUS_OF_REASON.get(stop_reason, A.FAILED), stop_reason, error)
-        self.write_results(results)
+        if self.restored:
+            try:
+                self.write_results(results)
+            except WriteError as exc:  # the disk that failed the run may fail its record too: say so, go on
+                if stop_reason != "failed":
+                    raise
+                log.error("%s", exc)
+        else:  # a resume that failed before its restore: the record of the run it continues stays as it is
+            log.error("resume failed before it restored the run; %s keeps the record of the run it continues",
+                      A.results_path(self.run_dir))
         if self.logger is not None:
             try:
                 self.logger.log_hparams(hparams_record(self.cfg, self.job), {
@@ -417,7 +422,7 @@ class Run:
             except Exception as exc:  # the record is a convenience; never lose results over it
                 log.warning("could not write the HParams record: %s", exc)
         self.close()
-        self._closing_lines(results)
+        closing_lines(self, results)
         if stop_reason == "interrupted" and self.stop is not None and self.stop.signum is not None:
             # Checkpoint and results are on disk: let a launcher's own handler act now (submitit requeues the
             # job, which lands in this run dir again and continues with resume=auto). Else exit 128+signum.
@@ -425,6 +430,22 @@ class Run:
                 return results
             results["exit_code"] = 128 + self.stop.signum
         return results
+
+    def left_as_it_was(self) -> dict[str, Any]:
+        """A resume interrupted before it trained: nothing written, the run's record and checkpoints untouched."""
+        self.close()
+        signum = self.stop.signum if self.stop is not None and self.stop.signum is not None else signal.SIGINT
+        log.warning("resume interrupted while starting (%s); %s is left as it was", signal.Signals(signum).name,
+                    self.run_dir)
+        return {**(A.read_results(self.run_dir) or {}), "run_dir": str(self.run_dir), "exit_code": 128 + signum}
+
+    def abort(self, exc: BaseException) -> None:
+        """A second Ctrl-C (or one while starting): record the run as interrupted (its last checkpoint is where a
+        resume continues), close everything, leave at once."""
+        if self.restored and isinstance(exc, KeyboardInterrupt):
+            self.write_results(self.results(A.INTERRUPTED, "interrupted", "aborted (Ctrl-C) before saving; "
+                                            "a resume continues from the last checkpoint"))
+        self.close()
 
     def close(self) -> None:
         """Close the logger and envs (idempotent; also after a failure)."""
@@ -437,21 +458,67 @@ class Run:
                 except Exception as exc:
                     log.warning("closing %s failed: %s", name, exc)
 
-    def _closing_lines(self, r: dict[str, Any]) -> None:
-        log.info(
-            "%s: %d steps, %d updates in %.1fs (%.0f steps/s); final eval %s, best %s, solved at %s",
-            r["stop_reason"], r["steps"], r["updates"], r["train_seconds"], r["sps"] or 0,
-            _fmt(r["final_eval_return"]), _fmt(r["best_eval_return"]), r["solved_at_step"],
-        )
-        where = _rel(self.run_dir)
-        log.info("run directory: %s", where)
-        best = self.ckpt_dir / A.BEST
-        if best.exists():
-            log.info("evaluate it:   dqnrun eval ckpt=%s", _rel(best))
-        if r["status"] == A.INTERRUPTED:
-            log.info("continue it:   dqnrun train resume=%s", where)
-        log.info("watch it:      tensorboard --logdir %s", _rel(self.run_dir / "tb"))
 
+
+def results_record(run: Run, status: str, stop_reason: str | None, error: str | None = None) -> dict[str, Any]:
+    """The run's results.json (fields: `dqnrun.run.artifacts.RESULT_FIELDS`)."""
+    cfg, st = run.cfg, run.state
+    results: dict[str, Any] = {
+        "status": status,
+        "stop_reason": stop_reason,
+        "error": error,
+        "algo": name_of(cfg.algo._target_),
+        "env_id": cfg.env.id,
+        "seed": cfg.seed,
+        "name": cfg.get("name"),
+        "tags": list(cfg.get("tags") or []),
+        "overrides": list(run.job.overrides),
+        "steps": st.step,
+        "total_steps": cfg.total_steps,
+        "updates": run.algo.updates if run.algo is not None else 0,
+        "episodes": st.episodes,
+        "train_seconds": st.train_seconds,
+        "sps": st.step / st.train_seconds if st.train_seconds > 0 else None,
+        "final_eval_return": st.last_eval_return,
+        "best_eval_return": st.best_eval_return,
+        "solved_score": cfg.env.get("solved_score"),
+        "solved_at_step": st.solved_at_step,
+        "solved_at_seconds": st.solved_at_seconds,
+        "recent_train_return": st.recent_train_return,
+        "resumed_from_step": run.resumed_from,
+        "init_from": str(run.init[0]) if run.init is not None else None,
+        "eval_history": [list(x) for x in st.eval_history],
+        "run_dir": str(run.run_dir),
+        "device": str(run.algo.device) if run.algo is not None else None,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_share": run.job.cpu_share,
+        "dqnrun_version": __version__,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "sweep_id": os.environ.get(SWEEP_ID_ENV) if run.job.multirun else None,
+        "updated_at": A.now_stamp(),
+    }
+    name = cfg.get("objective", "auc")
+    value = sweep_objective(results, name) if status != A.FAILED else None
+    results["objective"] = {"name": name, "value": value}
+    return results
+
+
+def closing_lines(run: Run, r: dict[str, Any]) -> None:
+    """What a run says last: how it ended, where it is, what to run next."""
+    log.info(
+        "%s: %d steps, %d updates in %.1fs (%.0f steps/s); final eval %s, best %s, solved at %s",
+        r["stop_reason"], r["steps"], r["updates"], r["train_seconds"], r["sps"] or 0,
+        _fmt(r["final_eval_return"]), _fmt(r["best_eval_return"]), r["solved_at_step"],
+    )
+    where = _rel(run.run_dir)
+    log.info("run directory: %s", where)
+    best = run.ckpt_dir / A.BEST
+    if best.exists():
+        log.info("evaluate it:   dqnrun eval ckpt=%s", _rel(best))
+    if r["status"] == A.INTERRUPTED:
+        log.info("continue it:   dqnrun train resume=%s", where)
+    log.info("watch it:      tensorboard --logdir %s", _rel(run.run_dir / "tb"))
 
 def _num(x: Any) -> float:
     return float(x) if x is not None else math.nan
@@ -461,13 +528,39 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def owned_dir(cfg: DictConfig, job: Job) -> Path:
+    """The directory a run writes into: a resumed run's own directory, else the job's."""
+    path = resolve_resume(cfg.get("resume"), job.run_dir)
+    return A.run_dir_of(path) if path is not None else job.run_dir
+
+
 def execute(cfg: DictConfig, job: Job, validated: bool = False) -> dict[str, Any]:
     """Prepare, build, restore, train and finish one run; return its results (also in results.json).
 
-    A failure (a non-finite loss, an env that crashes, bad input found late) still leaves a results.json
-    with ``"status": "failed"``, the error in one line and the traceback in train.log, then re-raises. A
-    failure while preparing never overwrites the results.json of an existing run (a refused resume).
+    The run directory is locked first (`dqnrun.run.lock`): a second process gets one line and writes nothing;
+    a fresh run into a directory that holds a run is refused (``resume=`` is the way in). A failure (a
+    non-finite loss, an env that crashes, bad input found late) leaves a results.json with ``"status":
+    "failed"``, the error in one line and the traceback in train.log, then re-raises; so does an interrupt,
+    as ``interrupted``. The record of a resumed run is kept until its restore has succeeded: a resume that fails
+    or is interrupted while starting never overwrites the results of the run it continues.
     """
+    run_dir = owned_dir(cfg, job)
+    try:
+        lock = RunLock(run_dir).acquire()
+    except RunDirBusy as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(write_failure(run_dir / ".lock", exc) + "; train somewhere writable") from None
+    try:
+        removed = remove_stale_temp_files(lock.run_dir)
+        if removed:
+            log.info("removed %d temp file(s) of an interrupted save: %s", len(removed), ", ".join(map(str, removed)))
+        return _execute(cfg, job, validated)
+    finally:
+        lock.release()
+
+
+def _execute(cfg: DictConfig, job: Job, validated: bool) -> dict[str, Any]:
     try:
         run = Run.prepare(cfg, job, validated)
     except Exception as exc:
@@ -477,20 +570,30 @@ def execute(cfg: DictConfig, job: Job, validated: bool = False) -> dict[str, Any
                 "status": "failed", "stop_reason": "failed", "error": message, "overrides": list(job.overrides),
                 "seed": OmegaConf.select(cfg, "seed", default=None), "run_dir": str(job.run_dir),
                 "eval_history": [], "objective": {"name": cfg.get("objective", "auc"), "value": None},
-                "dqnrun_version": __version__, "pid": os.getpid(),
+                "dqnrun_version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
                 "sweep_id": os.environ.get(SWEEP_ID_ENV) if job.multirun else None})
         raise
+    stop = run.stop = StopFlag().install()  # a signal while starting is an interrupt too
     try:
-        run.write_results(run.results("running", None))  # a started job is visible at once (report, sweeps)
+        if run.ckpt is None:
+            run.write_results(run.results(A.RUNNING, None))  # a started job is visible at once (report, sweeps)
+        faults.point("build")
         run.build()
+        faults.point("restore")
         run.restore()
+        if run.ckpt is not None:
+            if stop.requested:  # interrupted while starting: the run is left exactly as it was
+                return run.left_as_it_was()
+            run.write_results(run.results(A.RUNNING, None))
         reason = run.train()
     except Exception as exc:
         run.finish("failed", error=_log_failure(exc))
         raise
-    except BaseException:  # KeyboardInterrupt (a second Ctrl-C) or SystemExit: leave at once
-        run.close()
+    except BaseException as exc:  # KeyboardInterrupt (a second Ctrl-C, or one while starting): leave at once
+        run.abort(exc)
         raise
+    finally:
+        stop.uninstall()
     return run.finish(reason)
 
 

@@ -73,7 +73,8 @@ class LoopState:
     solved_at_seconds: float | None = None
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     episodes: int = 0
-    recent_train_return: float | None = None  # mean raw return of the last 20 training episodes
+    recent_train_return: float | None = None  # mean raw return of the last RECENT training episodes
+    recent_returns: list[float] = field(default_factory=list)  # those returns, oldest first
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +83,7 @@ class LoopState:
     def from_state_dict(cls, d: dict[str, Any]) -> LoopState:
         d = dict(d)
         d["eval_history"] = [tuple(x) for x in d.get("eval_history", [])]
+        d["recent_returns"] = [float(x) for x in d.get("recent_returns", [])]
         return cls(**d)
 
 
@@ -160,6 +162,9 @@ class StopFlag:
         return self.signum is not None
 
 
+RECENT = 20  # training episodes in the recent return (progress bar, log lines, results.json)
+
+
 def crossings(before: int, after: int, every: int) -> int:
     """How many multiples of ``every`` lie in (before, after]."""
     return after // every - before // every if every > 0 else 0
@@ -188,7 +193,7 @@ class Session:
         if self._shared_obs:
             cursor.obs = cursor.obs.copy()
         self._pending: list[tuple[int, float, int]] = []
-        self._recent: deque[float] = deque(maxlen=20)
+        self._recent: deque[float] = deque(state.recent_returns, maxlen=RECENT)
         self._bar = M.progress_bar(cadence.total_steps, initial=state.step, enabled=cadence.progress)
         self._last_log_step = state.step
         self._seg_start = time.perf_counter()
@@ -298,6 +303,7 @@ class Session:
         self._pending.clear()
         if self._recent:
             self.state.recent_train_return = float(np.mean(self._recent))
+            self.state.recent_returns = list(self._recent)
 
     def _check_finite(self) -> None:
         try:
@@ -313,6 +319,9 @@ class Session:
         if self.reason != "solved":  # a solved stop booked its time before the evaluation
             self.state.train_seconds += time.perf_counter() - self._seg_start
         self._flush_episodes()
+        return self.state, self.reason
+
+    def close_display(self) -> None:
+        """Close the progress bar (after the last checkpoint is written: a terminal gone away cannot lose it)."""
         self._bar.n = self.state.step
         self._bar.close()
-        return self.state, self.reason

@@ -187,5 +187,5 @@ def test_only_keep_last_periodic_checkpoints_are_kept(tmp_path: Path) -> None:
                     f"hydra.run.dir={d}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in (d / "checkpoints").glob("*.pt"))
-    assert names == ["best.pt", "last.pt", "last.replay.pt", "step_0000001600.pt", "step_0000002000.pt"]
+    assert names == ["best.pt", "last.env.pt", "last.pt", "last.replay.pt", "step_0000001600.pt", "step_0000002000.pt"]
     assert load_checkpoint(d / "checkpoints" / "step_0000001600.pt")["step"] == 1600
