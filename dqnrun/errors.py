@@ -25,6 +25,14 @@ class TrainingError(DqnrunError):
     exit_code = 3
 
 
+class EnvError(TrainingError):
+    """The env raised or returned something it should not have (`where`: reset | step); the message names it."""
+
+    def __init__(self, message: str, where: str = "step", cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.where, self.cause = where, cause
+
+
 class WriteError(TrainingError):
     """A file could not be written (disk full, read-only, no permission): one line naming the path and the cause.
     What was on disk before stays intact (every write is atomic)."""

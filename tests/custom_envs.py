@@ -40,3 +40,32 @@ def times(reward: float, k: float = 1.0) -> float:
 
 
 gym.register("DqnrunTest/Corridor-v0", entry_point=Corridor, max_episode_steps=40)
+
+
+class Broken(Corridor):
+    """A corridor with one bug, chosen by ``bug``: ``raise_step`` (step raises after ``after`` steps),
+    ``reset_shape`` / ``step_shape`` (an observation one element short), ``nan_obs`` (NaN observations after
+    ``after`` steps)."""
+
+    def __init__(self, bug: str, after: int = 50, size: int = 5, render_mode: str | None = None) -> None:
+        super().__init__(size, render_mode)
+        self.bug, self.after, self.steps = bug, int(after), 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        obs, info = super().reset(seed=seed)
+        return (obs[:-1] if self.bug == "reset_shape" else obs), info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        late = self.steps > self.after
+        if self.bug == "raise_step" and late:
+            raise RuntimeError("the simulator lost its connection")
+        if self.bug == "step_shape" and late:
+            obs = obs[:-1]
+        if self.bug == "nan_obs" and late:
+            obs = np.full_like(obs, np.nan)
+        return obs, reward, terminated, truncated, info
+
+
+gym.register("DqnrunTest/Broken-v0", entry_point=Broken, max_episode_steps=40, disable_env_checker=True)

@@ -82,7 +82,19 @@ def print_sweep_configs(command: str, overrides: list[str]) -> int:
     checked = preflight(command, overrides, multirun=True)
     for i, (job, cfg) in enumerate(zip(expand(overrides, True), checked.configs, strict=False)):
         print(f"# job {i}: {' '.join(job)}")
-        print(OmegaConf.to_yaml(cfg))
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+    return 0
+
+
+def print_job_config(command: str, overrides: list[str]) -> int:
+    """``--cfg job``: the config the run would use, values resolved (what it will really run with)."""
+    from omegaconf import OmegaConf
+
+    from dqnrun.config.compose import Composer
+
+    overrides = [a for a in overrides if not a.startswith("-") and a not in ("job", "hydra", "all")]
+    with Composer() as c:
+        print(OmegaConf.to_yaml(c.task(command, overrides), resolve=True), end="")
     return 0
 
 
@@ -95,8 +107,21 @@ def own(run_dir: Path) -> object:
     except RunDirBusy as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise UsageError(f"hydra.run.dir={run_dir}: cannot create the run directory ({exc.strerror or exc}); "
-                         "pick a writable place") from None
+        from dqnrun.errors import write_failure
+
+        what = "cannot create the run directory" if not run_dir.is_dir() else write_failure(run_dir / ".lock", exc)
+        reason = f" ({exc.strerror or exc})" if not run_dir.is_dir() else ""
+        raise UsageError(f"hydra.run.dir={run_dir}: {what}{reason}; pick a writable place") from None
+
+
+def _cfg_section(args: list[str]) -> str:
+    """What ``--cfg``/``-c`` asks for (job | hydra | all); job when it names nothing."""
+    for i, a in enumerate(args):
+        if a in ("--cfg", "-c"):
+            return args[i + 1] if i + 1 < len(args) and args[i + 1] in ("job", "hydra", "all") else "job"
+        if a.startswith(("--cfg=", "-c=")):
+            return a.split("=", 1)[1]
+    return "job"
 
 
 def _app(command: str) -> Callable[[], object]:
@@ -114,7 +139,7 @@ def _fail(command: str, exc: UsageError, typed: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     guard_streams()
-    interrupt_on_signals()
+    previous = interrupt_on_signals()
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args and args[0] in COMMANDS else "dqnrun"
     try:
@@ -123,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         print(f"dqnrun {command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         sys.exit(128 + signum)
+    finally:
+        for s, handler in previous.items():  # main() called in-process (tests) leaves the signals as it found them
+            signal.signal(s, handler)
 
 
 def _main(args: list[str]) -> None:
@@ -150,11 +178,62 @@ def _main(args: list[str]) -> None:
     run_app(command, rest)
 
 
+# Hydra's flags that take a value as the next argument.
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                "-cd", "--experimental-rerun", "--info", "-i", "--shell-completion", "-sc"}
+_FLAGS = _INFO_FLAGS | _CONFIG_FLAGS | {"-m", "--multirun", "--resolve"}
+
+
+def habits(command: str, args: list[str]) -> list[str]:
+    """Arguments as other tools take them, as dqnrun takes them: an unquoted non-ASCII value gets quotes (Hydra's
+    grammar would refuse it); ``--key value``, ``--key=value`` and a bare path or word get one line saying
+    ``key=value``, with the user's own argument rewritten as the example."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in _VALUE_FLAGS or a.split("=", 1)[0] in _VALUE_FLAGS:
+            out.append(a)
+            if "=" not in a and i + 1 < len(args):
+                out.append(args[i + 1])
+                i += 1
+        elif a.startswith("-") and a.split("=", 1)[0] not in _FLAGS:
+            key, sep, value = a.lstrip("-").partition("=")
+            if not sep and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                value = args[i + 1]
+            raise UsageError(f"{a}: dqnrun takes key=value, not --key value; say: dqnrun {command} {key}="
+                             f"{value or '...'}")
+        elif "=" not in a and not a.startswith("-"):
+            suggestion = f"ckpt={a}" if command == "eval" else _guess_key(a)
+            raise UsageError(f"{a!r} is not key=value; say: dqnrun {command} {suggestion}")
+        else:
+            key, _, value = a.partition("=")
+            simple = value and not any(ch in value for ch in "[]{}(),'\"")
+            out.append(f'{key}="{value}"' if simple and not value.isascii() else a)
+        i += 1
+    return out
+
+
+def _guess_key(word: str) -> str:
+    """``cartpole`` -> ``env=cartpole`` (a group's option named alone); otherwise a generic example."""
+    from importlib.resources import files
+
+    conf = files("dqnrun.conf")
+    for group in ("env", "algo", "network", "optimizer", "replay", "schedule", "experiment"):
+        if conf.joinpath(group, f"{word}.yaml").is_file():
+            return f"{group}={word}"
+    return f"KEY={word} (e.g. env={word} or resume={word}; dqnrun train --help lists the keys)"
+
+
 def run_app(command: str, rest: list[str]) -> None:
     """``dqnrun train|eval ARGS``: rewrite, check, then run the Hydra app."""
     from dqnrun.config.compose import remember_typed, rewrite
     from dqnrun.config.preflight import preflight, quote
 
+    try:
+        rest = habits(command, rest)
+    except UsageError as exc:
+        _fail(command, exc, {})
     # Hydra rejects overrides on both sides of -m; let users put it anywhere.
     flags = [a for a in rest if a in ("-m", "--multirun")]
     rest, typed = rewrite([a for a in rest if a not in ("-m", "--multirun")])
@@ -165,9 +244,10 @@ def run_app(command: str, rest: list[str]) -> None:
     info = [a for a in rest if a.split("=")[0] in _INFO_FLAGS]
     lock = None
     try:
-        if multirun and info and info[0] in ("--cfg", "-c"):
-            # Hydra cannot combine -m with --cfg; print every job's config instead (nothing runs, no directory).
-            sys.exit(print_sweep_configs(command, rest))
+        if info and info[0] in ("--cfg", "-c") and _cfg_section(rest) == "job":
+            # -m --cfg: Hydra cannot combine them; print every job's config (nothing runs, no directory). A single
+            # run's: printed here too, so that bad input is one line and values are resolved.
+            sys.exit(print_sweep_configs(command, rest) if multirun else print_job_config(command, rest))
         if not any(a.split("=")[0] in _INFO_FLAGS | _CONFIG_FLAGS for a in rest):
             overrides = [a for a in rest if not a.startswith("-")]
             checked = preflight(command, overrides, multirun)

@@ -60,7 +60,7 @@ def _raise(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
-def interrupt_on_signals() -> None:
-    """SIGTERM (and SIGINT) raise Interrupted until a run installs its own handling (`run.session.StopFlag`)."""
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, _raise)
+def interrupt_on_signals() -> dict[int, Any]:
+    """SIGTERM (and SIGINT) raise Interrupted until a run installs its own handling (`run.session.StopFlag`).
+    Returns the handlers they replace."""
+    return {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -67,6 +67,9 @@ def one_line(message: str, known_keys: list[str] | None = None) -> str:
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         return (f"unknown config key '{key}'{hint}; run `dqnrun train --cfg job` to list the keys, "
                 f"or add a new key with +{key}=...")
+    m = re.search(r"Multiple values for ([\w/]+)\. To override a value use 'override [\w/]+: ([^']+)'", text)
+    if m:
+        return f"{m.group(1)} is already in the config; say {m.group(1)}={m.group(2)} (without +)"
     m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if m:
         options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)

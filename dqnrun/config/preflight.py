@@ -66,6 +66,7 @@ def preflight(command: str, overrides: list[str], multirun: bool = False) -> Che
     with Composer() as c:
         for job in expand(overrides, multirun)[:MAX_PREFLIGHT_JOBS]:
             cfg = c.task(command, job)
+            check_added_keys(c, command, job, cfg)
             if command == "train":
                 out.extra = _train_job(cfg, multirun, specs) or out.extra
             else:
@@ -106,6 +107,40 @@ def _check_directories(c: Composer, overrides: list[str], out: Checked, multirun
     out.run_dir = run_dir
 
 
+# Keys a user may add with +key=value: Hydra's own, and the open mapping of gymnasium.make arguments.
+OPEN_KEYS = ("hydra.", "env.kwargs.")
+
+
+def check_added_keys(c: Composer, command: str, job: list[str], cfg: DictConfig) -> None:
+    """``+key=value`` for a key no config defines is a key no code reads: refused (Hydra would accept it and the
+    run would silently ignore it). ``+group=option`` (a config group) and the open keys stay free."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    from dqnrun.config.compose import CONFIG_MODULE, flat_keys
+
+    added = []
+    for o in job:
+        if not o.startswith("+"):
+            continue
+        key = o.lstrip("+").split("=", 1)[0]
+        if key.startswith(OPEN_KEYS) or key == "hydra" or "/" in key or files(CONFIG_MODULE).joinpath(key).is_dir():
+            continue
+        added.append((o, key))
+    if not added:
+        return
+    base = c.full(command, [o for o in job if o not in {a for a, _ in added}])
+    for _, key in added:
+        if OmegaConf.select(base, key, default="__absent__") == "__absent__":
+            import difflib
+
+            close = difflib.get_close_matches(key, flat_keys(base), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"+{key}: no part of dqnrun reads {key}{hint}; run `dqnrun {command} --cfg job` to list "
+                             f"the keys (env.kwargs.NAME and hydra.* take new keys)")
+
+
 def _train_job(cfg: DictConfig, multirun: bool, specs: dict[str, Any]) -> list[str] | None:
     from dqnrun import builders
     from dqnrun.config.rules import algorithm_module, validate_train_config
@@ -122,16 +157,34 @@ def _train_job(cfg: DictConfig, multirun: bool, specs: dict[str, Any]) -> list[s
         ckpt = resolve_resume(cfg.resume, Path("."))
         run_dir = quote(run_dir_of(ckpt).resolve())  # type: ignore[arg-type]
         extra = [f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=.hydra/resume-${now:%Y%m%d-%H%M%S}"]
-    if cfg.get("init_from"):
-        from dqnrun.run.checkpoint import load_checkpoint
-        from dqnrun.run.lifecycle import resolve_init_from
-
-        load_checkpoint(resolve_init_from(cfg.init_from))
     key = repr((cfg.env.id, cfg.env.get("kwargs"), cfg.env.get("wrappers"), cfg.env.get("atari")))
     if key not in specs:  # one probe per distinct env; each job is checked against its own
         specs[key] = builders.build_env_spec(cfg.env)
     algorithm_module(cfg).preflight(cfg, specs[key])
+    if cfg.get("init_from"):
+        _check_init_from(cfg, specs[key])
     return extra
+
+
+def _check_init_from(cfg: DictConfig, spec: Any) -> None:
+    """The checkpoint loads and its policy's weights fit this run's network, layer by layer."""
+    from dqnrun.config.rules import algorithm_module
+    from dqnrun.run.checkpoint import load_checkpoint
+    from dqnrun.run.lifecycle import resolve_init_from
+
+    path = resolve_init_from(cfg.init_from)
+    ckpt = load_checkpoint(path)
+    here = algorithm_module(cfg).build_policy(cfg, spec).state_dict()
+    there = ckpt["policy"]
+    problems = [f"{k} is {tuple(there[k].shape)} there and {tuple(v.shape)} here" for k, v in here.items()
+                if k in there and tuple(there[k].shape) != tuple(v.shape)]
+    problems += [f"{k} is missing there" for k in here if k not in there]
+    problems += [f"{k} is not in this network" for k in there if k not in here]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        stored = ckpt["config"]
+        raise UsageError(f"init_from={path}: its weights do not fit this run's network ({shown}); it was trained "
+                         f"on {stored['env']['id']} with network {stored.get('network')}")
 
 
 def _eval_job(cfg: DictConfig) -> None:

@@ -24,7 +24,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "total_steps": ("int", 1, INF, True, True, False),
     "torch_threads": ("int", 1, 1024, True, True, False),
     "env.num_envs": ("int", 1, 4096, True, True, False),
-    "optimizer.lr": ("float", 0, INF, False, True, False),
+    "optimizer.lr": ("float", 0, INF, False, False, False),
     "schedule.start": ("float", 0, 1, True, True, False),
     "schedule.end": ("float", 0, 1, True, True, False),
     "schedule.decay_steps": ("int", 0, INF, True, True, False),
@@ -34,7 +34,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "eval.max_envs": ("int", 1, 4096, True, True, False),
     "checkpoint.every": ("int", 0, INF, True, True, False),
     "checkpoint.keep_last": ("int", 0, INF, True, True, False),
-    "checkpoint.replay_max_gb": ("float", 0, INF, True, True, False),
+    "checkpoint.replay_max_gb": ("float", 0, INF, True, False, False),
     "log.every": ("int", 1, INF, True, True, False),
     "network.atoms": ("int", 2, 10_000, True, True, False),
     "network.v_min": ("float", -INF, INF, False, False, False),
@@ -152,6 +152,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)
     ):
         raise UsageError(f"network.hidden={hidden} must be a list of positive integers, e.g. [64,64]")
+    start, end = get(cfg, "schedule.start"), get(cfg, "schedule.end")
+    if isinstance(start, int | float) and isinstance(end, int | float) and end > start:
+        raise UsageError(f"schedule.end={end} is above schedule.start={start}: epsilon decays from start to end; "
+                         f"swap them (schedule.start={end} schedule.end={start})")
     if get(cfg, "schedule._target_") == "dqnrun.schedules.ExponentialSchedule" and (
         cfg.schedule.start <= 0 or cfg.schedule.end <= 0
     ):

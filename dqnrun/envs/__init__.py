@@ -114,6 +114,14 @@ def probe_spaces(env_id: str, kwargs: dict[str, Any], wrapper: Wrapper | None = 
     env = make_env(env_id, kwargs, wrapper)
     try:
         check_spaces(env.observation_space, env.action_space, env_id)
+        shape = getattr(env.observation_space, "shape", None)
+        try:
+            obs = np.asarray(env.reset(seed=0)[0])
+        except Exception as exc:
+            raise UsageError(f"env.id={env_id}: reset() raised {type(exc).__name__}: {exc}") from None
+        if shape is not None and obs.shape != tuple(shape):
+            raise UsageError(f"env.id={env_id}: reset() returned an observation of shape {obs.shape}, but its "
+                             f"observation_space is {_space_desc(env.observation_space)}; fix the env")
         return env.observation_space, env.action_space
     finally:
         env.close()
@@ -257,3 +265,39 @@ def run_episodes(
         returns.append(ep_ret[:need])
         done_so_far += need
     return np.concatenate(returns)
+
+
+def _space_desc(space: gym.Space) -> str:
+    shape = getattr(space, "shape", None)
+    return f"{type(space).__name__}{tuple(shape) if shape else ''}"
+
+
+def diagnose(env_id: str, kwargs: dict[str, Any], wrapper: Wrapper | None = None) -> str | None:
+    """What a misbehaving env returns, against what its spaces promise: one env reset and stepped a few times,
+    its observations checked for shape and finiteness. A sentence naming the first problem, or None."""
+    env = make_env(resolve_env_id(env_id), kwargs, wrapper)
+    try:
+        space = env.observation_space
+        want = getattr(space, "shape", None)
+        call = "reset()"
+        obs, _ = env.reset(seed=0)
+        for call in ["reset()"] + ["step()"] * 200:
+            if call == "step()":
+                obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                if np.ndim(reward) != 0:
+                    return f"step() returned a reward of shape {np.shape(reward)}; a reward is one number"
+                if not np.isfinite(reward):
+                    return "step() returned a reward that is NaN or inf"
+            arr = np.asarray(obs)
+            if want is not None and arr.shape != tuple(want):
+                return (f"{call} returned an observation of shape {arr.shape}, but its observation_space is "
+                        f"{_space_desc(space)}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                return f"{call} returned an observation holding NaN or inf"
+            if call == "step()" and (terminated or truncated):
+                obs, _ = env.reset()
+    except Exception as exc:
+        return f"{call} raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    finally:
+        env.close()
+    return None

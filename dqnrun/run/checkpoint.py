@@ -58,13 +58,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                          "e.g. outputs/<date>/<time>/checkpoints/best.pt")
     if path.is_dir():
         raise UsageError(f"ckpt={path} is a directory; pass a .pt file inside its checkpoints/ folder")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive; anything else was never a checkpoint
+        kind = "an empty file" if not head else "not a file written by torch.save"
+        raise UsageError(f"ckpt={path} is not a checkpoint ({kind}); pass a .pt file written by `dqnrun train`, "
+                         "e.g. <run dir>/checkpoints/best.pt")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text:
+        if "Weights only load failed" in text:  # a torch.save file whose contents the safe loader refuses
             culprit = re.search(r"GLOBAL (\S+) was not", text)
             what = f" ({culprit.group(1)})" if culprit else ""
             raise UsageError(

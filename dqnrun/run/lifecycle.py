@@ -42,9 +42,9 @@ from dqnrun import metrics as M
 from dqnrun.acting import greedy_actor
 from dqnrun.algos import name_of
 from dqnrun.config.rules import algorithm_module, validate_train_config
-from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_LIMIT, SEED_STRIDE, run_episodes
+from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_LIMIT, SEED_STRIDE, diagnose, run_episodes
 from dqnrun.envs import state as env_state
-from dqnrun.errors import DqnrunError, UsageError, WriteError, write_failure
+from dqnrun.errors import DqnrunError, EnvError, UsageError, WriteError, write_failure
 from dqnrun.run import artifacts as A
 from dqnrun.run import checkpoint as C
 from dqnrun.run import faults
@@ -249,7 +249,10 @@ class Run:
             self.eval_envs = builders.build_vector_env(cfg.env, num_envs=n_eval, threads=share, evaluation=True)
         self.rng = np.random.default_rng(cfg.seed)
         self.envs.action_space.seed(cfg.seed)
-        self.cursor = EnvCursor.start(self.envs.reset(seed=cfg.seed)[0])
+        try:
+            self.cursor = EnvCursor.start(self.envs.reset(seed=cfg.seed)[0])
+        except Exception as exc:
+            raise EnvError(f"reset() raised {type(exc).__name__}: {exc}", "reset", exc) from exc
 
     # 3. restore ---------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -324,7 +327,8 @@ class Run:
         self.logger = builders.build_logger(cfg, self.run_dir, run_label(cfg, self.job), purge)
         log.info("training in %s (pid %d)", self.run_dir, os.getpid())
         self.session = Session(self.envs, self.cursor, self.state, cadence, self.rng, self.algo, self.logger,
-                               self.evaluate if self.eval_envs is not None else None, self.save, self.stop)
+                               self.evaluate if self.eval_envs is not None else None, self.save, self.stop,
+                               env_id=str(cfg.env.id))
         try:
             self.algo.train(self.session)
         finally:
@@ -586,6 +590,11 @@ def _execute(cfg: DictConfig, job: Job, validated: bool) -> dict[str, Any]:
                 return run.left_as_it_was()
             run.write_results(run.results(A.RUNNING, None))
         reason = run.train()
+    except EnvError as exc:  # name the env and what it did; the full traceback goes to train.log
+        log.error("the env failed:\n%s", "".join(traceback.format_exception(exc.cause or exc)))
+        error = EnvError(env_failure(cfg, exc), exc.where)
+        run.finish("failed", error=_log_failure(error))
+        raise error from None
     except Exception as exc:
         run.finish("failed", error=_log_failure(exc))
         raise
@@ -595,6 +604,17 @@ def _execute(cfg: DictConfig, job: Job, validated: bool) -> dict[str, Any]:
     finally:
         stop.uninstall()
     return run.finish(reason)
+
+
+def env_failure(cfg: DictConfig, exc: EnvError) -> str:
+    """One line for an env that raised or returned something wrong: its id, what it did, what was expected."""
+    what = None
+    if cfg.env.get("atari") is None:
+        try:
+            what = diagnose(cfg.env.id, builders.env_kwargs(cfg.env), builders.env_wrapper(cfg.env))
+        except Exception:  # the diagnosis is a courtesy
+            what = None
+    return (f"env.id={cfg.env.id}: {what or str(exc)}; the full traceback is in train.log")
 
 
 def _log_failure(exc: BaseException) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 
 from dqnrun import metrics as M
 from dqnrun.envs import GAME_OVER, shares_obs_buffer
-from dqnrun.errors import TrainingError
+from dqnrun.errors import EnvError, TrainingError
 from dqnrun.loggers import Logger
 
 
@@ -182,7 +182,8 @@ class Session:
     def __init__(self, envs: gym.vector.VectorEnv, cursor: EnvCursor, state: LoopState, cadence: Cadence,
                  rng: np.random.Generator, algo: Learning, logger: Logger,
                  evaluate: Callable[[], float] | None, checkpoint: Callable[[str], None],
-                 stop: StopFlag | None = None) -> None:
+                 stop: StopFlag | None = None, env_id: str = "the env") -> None:
+        self.env_id = env_id
         self.envs, self.cursor, self.state, self.cadence = envs, cursor, state, cadence
         self.rng, self.algo, self.logger = rng, algo, logger
         self.evaluate, self.checkpoint, self.stop = evaluate, checkpoint, stop
@@ -220,7 +221,10 @@ class Session:
         """Step the vector env with ``actions`` (E,), keep the episode statistics, count the steps."""
         c, state = self.cursor, self.state
         obs = c.obs
-        next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+        try:
+            next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+        except Exception as exc:  # the env's own bug: named by the lifecycle (`dqnrun.envs.diagnose`)
+            raise EnvError(f"step() raised {type(exc).__name__}: {exc}", "step", exc) from exc
         valid = ~c.autoreset
         done = info[GAME_OVER] if GAME_OVER in info else terminated | truncated  # a whole game ended
         c.ep_return += reward * valid
@@ -309,10 +313,13 @@ class Session:
         try:
             self.algo.check_finite()
         except FloatingPointError:
-            raise TrainingError(
-                f"non-finite loss or Q-value between env steps {self._last_log_step} and {self.state.step}; the "
-                "last checkpoint is left intact. Lower optimizer.lr, or set learner.max_grad_norm"
-            ) from None
+            where = f"between env steps {self._last_log_step} and {self.state.step}"
+            cause = getattr(self.algo, "nonfinite_cause", lambda: None)()
+            if cause:  # the data, not the learning rate
+                raise TrainingError(f"non-finite loss or Q-value {where}: env.id={self.env_id}: {cause}; fix the "
+                                    "env (its observations or rewards); the last checkpoint is left intact") from None
+            raise TrainingError(f"non-finite loss or Q-value {where}; the last checkpoint is left intact. Lower "
+                                "optimizer.lr, or set learner.max_grad_norm") from None
 
     def finish(self) -> tuple[LoopState, str]:
         """Book the last stretch of training time, write the episodes not yet logged; (state, stop reason)."""

@@ -11,7 +11,9 @@ import torch
 
 from dqnrun.cli import main
 from dqnrun.run.checkpoint import FORMAT_VERSION
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
+
+FIXTURE = "tests/fixtures/ckpt_v0_2_0/mlp_nstep.best.pt"
 
 TRAIN_CASES = [
     # (overrides, pattern the message must contain)
@@ -40,6 +42,24 @@ TRAIN_CASES = [
     (["learner.double=yes"], "learner.double='yes' is not a boolean; pass learner.double=true or"),
     (["compile=1"], "compile=1 is not a boolean"),
     (["resume=/nonexistent/run"], "resume=/nonexistent/run: no checkpoint found"),
+    # accepted before and wrong: a key no code reads, an infinite learning rate, a rising epsilon
+    (["+foo=1"], "+foo: no part of dqnrun reads foo"),
+    (["+optimizer.lrr=1e-3"], "no part of dqnrun reads optimizer.lrr (did you mean optimizer.lr?)"),
+    (["+replay.alpha=0.5"], "no part of dqnrun reads replay.alpha"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf is out of range; it must lie in (0, inf)"),
+    (["learner.max_grad_norm=inf"], "learner.max_grad_norm=inf is out of range"),
+    (["schedule.start=0.5", "schedule.end=0.9"], "schedule.end=0.9 is above schedule.start=0.5"),
+    (["env=frozenlake", "learner.distributional=true"], "learner.distributional=true needs a network with a C51"),
+    (["network.hidden=[32]", f"init_from={REPO / FIXTURE}"],
+     "its weights do not fit this run's network (net.0.weight is (16, 4) there and (32, 4) here"),
+    (["env.id=tests.custom_envs:DqnrunTest/Broken-v0", "++env.kwargs.bug=reset_shape"],
+     "reset() returned an observation of shape (4,), but its observation_space is Box(5,)"),
+    (["hydra.run.dir=/proc/dqnrun-x"], "hydra.run.dir=/proc/dqnrun-x: cannot create the run directory"),
+    # habits from other tools
+    (["--env", "cartpole"], "--env: dqnrun takes key=value, not --key value; say: dqnrun train env=cartpole"),
+    (["--seed=3"], "say: dqnrun train seed=3"),
+    (["cartpole"], "'cartpole' is not key=value; say: dqnrun train env=cartpole"),
+    (["+experiment=rainbow"], "experiment is already in the config; say experiment=rainbow (without +)"),
 ]
 
 
@@ -86,8 +106,9 @@ def _eval_cases(tmp: Path) -> list[tuple[str, str]]:
         (str(tmp / "missing.pt"), "no such file"),
         (str(tmp), "is a directory"),
         (str(truncated), "is truncated or corrupt"),
-        (str(garbage), "is truncated or corrupt"),
-        (str(not_zip), "is truncated or corrupt"),
+        (str(garbage), "is not a checkpoint (not a file written by torch.save)"),
+        (str(not_zip), "is not a checkpoint (an empty file)"),
+        (str(REPO / "README.md"), "is not a checkpoint"),
         (str(tmp / "zip.pt"), "is truncated or corrupt"),
         (str(_write(tmp / "foreign.pt", {"weights": torch.zeros(3)})), "is not a dqnrun checkpoint"),
         (str(_write(tmp / "list.pt", [1, 2, 3])), "is not a dqnrun checkpoint"),
@@ -112,6 +133,22 @@ def test_bad_checkpoints_get_one_clear_line_and_exit_2(
         assert exc.value.code == 2, (ckpt, err)
         assert len(err.splitlines()) == 1 and pattern in err and ckpt in err, (ckpt, err)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_path_without_ckpt_is_rewritten_as_key_value(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "runs/x/checkpoints/best.pt"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == ("dqnrun eval: error: 'runs/x/checkpoints/best.pt' is not key=value; "
+                                               "say: dqnrun eval ckpt=runs/x/checkpoints/best.pt")
+
+
+def test_an_unquoted_non_ascii_value_just_works(tmp_path: Path) -> None:
+    proc = run_cli(["train", "env=cartpole", "name=été", "--cfg", "job"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: été" in proc.stdout
 
 
 def test_eval_without_ckpt_says_how_to_pass_one(capsys: pytest.CaptureFixture[str], tmp_path: Path,

@@ -99,6 +99,19 @@ class DQN(Algorithm):
     def check_finite(self) -> None:
         self.learner.check_finite()
 
+    def nonfinite_cause(self) -> str | None:
+        """Whether the experience itself holds NaN or inf (an env's bug rather than a diverging update)."""
+        r = self.replay
+        n = r.size
+        for name in ("obs", "next_obs", "reward"):
+            data = getattr(r, name, None)
+            if isinstance(data, torch.Tensor) and data.is_floating_point() and n:
+                bad = int((~torch.isfinite(data[:n].reshape(n, -1))).any(1).sum())
+                if bad:
+                    what = "rewards" if name == "reward" else "observations"
+                    return f"the env returned non-finite {what} ({bad} of {n} stored transitions hold NaN or inf)"
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict()
 

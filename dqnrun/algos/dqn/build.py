@@ -31,7 +31,7 @@ RULES: dict[str, Rule] = {
     "algo.reward_clip": ("float", 0, float("inf"), False, False, True),
     "learner.gamma": ("float", 0, 1, True, True, False),
     "learner.tau": ("float", 0, 1, False, True, False),
-    "learner.max_grad_norm": ("float", 0, float("inf"), False, True, True),
+    "learner.max_grad_norm": ("float", 0, float("inf"), False, False, True),
     "replay.capacity": ("int", 1, float("inf"), True, True, False),
     "replay.batch_size": ("int", 1, float("inf"), True, True, False),
     "replay.n_step": ("int", 1, 1000, True, True, False),
