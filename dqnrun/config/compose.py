@@ -34,9 +34,57 @@ def open_dict_overrides(args: Iterable[str]) -> list[str]:
 
 
 def rewrite(args: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """Overrides as Hydra must see them (canonical keys, open env.kwargs), and {canonical key: typed key}."""
+    """Overrides as Hydra must see them (canonical keys, open env.kwargs, the env preset an ``env.id`` implies),
+    and {canonical key: typed key}."""
     canonical, typed = canonical_overrides(args)
-    return open_dict_overrides(canonical), typed
+    return choose_env_preset(open_dict_overrides(canonical)), typed
+
+
+def preset_ids() -> dict[str, str]:
+    """{env id: env preset} for the shipped presets (a game's own preset before its family's)."""
+    from importlib.resources import files
+
+    import yaml
+
+    from dqnrun.config.resolvers import ale_id
+
+    out: dict[str, str] = {}
+    for path in sorted(files(CONFIG_MODULE).joinpath("env").iterdir(), key=lambda p: p.name):
+        name = path.name.removesuffix(".yaml")
+        if not path.name.endswith(".yaml") or name in ("atari", "minatar", "custom"):  # families, not one env
+            continue
+        env = (yaml.safe_load(path.read_text()) or {}).get("env") or {}
+        env_id, game = env.get("id"), (env.get("atari") or {}).get("game")
+        if game:
+            out[ale_id(game)] = name
+        elif isinstance(env_id, str) and "${" not in env_id:
+            out[env_id] = name
+    return out
+
+
+def choose_env_preset(overrides: list[str]) -> list[str]:
+    """``env.id=X`` without ``env=...``: X's own preset if one ships (``env.id=CartPole-v1`` -> ``env=cartpole``;
+    any ALE id -> ``env=atari`` with its game; a MinAtar id -> ``env=minatar``), else ``env=custom``, dqnrun's
+    neutral defaults (an id never inherits another env's tuning, solved score included)."""
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    if "env" in keys or "env.id" not in keys:
+        return overrides
+    value = next(o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == "env.id")
+    if "," in value:  # a sweep over ids: each job takes the neutral defaults
+        return [*overrides, "env=custom"]
+    env_id = value.strip("'\"")
+    preset = preset_ids().get(env_id)
+    if preset is not None:
+        return [*[o for o in overrides if o.lstrip("+").split("=", 1)[0] != "env.id"], f"env={preset}"]
+    if env_id.startswith("ALE/"):
+        import re as _re
+
+        game = _re.sub(r"(?<!^)(?=[A-Z])", "_", env_id[4:].rsplit("-", 1)[0]).lower()
+        return [*[o for o in overrides if o.lstrip("+").split("=", 1)[0] != "env.id"], "env=atari",
+                f"env.atari.game={game}"]
+    if env_id.startswith("MinAtar/"):
+        return [*overrides, "env=minatar"]
+    return [*overrides, "env=custom"]
 
 
 def remember_typed(typed: dict[str, str]) -> None:

@@ -27,6 +27,15 @@ def ale_id(game: str) -> str:
     return f"ALE/{''.join(part.capitalize() for part in str(game).split('_'))}-v5"
 
 
+def reward_threshold(env_id: str) -> float | None:
+    """The solved score an env's own spec declares (``reward_threshold``), or None: the default of env=custom."""
+    import gymnasium as gym
+
+    from dqnrun.envs import resolve_env_id
+
+    return gym.spec(resolve_env_id(str(env_id))).reward_threshold
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("dqnrun_uid"):
         # use_cache: the value is stored in the config it first resolves in, so a config pickled to a launcher's
@@ -36,3 +45,5 @@ def register() -> None:
         OmegaConf.register_new_resolver("dqnrun_slug", slug)
     if not OmegaConf.has_resolver("dqnrun_ale_id"):
         OmegaConf.register_new_resolver("dqnrun_ale_id", ale_id)
+    if not OmegaConf.has_resolver("dqnrun_reward_threshold"):
+        OmegaConf.register_new_resolver("dqnrun_reward_threshold", reward_threshold)

@@ -76,6 +76,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def settings_origin(cfg: DictConfig) -> str:
+    """Where a run's settings come from, in one line: its env preset and the algorithm's tuning for it, or
+    dqnrun's neutral defaults for an id without a preset (and where its solved score comes from)."""
+    algo = name_of(cfg.algo._target_)
+    preset = cfg.env.get("preset")
+    if preset:
+        return (f"{cfg.env.id}: settings of env={preset} (conf/env/{preset}.yaml, conf/tuned/{algo}/{preset}.yaml) "
+                "and this run's overrides")
+    score = cfg.env.get("solved_score")
+    return (f"{cfg.env.id} has no preset: dqnrun's neutral defaults for algo={algo} (conf/tuned/{algo}/custom.yaml) "
+            f"and this run's overrides; solved score: {'none' if score is None else score} (from its spec unless "
+            "set with env.solved_score)")
+
+
 def resume_seed(seed: int, step: int) -> int:
     """Reset seed for envs a resume cannot restore exactly: derived from (seed, step), so a resume is repeatable,
     and below the in-training eval range (`IN_TRAINING_EVAL_SEED_BASE`), so it never replays evaluation's games."""
@@ -239,6 +253,7 @@ class Run:
     # 2. build -----------------------------------------------------------------------------------------
     def build(self) -> None:
         cfg, share = self.cfg, self.job.cpu_share
+        log.info("%s", settings_origin(cfg))
         torch.set_num_threads(cfg.torch_threads if share is None else max(1, min(cfg.torch_threads, share)))
         seed_everything(cfg.seed)
         self.spec = builders.build_env_spec(cfg.env)
