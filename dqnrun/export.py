@@ -65,7 +65,7 @@ def export(ckpt: str | Path, fmt: str = "torchscript", out: str | Path | None = 
         path.with_name(f".{path.name}.probe").unlink()
     except OSError as exc:
         raise UsageError(f"{write_failure(path, exc)}; pass out=PATH to write the policy elsewhere") from None
-    policy = ExportedPolicy(loaded.net.cpu().eval()).eval()
+    policy = ExportedPolicy(loaded.net.cpu().eval()).eval().requires_grad_(False)  # outputs without grad_fn
     _, obs_shape, _ = obs_dtype_and_shape(loaded.spec.observation_space)
     meta = {"env_id": str(loaded.config.env.id), "obs_shape": list(obs_shape), "n_actions": loaded.spec.n_actions,
             "algo": str(loaded.payload["algo"]), "step": loaded.step, "checkpoint": str(loaded.path),
@@ -74,7 +74,8 @@ def export(ckpt: str | Path, fmt: str = "torchscript", out: str | Path | None = 
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice: tracing still works in 2.13
-            traced = torch.jit.trace(policy, x)
+            with torch.no_grad():
+                traced = torch.jit.trace(policy, x)
             torch.jit.save(traced, str(path), _extra_files={"dqnrun.json": json.dumps(meta)})
     else:
         _export_onnx(policy, x, path, meta)

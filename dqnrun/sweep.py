@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from dqnrun.run.artifacts import COMPLETED, FAILED, RUNNING, read_results, results_path
+from dqnrun.run.artifacts import COMPLETED, FAILED, RUNNING, read_results, results_path, runnable
 
 log = logging.getLogger(__name__)
 
@@ -129,4 +129,4 @@ class SweepSummary(Callback):
                   f"the other jobs' results are in {sweep_dir}", file=out)
         else:
             print(f"dqnrun train: all {len(jobs)} jobs finished in {sweep_dir}", file=out)
-        print(f"summarize them with: dqnrun report {sweep_dir}", file=out)
+        print(f"summarize them with: {runnable('dqnrun')} report {sweep_dir}", file=out)

@@ -52,6 +52,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     print(f"{env_cfg.id} @ step {result['step']}: mean return {result['mean_return']:.2f} "
           f"+/- {result['std_return']:.2f} over {cfg.episodes} episodes at epsilon {epsilon:g}  "
           f"({out_dir / 'eval.json'})")
+    for video in result.get("videos", []):
+        print(f"video: {video}")
+    if cfg.video and not result.get("videos"):
+        print(f"video: none written into {out_dir / 'videos'} (the env renders no frames?)")
     return result
 
 

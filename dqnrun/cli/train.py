@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dqnrun.errors import DqnrunError
+from dqnrun.run.artifacts import runnable
 from dqnrun.sweep import cpu_share, ensure_plugins, limit_threads
 
 log = logging.getLogger("dqnrun.train")
@@ -54,7 +55,7 @@ def main(cfg: DictConfig) -> float | None:
         raise
     if "exit_code" in results:
         print(f"dqnrun train: stopped by signal; saved {Path(results['run_dir']) / 'checkpoints' / 'last.pt'}"
-              f" (continue with resume={results['run_dir']})", file=sys.stderr)
+              f" (continue it: {runnable('dqnrun')} train resume={results['run_dir']})", file=sys.stderr)
         sys.exit(results["exit_code"])
     value = results["objective"]["value"]
     return math.nan if value is None else float(value)

@@ -28,12 +28,17 @@ def ale_id(game: str) -> str:
 
 
 def reward_threshold(env_id: str) -> float | None:
-    """The solved score an env's own spec declares (``reward_threshold``), or None: the default of env=custom."""
+    """The solved score an env's own spec declares (``reward_threshold``), or None: the default of env=custom. An
+    id that cannot be resolved gives None here; validation says what is wrong with it."""
     import gymnasium as gym
 
     from dqnrun.envs import resolve_env_id
+    from dqnrun.errors import UsageError
 
-    return gym.spec(resolve_env_id(str(env_id))).reward_threshold
+    try:
+        return gym.spec(resolve_env_id(str(env_id))).reward_threshold
+    except UsageError:
+        return None
 
 
 def register() -> None:

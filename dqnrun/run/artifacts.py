@@ -99,7 +99,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
 # Overrides that say how a job is run, not what it is: left out of run labels, the HParams record and the
 # report's grouping. The seed says what is run, but runs that differ only in it are seeds of one configuration:
 # the report groups them (see `config_tokens`).
-BOOKKEEPING_KEYS = frozenset({"resume", "log.progress", "name", "tags"})
+BOOKKEEPING_KEYS = frozenset({"resume", "log.progress", "log.every", "name", "tags", "torch_threads",
+                              "checkpoint.every", "checkpoint.keep_last", "checkpoint.save_replay",
+                              "checkpoint.replay_max_gb"})
 SEED_KEY = "seed"
 
 
@@ -184,3 +186,27 @@ def run_dir_of(ckpt: str | Path) -> Path:
     """The run directory a checkpoint file belongs to (``<run>/checkpoints/x.pt`` -> ``<run>``)."""
     parent = Path(ckpt).parent
     return parent.parent if parent.name == CHECKPOINTS else parent
+
+
+def runnable(tool: str) -> str:
+    """How to type ``tool`` (``dqnrun``, ``tensorboard``) so that it runs as printed: its name when the shell
+    finds this installation's copy, else that copy's path (``.venv/bin/dqnrun`` after ``make train``, whose venv
+    is not active), else ``python -m dqnrun``."""
+    import shutil
+    import sys
+
+    mine = Path(sys.executable).parent / tool
+    found = shutil.which(tool)
+    if found and (not mine.exists() or Path(found).resolve() == mine.resolve()):
+        return tool
+    if mine.exists():
+        return shown_path(mine)
+    return f"{shown_path(Path(sys.executable))} -m dqnrun" if tool == "dqnrun" else tool
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user would type it from the current directory."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

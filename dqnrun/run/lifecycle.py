@@ -169,14 +169,14 @@ def sweep_objective(results: dict[str, Any], name: str) -> float:
 
 
 def run_label(cfg: DictConfig, job: Job) -> str:
-    """What a run is, for TensorBoard's run list: env, name, seed, and the other overrides of a sweep job."""
+    """What a run is, for TensorBoard's run list: env, name, seed, and the overrides that make it differ (env=...
+    and env.id are said by the env already)."""
     parts = [str(cfg.env.id).replace("/", "-")]
     if cfg.get("name"):
         parts.append(str(cfg.name))
     parts.append(f"seed={cfg.seed}")
-    if job.multirun:
-        parts += sorted(o.lstrip("+~") for o in A.defining_overrides(job.overrides)
-                        if A.parse_override(o).canonical != A.SEED_KEY)
+    parts += sorted(o.lstrip("+~") for o in A.defining_overrides(job.overrides)
+                    if A.parse_override(o).canonical not in (A.SEED_KEY, "env", "env.id"))
     label = ",".join(parts)
     return "".join(ch if ch.isalnum() or ch in "._=+-,[]" else "-" for ch in label)[:200]
 
@@ -334,8 +334,10 @@ class Run:
             log_every=cfg.log.every,
             checkpoint_every=cfg.checkpoint.every,
             solved_score=cfg.env.get("solved_score"),
-            progress=cfg.log.progress,
+            # jobs running side by side (joblib, submitit, Ray) would draw their bars over one another: they log lines
+            progress=bool(cfg.log.progress) and self.job.cpu_share is None,
             stop_when_solved=bool(cfg.get("stop_when_solved", False)),
+            label=f"job {self.run_dir.name}" if self.job.multirun else None,
         )
         # On resume, drop events the interrupted run wrote after its checkpoint: no duplicated points.
         purge = self.state.step + 1 if self.ckpt is not None else None
@@ -374,8 +376,10 @@ class Run:
             self.write_results(self.results("running", None))
             return
         payload = self.checkpoint_payload()
-        if kind == "best":
-            C.atomic_torch_save(payload, self.ckpt_dir / A.BEST)
+        if kind == "best":  # what eval, export and init_from need: no optimizer, target network or RNGs
+            policy_only = {k: payload[k] for k in ("format_version", "dqnrun_version", "algo", "config", "policy",
+                                                   "step", "loop")}
+            C.atomic_torch_save(policy_only, self.ckpt_dir / A.BEST)
             return
         cfg = self.cfg
         if cfg.checkpoint.save_replay:
@@ -525,19 +529,19 @@ def results_record(run: Run, status: str, stop_reason: str | None, error: str | 
 
 def closing_lines(run: Run, r: dict[str, Any]) -> None:
     """What a run says last: how it ended, where it is, what to run next."""
-    log.info(
-        "%s: %d steps, %d updates in %.1fs (%.0f steps/s); final eval %s, best %s, solved at %s",
-        r["stop_reason"], r["steps"], r["updates"], r["train_seconds"], r["sps"] or 0,
-        _fmt(r["final_eval_return"]), _fmt(r["best_eval_return"]), r["solved_at_step"],
-    )
+    solved = ("not solved" if r["solved_score"] is not None else "no solved score") if r["solved_at_step"] is None \
+        else f"solved at step {r['solved_at_step']}"
+    log.info("%s: %d steps, %d updates in %.1fs (%.0f steps/s); final eval %s, best %s, %s", r["stop_reason"],
+             r["steps"], r["updates"], r["train_seconds"], r["sps"] or 0, _fmt(r["final_eval_return"]),
+             _fmt(r["best_eval_return"]), solved)
     where = _rel(run.run_dir)
     log.info("run directory: %s", where)
     best = run.ckpt_dir / A.BEST
     if best.exists():
-        log.info("evaluate it:   dqnrun eval ckpt=%s", _rel(best))
+        log.info("evaluate it:   %s eval ckpt=%s", A.runnable("dqnrun"), _rel(best))
     if r["status"] == A.INTERRUPTED:
-        log.info("continue it:   dqnrun train resume=%s", where)
-    log.info("watch it:      tensorboard --logdir %s", _rel(run.run_dir / "tb"))
+        log.info("continue it:   %s train resume=%s", A.runnable("dqnrun"), where)
+    log.info("watch it:      %s --logdir %s", A.runnable("tensorboard"), _rel(run.run_dir / "tb"))
 
 def _num(x: Any) -> float:
     return float(x) if x is not None else math.nan

@@ -23,6 +23,7 @@ autoreset mask and the episode statistics follow ``GAME_OVER`` (whole games); an
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -38,6 +39,8 @@ from dqnrun import metrics as M
 from dqnrun.envs import GAME_OVER, shares_obs_buffer
 from dqnrun.errors import EnvError, TrainingError
 from dqnrun.loggers import Logger
+
+progress_log = logging.getLogger(M.PROGRESS_LOGGER)
 
 
 class Learning(Protocol):
@@ -59,6 +62,7 @@ class Cadence:
     solved_score: float | None = None
     progress: bool = True
     stop_when_solved: bool = False  # end at the first evaluation that reaches solved_score
+    label: str | None = None  # shown before the bar (a sweep job's number)
 
 
 @dataclass
@@ -195,7 +199,9 @@ class Session:
             cursor.obs = cursor.obs.copy()
         self._pending: list[tuple[int, float, int]] = []
         self._recent: deque[float] = deque(state.recent_returns, maxlen=RECENT)
-        self._bar = M.progress_bar(cadence.total_steps, initial=state.step, enabled=cadence.progress)
+        self._bar = M.progress_bar(cadence.total_steps, initial=state.step, enabled=cadence.progress,
+                                   desc=cadence.label)
+        M.quiet_console(not self._bar.disable)
         self._last_log_step = state.step
         self._seg_start = time.perf_counter()
         hook = os.environ.get("DQNRUN_TEST_SIGNAL_AT_STEP")  # test hook: a real signal at a chosen env step
@@ -276,13 +282,31 @@ class Session:
         self._last_log_step = state.step
         self._flush_episodes()  # in step order, before the interval's scalars
         self.logger.log(scalars, state.step)
+        progress_log.info("%s", self._progress_line(scalars))
+        self._show()
+
+    def _progress_line(self, scalars: dict[str, float]) -> str:
+        """step, episodes, recent return, last eval, epsilon, loss, SPS: what train.log says every log interval."""
+        state = self.state
+        parts = [f"step {state.step}/{self.cadence.total_steps}", f"episodes {state.episodes}",
+                 f"return {np.mean(self._recent):.2f}" if self._recent else "return -"]
+        if state.last_eval_return is not None:
+            parts.append(f"eval {state.last_eval_return:.2f} (best {state.best_eval_return:.2f})")
+        if M.EPSILON in scalars:
+            parts.append(f"epsilon {scalars[M.EPSILON]:.3f}")
+        if M.TD_LOSS in scalars:
+            parts.append(f"loss {scalars[M.TD_LOSS]:.4g}")
+        parts.append(f"{scalars[M.SPS]:.0f} steps/s")
+        return " | ".join(parts)
+
+    def _show(self) -> None:
+        state = self.state
         self._bar.n = state.step
-        self._bar.set_postfix(
-            SPS=f"{sps:.0f}",
-            ret=f"{np.mean(self._recent):.1f}" if self._recent else "-",
-            eval="-" if state.last_eval_return is None else f"{state.last_eval_return:.1f}",
-            refresh=False,
-        )
+        self._bar.set_postfix_str(
+            ", ".join([f"{state.step / max(state.train_seconds, 1e-9):.0f} steps/s",
+                       f"ret {np.mean(self._recent):.1f}" if self._recent else "ret -",
+                       "eval -" if state.last_eval_return is None else f"eval {state.last_eval_return:.1f}"]),
+            refresh=False)
         self._bar.refresh()
 
     def _evaluate(self) -> bool:
@@ -299,6 +323,7 @@ class Session:
             state.best_eval_return = ret
             self.checkpoint("best")
         self.checkpoint("progress")
+        self._show()  # the bar's eval is this one, not the one before
         return solved and s.stop_when_solved
 
     def _flush_episodes(self) -> None:
@@ -332,3 +357,4 @@ class Session:
         """Close the progress bar (after the last checkpoint is written: a terminal gone away cannot lose it)."""
         self._bar.n = self.state.step
         self._bar.close()
+        M.quiet_console(False)

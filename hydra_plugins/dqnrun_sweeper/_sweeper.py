@@ -227,7 +227,12 @@ class DqnrunOptunaSweeperImpl(OptunaSweeperImpl):
             out: dict[str, Any] = {"name": "optuna", "best_params": best.params, "best_value": best.value,
                                    "best_trial": best.number, "trials": len(done)}
             log.info("Best parameters: %s (trial %d, value %s)", best.params, best.number, best.value)
+            params = " ".join(f"{k}={v}" for k, v in sorted(best.params.items()))
+            print(f"dqnrun train: best of {len(done)} trials: objective {best.value:.4g} in trial {best.number} "
+                  f"({Path(self.config.hydra.sweep.dir) / str(best.number)}): {params}")
         else:
             out = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values}
                                                    for t in study.best_trials]}
+            print(f"dqnrun train: {len(study.best_trials)} Pareto-optimal trials of {len(done)}: "
+                  f"{', '.join(str(t.number) for t in study.best_trials)}")
         OmegaConf.save(OmegaConf.create(out), Path(self.config.hydra.sweep.dir) / "optimization_results.yaml")

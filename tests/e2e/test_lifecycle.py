@@ -4,6 +4,8 @@ the closing lines."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,9 @@ def test_name_and_tags_name_the_run_directory_its_tensorboard_run_and_results(tm
     assert proc.returncode == 0, proc.stderr
     run = _only_run(tmp_path)
     assert run.name.endswith("-baseline-lr-test-v2")
-    assert tb_dir(run).name == "CartPole-v1,baseline,seed=2"
+    # what the run is: env, name, seed, then the overrides that change it (bookkeeping such as log.every left out)
+    assert tb_dir(run).name.startswith("CartPole-v1,baseline,seed=2,algo.learning_starts=400,eval.episodes=4,")
+    assert "log.every" not in tb_dir(run).name and "checkpoint.every" not in tb_dir(run).name
     results = json.loads((run / "results.json").read_text())
     assert results["name"] == "baseline" and results["tags"] == ["lr-test", "v2"]
 
@@ -34,8 +38,18 @@ def test_the_last_lines_say_where_the_run_is_and_what_to_run_next(tmp_path: Path
     tail = proc.stdout.strip().splitlines()[-4:]
     assert "completed: 1200 steps" in tail[0]
     assert tail[1].endswith(f"run directory: {run}")
-    assert tail[2].endswith(f"evaluate it:   dqnrun eval ckpt={run}/checkpoints/best.pt")
-    assert tail[3].endswith(f"watch it:      tensorboard --logdir {run}/tb")
+    evaluate = tail[2].split("evaluate it:   ", 1)[1]
+    assert evaluate.endswith(f" eval ckpt={run}/checkpoints/best.pt")
+    assert tail[3].split("watch it:      ", 1)[1].endswith(f" --logdir {run}/tb")
+    # what a run prints works as printed, from where it ran, without an activated venv
+    path = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    path["PATH"] = "/usr/bin:/bin"
+    done = subprocess.run(f"{evaluate} episodes=2", shell=True, cwd=tmp_path, env=path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    watch = tail[3].split("watch it:      ", 1)[1].split(" --logdir")[0]
+    assert subprocess.run(f"{watch} --version", shell=True, cwd=tmp_path, env=path, capture_output=True,
+                          timeout=120).returncode == 0
     results = json.loads((tmp_path / run / "results.json").read_text())
     assert results["status"] == "completed" and results["stop_reason"] == "completed"
 

@@ -92,7 +92,7 @@ def test_every_tour_command_runs_as_written(tmp_path: Path) -> None:
             assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
             out = proc.stdout + proc.stderr
             run_dir = _printed_dir(out, "run directory:")
-            sweep_dir = _printed_dir(out, "summarize them with: dqnrun report")
+            sweep_dir = _printed_dir(out, r"summarize them with: \S*dqnrun report")
             if run_dir and "RUN" not in dirs and sub == "train" and "env=cartpole" in command:
                 dirs["RUN"] = str(tmp_path / run_dir)
             if sweep_dir and "hparams_search" in command:
