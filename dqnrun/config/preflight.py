@@ -99,6 +99,8 @@ def _check_directories(c: Composer, overrides: list[str], out: Checked, multirun
         out.run_dir = Path(out.extra[0].split("=", 1)[1].strip('"'))
         return
     run_dir = Path(str(OmegaConf.select(full, "hydra.run.dir"))).expanduser().resolve()
+    if not any(o.split("=", 1)[0] == "hydra.run.dir" for o in overrides):
+        run_dir = default_run_dir(out.configs[0], overrides)
     if resume in (None, "") and holds_run(run_dir):
         raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}, or "
                          "train into another directory")
@@ -185,6 +187,21 @@ def _check_init_from(cfg: DictConfig, spec: Any) -> None:
         stored = ckpt["config"]
         raise UsageError(f"init_from={path}: its weights do not fit this run's network ({shown}); it was trained "
                          f"on {stored['env']['id']} with network {stored.get('network')}")
+
+
+def default_run_dir(cfg: DictConfig, overrides: list[str]) -> Path:
+    """``outputs/<date>/<what the run is>/<time>-<id>``: runs of one configuration side by side, and TensorBoard's
+    run names (paths under ``outputs``) lead with what each run is rather than with when it started."""
+    import time
+
+    from dqnrun.config.keys import as_typed
+    from dqnrun.config.resolvers import RUN_UID
+    from dqnrun.run.artifacts import describe_run, safe_name
+
+    what = describe_run(cfg.env.id, cfg.get("name"), cfg.seed, as_typed(overrides, {}), cfg.get("tags") or [],
+                        with_seed=False)
+    return (Path("outputs") / time.strftime("%Y-%m-%d") / safe_name(what) /
+            f"{time.strftime('%H-%M-%S')}-{RUN_UID}-seed{cfg.seed}").resolve()
 
 
 def _eval_job(cfg: DictConfig) -> None:

@@ -210,3 +210,22 @@ def shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def describe_run(env_id: str, name: Any, seed: Any, overrides: Iterable[str], tags: Iterable[Any] = (),
+                 with_seed: bool = True) -> str:
+    """What a run is, in one string: env, name, tags, seed and the overrides that make it differ (``env=`` and
+    ``env.id`` are said by the env). The label of its TensorBoard run and (without the seed) the folder its run
+    directory sits in, so that both lead with what the run is."""
+    parts = [str(env_id).replace("/", "-")]
+    parts += [str(x) for x in (name, *tags) if x not in (None, "")]
+    if with_seed:
+        parts.append(f"{SEED_KEY}={seed}")
+    parts += sorted(o.lstrip("+~") for o in defining_overrides(overrides)
+                    if parse_override(o).canonical not in (SEED_KEY, "env", "env.id"))
+    return ",".join(parts)
+
+
+def safe_name(text: str, limit: int = 120) -> str:
+    """A string as one path component: letters, digits and ``._=+,-`` kept, anything else ``-``."""
+    return "".join(ch if ch.isalnum() or ch in "._=+,-" else "-" for ch in text)[:limit].strip("-") or "run"

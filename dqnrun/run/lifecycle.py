@@ -171,13 +171,7 @@ def sweep_objective(results: dict[str, Any], name: str) -> float:
 def run_label(cfg: DictConfig, job: Job) -> str:
     """What a run is, for TensorBoard's run list: env, name, seed, and the overrides that make it differ (env=...
     and env.id are said by the env already)."""
-    parts = [str(cfg.env.id).replace("/", "-")]
-    if cfg.get("name"):
-        parts.append(str(cfg.name))
-    parts.append(f"seed={cfg.seed}")
-    parts += sorted(o.lstrip("+~") for o in A.defining_overrides(job.overrides)
-                    if A.parse_override(o).canonical not in (A.SEED_KEY, "env", "env.id"))
-    label = ",".join(parts)
+    label = A.describe_run(cfg.env.id, cfg.get("name"), cfg.seed, job.overrides)
     return "".join(ch if ch.isalnum() or ch in "._=+-,[]" else "-" for ch in label)[:200]
 
 
