@@ -227,5 +227,19 @@ def describe_run(env_id: str, name: Any, seed: Any, overrides: Iterable[str], ta
 
 
 def safe_name(text: str, limit: int = 120) -> str:
-    """A string as one path component: letters, digits and ``._=+,-`` kept, anything else ``-``."""
-    return "".join(ch if ch.isalnum() or ch in "._=+,-" else "-" for ch in text)[:limit].strip("-") or "run"
+    """A `describe_run` string as one path component that Hydra's override grammar takes unquoted (so a printed
+    ``ckpt=<path>`` or ``resume=<path>`` works as printed): ``key=value`` becomes ``key:value``, items are joined
+    by ``+``, list brackets go, anything else outside letters, digits and ``._:+-`` becomes ``-``."""
+    items = []
+    depth = 0
+    item = ""
+    for ch in text:  # split on the commas between items, not on those inside a list value
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(item)
+            item = ""
+        else:
+            item += ch
+    items.append(item)
+    joined = "+".join(i.replace("=", ":", 1).replace("[", "").replace("]", "").replace(",", "-") for i in items)
+    return "".join(ch if ch.isalnum() or ch in "._:+-" else "-" for ch in joined)[:limit].strip("-") or "run"

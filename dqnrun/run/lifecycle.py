@@ -335,7 +335,11 @@ class Run:
         )
         # On resume, drop events the interrupted run wrote after its checkpoint: no duplicated points.
         purge = self.state.step + 1 if self.ckpt is not None else None
-        self.logger = builders.build_logger(cfg, self.run_dir, run_label(cfg, self.job), purge)
+        label = run_label(cfg, self.job)
+        earlier = sorted(p.name for p in (self.run_dir / "tb").glob("*") if p.is_dir()) if self.ckpt else []
+        if earlier:  # a resumed run continues its own TensorBoard run (its label came from its first overrides)
+            label = earlier[0]
+        self.logger = builders.build_logger(cfg, self.run_dir, label, purge)
         log.info("training in %s (pid %d)", self.run_dir, os.getpid())
         self.session = Session(self.envs, self.cursor, self.state, cadence, self.rng, self.algo, self.logger,
                                self.evaluate if self.eval_envs is not None else None, self.save, self.stop,

@@ -23,7 +23,7 @@ def test_name_and_tags_name_the_run_directory_its_tensorboard_run_and_results(tm
     proc = run_cli(["train", "env=cartpole", *TINY, "seed=2", "name=baseline", "tags=[lr-test,v2]"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = _only_run(tmp_path)
-    assert run.parent.name.startswith("CartPole-v1,baseline,lr-test,v2,") and run.name.endswith("-seed2")
+    assert run.parent.name.startswith("CartPole-v1+baseline+lr-test+v2+") and run.name.endswith("-seed2")
     # what the run is: env, name, seed, then the overrides that change it (bookkeeping such as log.every left out)
     assert tb_dir(run).name.startswith("CartPole-v1,baseline,seed=2,algo.learning_starts=400,eval.episodes=4,")
     assert "log.every" not in tb_dir(run).name and "checkpoint.every" not in tb_dir(run).name

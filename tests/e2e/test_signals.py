@@ -33,7 +33,10 @@ def test_a_signal_while_starting_up_ends_in_one_line(signum: int, delay: float, 
     time.sleep(delay)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode in (128 + signum, 0), err  # 0: it finished before the signal came
+    # 0: it finished before the signal came; -SIGTERM: the signal came before the interpreter reached dqnrun's code
+    # (Python's own default: the process ends at once, writes nothing, prints nothing)
+    allowed = (128 + signum, 0, -signal.SIGTERM) if signum == signal.SIGTERM else (128 + signum, 0)
+    assert proc.returncode in allowed, err
     assert "Traceback" not in err + out
     results = tmp_path / "run" / "results.json"
     if results.exists():
