@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-$(shell echo "$(TORCH) $(EXTRAS)" | cksum | cut -d' 
 RAY_STAMP := $(RAY_VENV)/.installed-$(shell echo "$(TORCH) ray" | cksum | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: help install train test test-slow test-ray lint bench bench-learning bench-pixels sweep-demo tensorboard clean
+.PHONY: help install train test test-slow test-thorough test-ray lint bench bench-learning bench-pixels sweep-demo tensorboard clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ test: install ## the default test tier: fast, deterministic, CPU only (one worke
 
 test-slow: install ## learning tests with real thresholds over several seeds
 	$(VENV)/bin/pytest -q -m slow $(ARGS)
+
+test-thorough: install ## every kill point, env family, signal timing and fault (the default tier runs some of each)
+	$(VENV)/bin/pytest -q -n auto --dist loadfile -m thorough $(ARGS)
 
 $(RAY_STAMP): pyproject.toml
 	test -x $(RAY_VENV)/bin/python || python3 -m venv $(RAY_VENV)

@@ -75,6 +75,7 @@ def test_eval_video_writes_a_playable_mp4(trained_run: Path, tmp_path: Path) -> 
     proc = run_cli(["eval", f"ckpt={ckpt}", "episodes=1", "video=true", "video_episodes=1"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     (mp4,) = (tmp_path / "outputs").rglob("*.mp4")
+    assert f"video: {mp4}" in proc.stdout  # says where the video went
     import imageio_ffmpeg
 
     # ffmpeg decodes every frame; a broken file fails here.
@@ -82,6 +83,23 @@ def test_eval_video_writes_a_playable_mp4(trained_run: Path, tmp_path: Path) -> 
     meta = next(reader)
     n_frames = sum(1 for _ in reader)
     assert meta["size"][0] > 0 and n_frames >= 8
+
+
+def test_best_pt_holds_only_the_policy_and_is_refused_as_a_resume_point(trained_run: Path, tmp_path: Path) -> None:
+    best = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
+    assert set(best) == {"format_version", "dqnrun_version", "algo", "config", "policy", "step", "loop"}
+    last = (trained_run / "checkpoints" / "last.pt").stat().st_size
+    assert (trained_run / "checkpoints" / "best.pt").stat().st_size < last / 2  # no optimizer, no target network
+    proc = run_cli(["train", f"resume={trained_run / 'checkpoints' / 'best.pt'}"], tmp_path)
+    assert proc.returncode == 2 and "holds the policy only (best.pt); resume from" in proc.stderr
+    assert "last.pt" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_train_log_has_a_line_per_log_interval_and_stdout_too_without_a_terminal(trained_run: Path) -> None:
+    lines = [ln for ln in (trained_run / "train.log").read_text().splitlines() if "dqnrun.progress" in ln]
+    assert len(lines) == 1200 // 200  # log.every=200
+    assert "step 1200/1200 | episodes" in lines[-1] and "epsilon" in lines[-1] and "loss" in lines[-1]
+    assert lines[-1].endswith("steps/s")
 
 
 def test_two_runs_started_together_get_distinct_directories(tmp_path: Path) -> None:

@@ -56,9 +56,10 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_earlier_checkpoints
         assert load_checkpoint(last)["step"] >= 500
 
 
-@pytest.mark.parametrize(("fault", "words"), [("last.pt:writing#2@enospc", "the disk is full"),
-                                              ("last.replay.pt:writing#2@enospc", "the disk is full"),
-                                              ("best.pt:writing#1@erofs", "the filesystem is read-only")])
+@pytest.mark.parametrize(("fault", "words"), [
+    ("last.pt:writing#2@enospc", "the disk is full"),
+    pytest.param("last.replay.pt:writing#2@enospc", "the disk is full", marks=pytest.mark.thorough),
+    pytest.param("best.pt:writing#1@erofs", "the filesystem is read-only", marks=pytest.mark.thorough)])
 def test_a_failed_write_is_one_line_and_the_last_checkpoint_stays_loadable(fault: str, words: str,
                                                                            tmp_path: Path) -> None:
     d = tmp_path / "run"
@@ -97,7 +98,8 @@ def test_a_read_only_run_directory_and_an_export_into_one_are_one_line(tmp_path:
 
 @pytest.mark.parametrize(("bug", "words"), [
     ("raise_step", "step() raised RuntimeError: the simulator lost its connection"),
-    ("step_shape", "step() returned an observation of shape (4,), but its observation_space is Box(5,)"),
+    pytest.param("step_shape", "step() returned an observation of shape (4,), but its observation_space is Box(5,)",
+                 marks=pytest.mark.thorough),
     ("nan_obs", "the env returned non-finite observations"),
 ])
 def test_an_env_that_misbehaves_is_named_with_what_it_did(bug: str, words: str, tmp_path: Path) -> None:

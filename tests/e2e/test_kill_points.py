@@ -16,16 +16,17 @@ from tests.conftest import run_cli
 BASE = ["env=cartpole", "seed=4", "total_steps=2000", "algo.learning_starts=300", "eval.every=500",
         "eval.episodes=3", "checkpoint.every=500", "log.every=100", "log.progress=false", "replay.capacity=3000"]
 # The second periodic save (step 1000) writes, in order: last.replay.pt, last.env.pt, step_*.pt, last.pt.
+THOROUGH = pytest.mark.thorough  # make test-thorough; the default tier runs the others
 SAVE_STAGES = [
     ("last.replay.pt:writing#2", True),   # a partial temp file: everything on disk is still step 500's
     ("last.replay.pt:replaced#2", False),  # replay of step 1000 beside last.pt of step 500: refilled
-    ("last.env.pt:written#2", False),
-    ("last.env.pt:replaced#2", False),
-    ("step_0000001000.pt:replaced", False),
-    ("last.pt:written#2", False),
+    pytest.param("last.env.pt:written#2", False, marks=THOROUGH),
+    pytest.param("last.env.pt:replaced#2", False, marks=THOROUGH),
+    pytest.param("step_0000001000.pt:replaced", False, marks=THOROUGH),
+    pytest.param("last.pt:written#2", False, marks=THOROUGH),
     ("last.pt:replaced#2", True),          # the commit point passed: step 1000 is whole
-    ("best.pt:written#2", True),
-    ("results.json:written#4", True),
+    pytest.param("best.pt:written#2", True, marks=THOROUGH),
+    pytest.param("results.json:written#4", True, marks=THOROUGH),
 ]
 
 
@@ -41,7 +42,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["policy"]
 
 
-@pytest.mark.parametrize(("stage", "exact"), SAVE_STAGES, ids=[s for s, _ in SAVE_STAGES])
+@pytest.mark.parametrize(("stage", "exact"), SAVE_STAGES)
 def test_a_kill_at_any_stage_of_a_save_leaves_a_run_that_resumes(stage: str, exact: bool, uninterrupted: Path,
                                                                  tmp_path: Path) -> None:
     d = tmp_path / "run"
@@ -72,6 +73,7 @@ def test_a_resume_without_its_replay_refills_before_updating(tmp_path: Path) -> 
     assert json.loads((d / "results.json").read_text())["updates"] == before + (2000 - 1300) // 4
 
 
+@THOROUGH
 def test_a_resume_from_an_older_periodic_checkpoint_works(tmp_path: Path) -> None:
     d = tmp_path / "run"
     first = run_cli(["train", *BASE, "checkpoint.keep_last=3", f"hydra.run.dir={d}"], tmp_path)
@@ -89,7 +91,8 @@ class Evil:
         return (Path.touch, (Path("PWNED"),))
 
 
-@pytest.mark.parametrize("name", ["last.env.pt", "last.env.pkl", "last.replay.pt"])
+@pytest.mark.parametrize("name", ["last.env.pt", pytest.param("last.env.pkl", marks=THOROUGH),
+                                  pytest.param("last.replay.pt", marks=THOROUGH)])
 def test_resume_never_runs_code_from_the_run_directory(name: str, tmp_path: Path) -> None:
     d = tmp_path / "run"
     first = run_cli(["train", *BASE, "total_steps=1000", f"hydra.run.dir={d}"], tmp_path)

@@ -40,6 +40,7 @@ def test_two_trainings_into_one_directory_one_runs_the_other_gets_one_line(tmp_p
     assert json.loads((d / "results.json").read_text())["seed"] == seed
 
 
+@pytest.mark.thorough
 def test_two_resumes_of_one_run_the_second_is_refused(tmp_path: Path) -> None:
     d = tmp_path / "run"
     assert run_cli(["train", *BASE, "total_steps=600", f"hydra.run.dir={d}"], tmp_path).returncode == 0
@@ -92,7 +93,9 @@ def test_resume_auto_of_a_run_that_never_reached_a_checkpoint_starts_it_afresh(t
     assert r["status"] == "completed" and r["resumed_from_step"] is None
 
 
-@pytest.mark.parametrize(("point", "action"), [("restore", "kill"), ("restore", "term"), ("build", "int")])
+@pytest.mark.parametrize(("point", "action"), [("restore", "kill"), pytest.param("restore", "term",
+                                               marks=pytest.mark.thorough), pytest.param("build", "int",
+                                                                                         marks=pytest.mark.thorough)])
 def test_a_resume_that_dies_while_starting_keeps_the_record_of_the_run(point: str, action: str,
                                                                       tmp_path: Path) -> None:
     d = tmp_path / "run"

@@ -37,7 +37,8 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["policy"]
 
 
-@pytest.mark.parametrize("name", sorted(EXACT))
+@pytest.mark.parametrize("name", [n if n in ("cartpole_numpy_vector", "frozenlake", "minatar_breakout") else
+                                  pytest.param(n, marks=pytest.mark.thorough) for n in sorted(EXACT)])
 def test_a_run_stopped_by_a_signal_resumes_exactly_on(name: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     full = train(_overrides(name), run_dir=tmp_path / "full")
@@ -55,8 +56,8 @@ def test_a_run_stopped_by_a_signal_resumes_exactly_on(name: str, tmp_path: Path,
 
 @pytest.mark.parametrize(("preset", "overrides"), [
     ("lunarlander", ["total_steps=600", "algo.learning_starts=200", "replay.capacity=1000"]),
-    ("pong", ["total_steps=96", "algo.learning_starts=64", "replay.capacity=200", "env.num_envs=2",
-              "replay.batch_size=8"]),
+    pytest.param("pong", ["total_steps=96", "algo.learning_starts=64", "replay.capacity=200", "env.num_envs=2",
+                          "replay.batch_size=8"], marks=pytest.mark.thorough),
 ])
 def test_an_env_that_cannot_be_captured_resumes_with_new_episodes_and_says_so(
         preset: str, overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

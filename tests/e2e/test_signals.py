@@ -25,8 +25,10 @@ def _popen(args: list[str], cwd: Path, **kw: object) -> subprocess.Popen:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-@pytest.mark.parametrize("delay", [0.3, 1.2])
+@pytest.mark.parametrize(("signum", "delay"), [
+    (signal.SIGINT, 1.2), pytest.param(signal.SIGTERM, 1.2, marks=pytest.mark.thorough),
+    pytest.param(signal.SIGINT, 0.3, marks=pytest.mark.thorough),
+    pytest.param(signal.SIGTERM, 0.3, marks=pytest.mark.thorough)])
 def test_a_signal_while_starting_up_ends_in_one_line(signum: int, delay: float, tmp_path: Path) -> None:
     proc = _popen(["train", *BASE, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, stdout=subprocess.PIPE,
                   stderr=subprocess.PIPE)
@@ -43,7 +45,7 @@ def test_a_signal_while_starting_up_ends_in_one_line(signum: int, delay: float, 
         assert json.loads(results.read_text())["status"] != "running"
 
 
-@pytest.mark.parametrize("action", ["int", "term"])
+@pytest.mark.parametrize("action", ["term", pytest.param("int", marks=pytest.mark.thorough)])
 def test_a_signal_while_building_is_an_interrupt_with_a_checkpoint(action: str, tmp_path: Path) -> None:
     d = tmp_path / "run"
     proc = run_cli(["train", *BASE, f"hydra.run.dir={d}"], tmp_path, env={"DQNRUN_TEST_FAULT": f"build@{action}"})

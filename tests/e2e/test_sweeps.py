@@ -130,6 +130,8 @@ def test_optuna_preset_runs_trials_with_distinct_parameters_and_finite_objective
         assert r["objective"]["name"] == "auc" and t.value == pytest.approx(r["objective"]["value"])
         assert f"optimizer.lr={t.params['optimizer.lr']}" in r["overrides"]
     assert (sweep / "optimization_results.yaml").exists()
+    best = max(trials, key=lambda t: t.value)
+    assert f"best of 3 trials: objective {best.value:.4g} in trial {best.number}" in proc.stdout  # printed
 
 
 def test_a_killed_optuna_sweep_continues_without_repeating_a_finished_trial(tmp_path: Path) -> None:
