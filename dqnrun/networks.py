@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+# A normalization after each hidden fully connected layer, before its activation (PQN's LayerNorm).
+NORMS = {"layernorm": nn.LayerNorm}
 
 
 class NoisyLinear(nn.Module):
@@ -101,6 +103,8 @@ class QNetwork(nn.Module):
             replay stores what the env gives.
         pixel_scale: multiply the float input by this (1/255 for uint8 frames: scaling happens here, so the
             replay keeps uint8). It applies to float inputs too, so an exported policy takes raw pixel values.
+        norm: ``layernorm`` (or None): a normalization after every hidden fully connected layer, before its
+            activation, as PQN's networks have (Gallici et al. 2025).
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class QNetwork(nn.Module):
         conv: str | None = None,
         channels_last: bool = False,
         pixel_scale: float | None = None,
+        norm: str | None = None,
     ) -> None:
         super().__init__()
         self.conv, self.channels_last = conv, bool(channels_last)
@@ -146,7 +151,10 @@ class QNetwork(nn.Module):
         layers: list[nn.Module] = []
         for i, width in enumerate(hidden):
             first = nn.Linear if i == 0 and plain_input else linear
-            layers += [first(in_dim, int(width)), ACTIVATIONS[activation]()]
+            layers.append(first(in_dim, int(width)))
+            if norm is not None:
+                layers.append(NORMS[norm](int(width)))
+            layers.append(ACTIVATIONS[activation]())
             in_dim = int(width)
         out = self.n_atoms or 1
         if self.dueling:

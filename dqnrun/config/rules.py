@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqnrun.envs import SEED_LIMIT
 from dqnrun.errors import UsageError
-from dqnrun.networks import ACTIVATIONS, TORSOS
+from dqnrun.networks import ACTIVATIONS, NORMS, TORSOS
 
 INF = math.inf
 # (kind, low, high, low_inclusive, high_inclusive, nullable)
@@ -55,6 +55,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "objective": ("auc", "best_eval", "final_eval", "steps_to_solve"),
     "network.conv": (None, *TORSOS),
     "network.activation": tuple(ACTIVATIONS),
+    "network.norm": (None, *NORMS),
 }
 _ABSENT = object()
 
