@@ -10,12 +10,13 @@ from tqdm import tqdm
 EPISODIC_RETURN = "charts/episodic_return"
 EPISODIC_LENGTH = "charts/episodic_length"
 EPSILON = "charts/epsilon"
+LEARNING_RATE = "charts/learning_rate"
 SPS = "charts/SPS"
 TD_LOSS = "losses/td_loss"
 Q_VALUES = "losses/q_values"
 EVAL_RETURN = "eval/episodic_return"
 
-ALL_SCALARS = (EPISODIC_RETURN, EPISODIC_LENGTH, EPSILON, SPS, TD_LOSS, Q_VALUES, EVAL_RETURN)
+ALL_SCALARS = (EPISODIC_RETURN, EPISODIC_LENGTH, EPSILON, LEARNING_RATE, SPS, TD_LOSS, Q_VALUES, EVAL_RETURN)
 
 # Written once when a run finishes, with its hyperparameters (TensorBoard's HParams tab compares sweep jobs
 # on these columns).

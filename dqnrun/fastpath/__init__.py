@@ -2,7 +2,8 @@
 
 - `mlp`: the DQN update of plain MLPs and of MinAtar's one-convolution network with the backward written out by
   hand (`supports` decides from a network's layers whether it applies).
-- `optim`: optimizer steps that call the same fused kernels as ``optimizer.step()`` without its Python overhead.
+- `optim`: optimizer steps (fused Adam, RAdam, RMSprop) that call what ``optimizer.step()`` calls, without its
+  per-call Python overhead.
 - `actor`: greedy acting in numpy on views of the live weights.
 
 Each is tested against its autograd / torch counterpart (`tests/unit/test_fastpath.py`).
@@ -10,6 +11,7 @@ Each is tested against its autograd / torch counterpart (`tests/unit/test_fastpa
 
 from dqnrun.fastpath.actor import NumpyGreedyActor
 from dqnrun.fastpath.mlp import ManualMLPGradient, clip_grad_norm, mlp_forward, supports
-from dqnrun.fastpath.optim import FusedAdamStep
+from dqnrun.fastpath.optim import FusedAdamStep, LeanStep
 
-__all__ = ["FusedAdamStep", "ManualMLPGradient", "NumpyGreedyActor", "clip_grad_norm", "mlp_forward", "supports"]
+__all__ = ["FusedAdamStep", "LeanStep", "ManualMLPGradient", "NumpyGreedyActor", "clip_grad_norm", "mlp_forward",
+           "supports"]

@@ -187,3 +187,36 @@ def test_numpy_actor_one_hot_encodes_discrete_observations() -> None:
     obs = torch.tensor([0, 4, 2, 2])
     torch.testing.assert_close(torch.from_numpy(NumpyGreedyActor(net).q_values(obs.numpy())), net(obs),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.RAdam(ps, lr=2.5e-4),
+    lambda ps: torch.optim.RMSprop(ps, lr=2.5e-4, alpha=0.95, eps=0.01, centered=True),
+    lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.9),
+    lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
+], ids=["radam", "rmsprop_centered", "rmsprop_momentum", "adam_fused"])
+def test_the_lean_step_is_bit_identical_to_torchs_step(make) -> None:  # noqa: ANN001
+    """PQN's RAdam and the MinAtar recipe's centered RMSProp pay no per-call Python, and compute what step()
+    computes, bit for bit, through a learning rate changed between steps (PQN anneals it)."""
+    from dqnrun.fastpath import LeanStep
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    b = copy.deepcopy(a)
+    opt_a, opt_b = make(list(a.parameters())), make(list(b.parameters()))
+    lean = LeanStep(opt_b)
+    assert lean.enabled
+    for i in range(12):
+        x = torch.randn(32, 5)
+        for net, opt in ((a, opt_a), (b, opt_b)):
+            opt.param_groups[0]["lr"] *= 0.9 if i % 3 == 2 else 1.0
+            opt.zero_grad(set_to_none=True)  # autograd makes new grad tensors every step
+            net(x).pow(2).mean().backward()
+        opt_a.step()
+        lean()
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.equal(pa, pb), i
+    sa, sb = opt_a.state_dict(), opt_b.state_dict()
+    for k in sa["state"]:
+        for name, v in sa["state"][k].items():
+            assert torch.equal(v, sb["state"][k][name]), name
