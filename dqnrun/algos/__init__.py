@@ -14,6 +14,7 @@ from types import ModuleType
 
 ALGORITHMS: dict[str, str] = {
     "dqn": "dqnrun.algos.dqn",
+    "pqn": "dqnrun.algos.pqn",
 }
 
 

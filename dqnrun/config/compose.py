@@ -105,16 +105,34 @@ def as_typed_overrides(overrides: Iterable[str]) -> list[str]:
     return as_typed(plain, typed if isinstance(typed, dict) else {})
 
 
-def one_line(message: str, known_keys: list[str] | None = None) -> str:
-    """Turn a multi-line Hydra/OmegaConf message into one line that says what to do."""
+# The config groups of conf/ a user picks options of (group=option).
+GROUPS = frozenset({"algo", "env", "network", "optimizer", "schedule", "replay", "logger", "experiment",
+                    "hparams_search"})
+
+
+def one_line(message: str, known_keys: list[str] | None = None, choices: list[str] | None = None,
+             default_keys: list[str] | None = None) -> str:
+    """Turn a multi-line Hydra/OmegaConf message into one line that says what to do. ``known_keys``: the keys
+    of the config composed with ``choices`` (the command's group choices, e.g. ``algo=pqn``); ``default_keys``:
+    those of the default config."""
     text = str(message)
     m = re.search(r"Could not override '([^']+)'", text)
     if m and "To append to your config" in text:
         key = m.group(1)
+        groups = " ".join(c for c in (choices or []) if c.split("=", 1)[0] in GROUPS)
+        listing = f"`dqnrun train {groups + ' ' if groups else ''}--cfg job`"
+        if groups and key in (default_keys or []):
+            # a key of another algorithm's or another option's config (learner.double with algo=pqn)
+            return (f"'{key}' is not a key of the config with {groups}; run {listing} to list its keys, or add "
+                    f"a new key with +{key}=...")
         close = difflib.get_close_matches(key, known_keys or [], n=1, cutoff=0.7)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        return (f"unknown config key '{key}'{hint}; run `dqnrun train --cfg job` to list the keys, "
+        return (f"unknown config key '{key}'{hint}; run {listing} to list the keys, "
                 f"or add a new key with +{key}=...")
+    m = re.search(r"In 'env/(\w+)': Could not override '(\w+)'\. No match in the defaults list", text)
+    if m:  # a preset that picks a group only one algorithm has (the tabular presets pick replay=latest)
+        return (f"env={m.group(1)} picks a {m.group(2)} option, which only algo=dqn has; use algo=dqn, or train "
+                f"the env without its preset: env=custom env.id=<its Gymnasium id>")
     m = re.search(r"Multiple values for ([\w/]+)\. To override a value use 'override [\w/]+: ([^']+)'", text)
     if m:
         return f"{m.group(1)} is already in the config; say {m.group(1)}={m.group(2)} (without +)"
@@ -173,8 +191,17 @@ class Composer:
         try:
             return hydra_compose(config_name=command, overrides=overrides, return_hydra_config=hydra)
         except (HydraException, OmegaConfBaseException) as exc:
-            known = flat_keys(hydra_compose(config_name=command)) if command == "train" else []
-            raise UsageError(one_line(str(exc), known)) from None
+            known: list[str] = []
+            default: list[str] = []
+            choices = [o for o in overrides if "=" in o and not o.startswith(("+", "~"))
+                       and "." not in o.split("=", 1)[0]]  # group choices (algo=pqn) and top-level values
+            if command == "train":
+                default = flat_keys(hydra_compose(config_name=command))
+                try:
+                    known = flat_keys(hydra_compose(config_name=command, overrides=choices))
+                except (HydraException, OmegaConfBaseException):
+                    choices, known = [], default
+            raise UsageError(one_line(str(exc), known, choices, default)) from None
 
     def task(self, command: str, overrides: list[str]) -> DictConfig:
         """The task's config, integer settings normalized."""

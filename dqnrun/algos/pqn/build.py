@@ -1,0 +1,79 @@
+"""Config -> PQN's parts. Part of the builder layer: the only PQN module that sees a config.
+
+``algo=pqn`` composes ``algo.*`` (rollout length, epochs, minibatches, lambda, learning-rate decay, reward
+clipping), ``learner.*`` (discount, loss, gradient clipping), ``network.*`` (a LayerNorm network in every
+preset), ``optimizer.*`` (RAdam) and ``schedule.*`` (epsilon); `parts` turns them into what `PQN` receives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from dqnrun import builders
+from dqnrun.builders import EnvSpec
+from dqnrun.config.rules import Rule, cross_check
+from dqnrun.envs import obs_dtype_and_shape
+from dqnrun.errors import UsageError
+
+# A resume cannot change the network's shape or the rollout's length (a rollout in progress is saved).
+FROZEN_ON_RESUME = ("network", "algo.num_steps")
+
+RULES: dict[str, Rule] = {
+    "algo.num_steps": ("int", 1, 1_000_000, True, True, False),
+    "algo.epochs": ("int", 1, 10_000, True, True, False),
+    "algo.minibatches": ("int", 1, 1_000_000, True, True, False),
+    "algo.q_lambda": ("float", 0, 1, True, True, False),
+    "algo.lr_decay_steps": ("int", 1, float("inf"), True, True, True),
+    "algo.reward_clip": ("float", 0, float("inf"), False, False, True),
+    "learner.gamma": ("float", 0, 1, True, True, False),
+    "learner.max_grad_norm": ("float", 0, float("inf"), False, False, True),
+}
+CHOICES = {"learner.loss": ("mse", "huber")}
+
+
+def check(cfg: DictConfig) -> None:
+    """PQN's rules across keys; each raises UsageError naming the keys and what to do."""
+    cross_check(cfg, RULES, (), CHOICES)
+    algo = cfg.algo
+    batch = algo.num_steps * cfg.env.num_envs
+    if algo.minibatches > batch:
+        raise UsageError(f"algo.minibatches={algo.minibatches} exceeds the rollout's {batch} transitions "
+                         f"(algo.num_steps={algo.num_steps} x env.num_envs={cfg.env.num_envs}); lower "
+                         "algo.minibatches or lengthen the rollout")
+    if cfg.total_steps < batch:
+        raise UsageError(f"total_steps={cfg.total_steps} is shorter than one rollout of {batch} env steps "
+                         f"(algo.num_steps={algo.num_steps} x env.num_envs={cfg.env.num_envs}): the run would "
+                         "never update; raise total_steps or shorten the rollout")
+    for key in ("learner.distributional", "learner.double", "learner.munchausen"):
+        if cfg.get("learner") is not None and cfg.learner.get(key.split(".")[1]):
+            raise UsageError(f"{key} is a DQN switch; PQN has no target network or replay. Drop it, or use algo=dqn")
+    if cfg.network.get("noisy"):
+        raise UsageError("network.noisy=true is not supported by algo=pqn (it explores epsilon-greedily); "
+                         "set network.noisy=false or use algo=dqn")
+
+
+def build_policy(cfg: DictConfig, spec: EnvSpec) -> nn.Module:
+    """The Q-network, untrained: what a checkpoint's ``policy`` weights load into (eval, export, API)."""
+    return builders.build_network(cfg.network, spec)
+
+
+def preflight(cfg: DictConfig, spec: EnvSpec) -> None:
+    """The network fits the env's spaces (before any run directory exists)."""
+    build_policy(cfg, spec)
+
+
+def parts(cfg: DictConfig, spec: EnvSpec) -> dict[str, Any]:
+    """The network on its device, its optimizer, the epsilon schedule, the env's sizes and the update's
+    settings: the arguments `PQN` takes besides its own ``algo.*`` values."""
+    network = build_policy(cfg, spec)
+    device = builders.resolve_device(cfg.device, network, spec)
+    network = network.to(device)
+    optimizer = builders.build_optimizer(cfg.optimizer, network.parameters(), device)
+    dtype, shape, _ = obs_dtype_and_shape(spec.observation_space)
+    lc = cfg.learner
+    return {"network": network, "optimizer": optimizer, "schedule": builders.build_schedule(cfg.schedule),
+            "n_actions": spec.n_actions, "num_envs": cfg.env.num_envs, "obs_shape": shape, "obs_dtype": dtype,
+            "seed": cfg.seed, "gamma": lc.gamma, "max_grad_norm": lc.max_grad_norm, "loss": lc.loss}
