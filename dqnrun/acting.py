@@ -8,48 +8,67 @@ import numpy as np
 import torch
 from torch import nn
 
-Greedy = Callable[[np.ndarray], np.ndarray]
+# greedy(obs (E, *obs_shape)) -> actions (E,); with action masks (env.action_mask) greedy(obs, mask (E, A) bool)
+Greedy = Callable[..., np.ndarray]
+
+
+def legal_random(u: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The action each uniform draw ``u`` (E,) in [0, 1) picks uniformly among its env's legal actions ``mask``
+    (E, A) bool: the k-th legal action, k = floor(u * legal count). Without a mask the draw picks
+    floor(u * A), so the two agree where every action is legal."""
+    k = (u * np.count_nonzero(mask, axis=1)).astype(np.int64)
+    return np.count_nonzero(np.cumsum(mask, axis=1) <= k[:, None], axis=1).astype(np.int64)
+
+
+def masked_argmax(q: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """argmax_a over the legal actions (all actions without a mask), (E,) int64."""
+    return (q if mask is None else np.where(mask, q, -np.inf)).argmax(1)
 
 
 def epsilon_greedy(obs: np.ndarray, greedy: Greedy, epsilon: float, rng: np.random.Generator,
-                   n_actions: int) -> np.ndarray:
+                   n_actions: int, mask: np.ndarray | None = None) -> np.ndarray:
     """obs (E, *obs_shape) -> actions (E,) int64: a uniform random action with probability ``epsilon``, else
-    ``greedy(obs)``.
+    ``greedy(obs)``. With ``mask`` (E, A) bool (the legal actions of each observation), the random action is
+    uniform over the legal ones and the greedy one is ``greedy(obs, mask)``.
 
     One uniform draw per env and purpose, ``u = rng.random(2E)``: ``u[:E] < epsilon`` decides who explores and
     ``u[E:] * n_actions`` picks the random action (one array call: ``Generator.integers`` costs ~4x more per call
     on tiny arrays). ``greedy`` (a Q forward) runs only if some env acts greedily, so ``epsilon=1`` (uniform
-    random acting before learning starts) costs no forward. The draws do not depend on ``epsilon``, so the
-    stream of a run is the same whatever its schedule.
+    random acting before learning starts) costs no forward. The draws do not depend on ``epsilon`` or the
+    mask, so the stream of a run is the same whatever its schedule.
     """
     n = len(obs)
     u = rng.random(2 * n)
-    actions = (u[n:] * n_actions).astype(np.int64)
+    actions = (u[n:] * n_actions).astype(np.int64) if mask is None else legal_random(u[n:], mask)
     explore = u[:n] < epsilon
     # np.count_nonzero: ~0.4 us against ~1.5 us for ndarray.all()/.any() on a tiny array
     if np.count_nonzero(explore) < n:
-        actions = np.where(explore, actions, greedy(obs))
+        actions = np.where(explore, actions, greedy(obs) if mask is None else greedy(obs, mask))
     return actions
 
 
 def torch_greedy(net: nn.Module) -> Greedy:
-    """obs (E, *obs_shape) -> argmax_a Q(obs, a) (E,) int64, through ``net`` on its own device."""
+    """(obs (E, *obs_shape), mask (E, A) or None) -> argmax over the legal a of Q(obs, a) (E,) int64, through
+    ``net`` on its own device."""
     device = next(net.parameters()).device
 
-    def greedy(obs: np.ndarray) -> np.ndarray:
+    def greedy(obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         with torch.inference_mode():
-            return net(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
+            q = net(torch.as_tensor(obs, device=device))
+            if mask is not None:
+                q = q.masked_fill(~torch.as_tensor(mask, device=device), -torch.inf)
+            return q.argmax(1).cpu().numpy()
 
     return greedy
 
 
 def greedy_actor(net: nn.Module, epsilon: float = 0.0, rng: np.random.Generator | None = None,
                  n_actions: int = 0) -> Greedy:
-    """obs (E, *obs_shape) -> actions (E,): greedy in ``net``'s Q-values, or epsilon-greedy with ``rng`` (its own
-    generator, so evaluation never perturbs the training streams)."""
+    """(obs (E, *obs_shape)[, mask (E, A)]) -> actions (E,): greedy in ``net``'s Q-values over the legal actions,
+    or epsilon-greedy with ``rng`` (its own generator, so evaluation never perturbs the training streams)."""
     greedy = torch_greedy(net)
     if epsilon <= 0.0:
         return greedy
     if rng is None:
         raise ValueError("epsilon-greedy acting needs an rng")
-    return lambda obs: epsilon_greedy(obs, greedy, epsilon, rng, n_actions)
+    return lambda obs, mask=None: epsilon_greedy(obs, greedy, epsilon, rng, n_actions, mask)

@@ -66,21 +66,29 @@ def _build(what: str, make: Callable[[], T]) -> T:
 
 def env_wrapper(cfg_env: DictConfig) -> Callable[[gym.Env], gym.Env] | None:
     """``env.wrappers`` (validated as a list of ``_target_`` configs): each called as ``target(env=env,
-    **kwargs)``, in order, around every single env (training, evaluation, video). None if the list is empty."""
+    **kwargs)``, in order, around every single env (training, evaluation, video); then, with
+    ``env.action_mask``, `dqnrun.envs.masks.ActionMaskInfo` outermost (a wrapper of the user's may be what
+    reports the mask). None if there is nothing to wrap."""
     specs = cfg_env.get("wrappers") or []
-    return _WrapperChain(specs) if specs else None
+    masked = bool(cfg_env.get("action_mask", False))
+    return _WrapperChain(specs, masked) if specs or masked else None
 
 
 class _WrapperChain:
-    """Picklable (the env state of a resumable run is pickled with its wrappers' factories)."""
+    """Picklable (a sweep launcher may pickle the env factories)."""
 
-    def __init__(self, specs: Any) -> None:
-        self.specs = OmegaConf.to_container(specs, resolve=True)
+    def __init__(self, specs: Any, masked: bool = False) -> None:
+        self.specs = OmegaConf.to_container(specs, resolve=True) if OmegaConf.is_config(specs) else list(specs)
+        self.masked = masked
 
     def __call__(self, env: gym.Env) -> gym.Env:
         for i, spec in enumerate(self.specs):  # type: ignore[union-attr]
             env = _build(f"env.wrappers[{i}]: cannot wrap the env with {spec.get('_target_')}",
                          lambda spec=spec, env=env: instantiate(spec, env=env))
+        if self.masked:
+            from dqnrun.envs.masks import ActionMaskInfo
+
+            env = ActionMaskInfo(env)
         return env
 
 
@@ -166,12 +174,14 @@ def check_replay_memory(cfg_replay: DictConfig, spec: EnvSpec, num_envs: int = 1
 
 
 def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, seed: int,
-                 gamma: float = 0.99, num_envs: int = 1) -> ReplayBuffer:
+                 gamma: float = 0.99, num_envs: int = 1, masked: bool = False) -> ReplayBuffer:
+    """The ``replay`` config for this env; ``masked`` (env.action_mask) keeps each row's next legal actions."""
     check_replay_memory(cfg_replay, spec, num_envs)
     shape, dtype = _obs_storage(spec)
     replay_device = _replay_device(cfg_replay.get("device", "auto"), device)
     return _build("replay: cannot build the buffer", lambda: instantiate(
-        cfg_replay, obs_shape=shape, obs_dtype=dtype, device=replay_device, seed=seed, gamma=gamma, num_envs=num_envs))
+        cfg_replay, obs_shape=shape, obs_dtype=dtype, device=replay_device, seed=seed, gamma=gamma, num_envs=num_envs,
+        mask_actions=spec.n_actions if masked else 0))
 
 
 def _replay_device(requested: str, learner_device: torch.device) -> torch.device:

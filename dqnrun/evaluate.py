@@ -39,7 +39,8 @@ def evaluate_policy(net: torch.nn.Module, env_cfg: DictConfig, episodes: int, ep
     rng = np.random.default_rng([seed, 2])
     try:
         act = greedy_actor(net, epsilon, rng, int(envs.single_action_space.n))
-        return run_episodes(envs, act, episodes, EVAL_SEED_BASE + seed * SEED_STRIDE)
+        return run_episodes(envs, act, episodes, EVAL_SEED_BASE + seed * SEED_STRIDE,
+                            masked=bool(env_cfg.get("action_mask", False)))
     finally:
         envs.close()
 
@@ -50,10 +51,13 @@ def play(net: torch.nn.Module, env: Any, n_episodes: int, seed: int, epsilon: fl
     act = greedy_actor(net, epsilon, rng, int(env.action_space.n))
     returns = []
     for i in range(n_episodes):
-        obs, _ = env.reset(seed=seed + i)
+        obs, info = env.reset(seed=seed + i)
         done, ret = False, 0.0
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(int(act(np.asarray(obs)[None])[0]))
+            mask = info.get("action_mask")  # the legal actions (env.action_mask: ActionMaskInfo puts them there)
+            x = np.asarray(obs)[None]
+            action = act(x) if mask is None else act(x, np.asarray(mask, bool)[None])
+            obs, reward, terminated, truncated, info = env.step(int(action[0]))
             ret += float(reward)
             done = terminated or truncated
         returns.append(ret)

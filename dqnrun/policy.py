@@ -102,20 +102,32 @@ class Agent:
         q = self._q(x)
         return q[0] if single else q
 
-    def act(self, obs: Any, epsilon: float = 0.0, rng: np.random.Generator | None = None) -> Any:
-        """Greedy action (or epsilon-greedy): an int for one observation, (B,) int64 for a batch."""
-        from dqnrun.acting import epsilon_greedy
+    def act(self, obs: Any, epsilon: float = 0.0, rng: np.random.Generator | None = None,
+            mask: Any = None) -> Any:
+        """Greedy action (or epsilon-greedy): an int for one observation, (B,) int64 for a batch. ``mask``: the
+        legal actions, (A,) or (B, A) of bools (or 0/1), for an env that reports them: greedy and random actions
+        are then legal ones."""
+        from dqnrun.acting import epsilon_greedy, masked_argmax
 
         x, single = self._batch(obs)
+        m = None
+        if mask is not None:
+            m = np.asarray(mask).astype(bool)
+            m = m[None] if m.ndim == 1 else m
+            if m.shape != (len(x), self.n_actions):
+                raise UsageError(f"mask of shape {np.shape(mask)} fits neither ({self.n_actions},) nor "
+                                 f"({len(x)}, {self.n_actions}) for these observations")
+            if not m.any(axis=1).all():
+                raise UsageError("mask: every observation needs at least one legal action")
 
-        def greedy(o: np.ndarray) -> np.ndarray:
-            return self._q(o).argmax(-1).astype(np.int64)
+        def greedy(o: np.ndarray, legal: np.ndarray | None = None) -> np.ndarray:
+            return masked_argmax(self._q(o), legal).astype(np.int64)
 
         if epsilon > 0.0:
             a = epsilon_greedy(x, greedy, float(epsilon), rng if rng is not None else np.random.default_rng(),
-                               self.n_actions)
+                               self.n_actions, m)
         else:
-            a = greedy(x)
+            a = greedy(x, m)
         return int(a[0]) if single else a
 
     def evaluate(self, episodes: int = 10, epsilon: float | None = None, seed: int = 0) -> dict[str, Any]:

@@ -69,3 +69,61 @@ class Broken(Corridor):
 
 
 gym.register("DqnrunTest/Broken-v0", entry_point=Broken, max_episode_steps=40, disable_env_checker=True)
+
+
+class MaskedCorridor(gym.Env):
+    """A corridor of ``size`` cells with walls that only a jump crosses, drawn anew each episode; reward 1 at the far
+    end, -0.01 a step. Actions: 0 left, 1 right, 2 jump (two cells, over a wall), 3 wait. Which are legal depends
+    on the cell and the walls, and the env says so: in ``info["action_mask"]`` (``habit="info"``), or as a Dict
+    observation ``{"observation", "action_mask"}`` (``habit="dict"``). An illegal action ends the episode with
+    -10. Every illegal action any instance sees is counted in ``MaskedCorridor.illegal`` (tests read it)."""
+
+    illegal = 0
+
+    def __init__(self, size: int = 8, habit: str = "info", render_mode: str | None = None) -> None:
+        self.size, self.habit = int(size), habit
+        obs_space = gym.spaces.Box(0.0, 1.0, (2 * self.size,), np.float32)  # position one-hot, then walls
+        mask_space = gym.spaces.Box(0, 1, (4,), np.int8)
+        self.observation_space = obs_space if habit == "info" else gym.spaces.Dict(
+            {"observation": obs_space, "action_mask": mask_space})
+        self.action_space = gym.spaces.Discrete(4)
+        self.render_mode = render_mode
+        self.pos = 0
+        self.walls = np.zeros(self.size, bool)
+
+    def _mask(self) -> np.ndarray:
+        p, w, n = self.pos, self.walls, self.size
+        return np.array([p > 0, p + 1 < n and not w[p + 1], p + 2 < n and w[p + 1] and not w[p + 2], True], np.int8)
+
+    def _out(self) -> tuple[Any, dict]:
+        obs = np.zeros(2 * self.size, np.float32)
+        obs[self.pos] = 1.0
+        obs[self.size:] = self.walls
+        if self.habit == "info":
+            return obs, {"action_mask": self._mask()}
+        return {"observation": obs, "action_mask": self._mask()}, {}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.pos = 0
+        walls = self.np_random.random(self.size) < 0.35
+        walls[[0, 1, -1]] = False
+        walls[1:] &= ~walls[:-1]  # never two in a row: a jump crosses one
+        self.walls = walls
+        return self._out()
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict]:
+        a = int(action)
+        if not self._mask()[a]:
+            MaskedCorridor.illegal += 1
+            obs, info = self._out()
+            return obs, -10.0, True, False, info
+        self.pos += {0: -1, 1: 1, 2: 2, 3: 0}[a]
+        done = self.pos == self.size - 1
+        obs, info = self._out()
+        return obs, 1.0 if done else -0.01, done, False, info
+
+
+gym.register("DqnrunTest/MaskedCorridor-v0", entry_point=MaskedCorridor, max_episode_steps=40)
+gym.register("DqnrunTest/MaskedCorridorDict-v0", entry_point=MaskedCorridor, max_episode_steps=40,
+             kwargs={"habit": "dict"})

@@ -4,7 +4,9 @@ A registered algorithm is ``name -> package``. The package's ``__init__`` define
 ``conf/algo/<name>.yaml`` names as its ``_target_``; its ``build`` module (the only part of it that sees a
 config) provides ``parts(cfg, spec)`` (the built objects the class receives), ``build_policy(cfg, spec)`` (the
 network a checkpoint's ``policy`` weights load into), ``preflight(cfg, spec)``, ``check(cfg)`` (validation) and
-``FROZEN_ON_RESUME``. Adding an algorithm: its package, its conf file, one line below.
+``FROZEN_ON_RESUME``, and ``ACTION_MASKS = True`` if it acts only through the legal actions an env reports
+(``env.action_mask``; validation refuses the switch for an algorithm without it). Adding an algorithm: its
+package, its conf file, one line below.
 """
 
 from __future__ import annotations

@@ -47,8 +47,10 @@ class Algorithm(ABC):
         """Optimizer steps taken so far."""
 
     @abstractmethod
-    def act(self, obs: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
-        """Exploration actions (E,) int64 for observations (E, *obs_shape) at env step ``step``."""
+    def act(self, obs: np.ndarray, step: int, rng: np.random.Generator,
+            mask: np.ndarray | None = None) -> np.ndarray:
+        """Exploration actions (E,) int64 for observations (E, *obs_shape) at env step ``step``; ``mask`` (E, A)
+        bool: the legal actions of each observation (``env.action_mask``), which every action must be among."""
 
     @abstractmethod
     def train(self, session: Session) -> None:

@@ -47,8 +47,8 @@ EVAL_RULES: dict[str, Rule] = {
     "video_episodes": ("int", 1, INF, True, True, False),
 }
 BOOL_KEYS = ("compile", "network.dueling", "network.noisy", "network.noisy_input", "network.channels_last",
-             "checkpoint.save_replay", "log.progress", "stop_when_solved", "env.atari.life_loss",
-             "env.atari.fire_reset", "env.atari.full_action_space")
+             "checkpoint.save_replay", "log.progress", "stop_when_solved", "env.action_mask",
+             "env.atari.life_loss", "env.atari.fire_reset", "env.atari.full_action_space")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "env.vectorization": ("auto", "sync", "async", "vector"),
@@ -141,6 +141,9 @@ def validate_train_config(cfg: DictConfig) -> None:
             OmegaConf.is_dict(w) and "_target_" in w for w in wrappers)):
         raise UsageError("env.wrappers must be a list of {_target_: ..., <kwargs>} entries, e.g. "
                          "'env.wrappers=[{_target_:gymnasium.wrappers.TimeAwareObservation}]'")
+    if cfg.env.get("action_mask") and cfg.env.get("atari") is not None:
+        raise UsageError("env.action_mask=true: Atari games report no legal actions (every action is legal); "
+                         "set env.action_mask=false")
     if cfg.get("init_from") and cfg.get("resume") not in (None, "", "auto"):
         raise UsageError("init_from and resume exclude each other: resume continues a run (its optimizer and "
                          "counters too); init_from starts a new run from trained weights. Pass one of them")
@@ -162,7 +165,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     ):
         raise UsageError("schedule=exponential needs schedule.start > 0 and schedule.end > 0; "
                          "use schedule=linear to decay to 0")
-    algorithm_module(cfg).check(cfg)
+    module = algorithm_module(cfg)
+    if cfg.env.get("action_mask") and not getattr(module, "ACTION_MASKS", False):
+        raise UsageError(f"env.action_mask=true: algo={cfg.algo._target_.split('.')[-2]} does not act through "
+                         "action masks yet; use algo=pqn, or env.action_mask=false")
+    module.check(cfg)
     if cfg.device == "cuda":
         import torch
 

@@ -84,6 +84,11 @@ def check_spaces(obs_space: gym.Space, action_space: gym.Space, env_id: str) -> 
             f"env.id={env_id!r} has a {type(action_space).__name__} action space; DQN needs a Discrete "
             "one. Pick an env with discrete actions (or discretize it with a wrapper)."
         )
+    if isinstance(obs_space, gym.spaces.Dict) and "action_mask" in obs_space.spaces:
+        raise UsageError(
+            f"env.id={env_id!r} reports its legal actions in a Dict observation; set env.action_mask=true to act "
+            "only through them (the agent then sees its 'observation' entry)"
+        )
     if not isinstance(obs_space, gym.spaces.Box | gym.spaces.Discrete):
         raise UsageError(
             f"env.id={env_id!r} has a {type(obs_space).__name__} observation space; dqnrun supports Box "
@@ -117,6 +122,8 @@ def probe_spaces(env_id: str, kwargs: dict[str, Any], wrapper: Wrapper | None = 
         shape = getattr(env.observation_space, "shape", None)
         try:
             obs = np.asarray(env.reset(seed=0)[0])
+        except UsageError:
+            raise
         except Exception as exc:
             raise UsageError(f"env.id={env_id}: reset() raised {type(exc).__name__}: {exc}") from None
         if shape is not None and obs.shape != tuple(shape):
@@ -167,22 +174,29 @@ class SingleVectorEnv(gym.vector.VectorEnv):
             (seed,) = seed
         self._obs[0], info = self.env.reset(seed=seed, options=options)
         self._autoreset = False
-        return self._obs, info
+        return self._obs, _batched_mask(info)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._autoreset:  # NEXT_STEP: the step after an episode's end only resets (reward 0, not done)
             self._obs[0], info = self.env.reset()
             self._autoreset = False
-            return self._obs, np.zeros(1), np.zeros(1, bool), np.zeros(1, bool), {}
+            return self._obs, np.zeros(1), np.zeros(1, bool), np.zeros(1, bool), _batched_mask(info)
         self._obs[0], reward, terminated, truncated, info = self.env.step(actions[0])
         self._autoreset = terminated or truncated
-        return self._obs, np.array([reward], np.float64), np.array([terminated], bool), np.array([truncated], bool), {}
+        return (self._obs, np.array([reward], np.float64), np.array([terminated], bool), np.array([truncated], bool),
+                _batched_mask(info))
 
     def render(self) -> Any:
         return (self.env.render(),)
 
     def close_extras(self, **kwargs: Any) -> None:
         self.env.close()
+
+
+def _batched_mask(info: dict[str, Any]) -> dict[str, Any]:
+    """A single env's info as SingleVectorEnv reports it: only the action mask, batched (1, A); {} without one."""
+    mask = info.get("action_mask")
+    return {} if mask is None else {"action_mask": np.asarray(mask)[None]}
 
 
 def make_vector_env(
@@ -240,24 +254,29 @@ def run_episodes(
     n_episodes: int,
     seed: int,
     max_steps_per_round: int = 1_000_000,
+    masked: bool = False,
 ) -> np.ndarray:
     """Run exactly ``n_episodes`` episodes on a vector env and return their returns, (n_episodes,).
 
     Each round resets all E envs with seeds ``seed + offset`` and keeps the first episode of each of the
     first ``min(E, remaining)`` envs, in env order, so the result is deterministic for a given seed.
-    ``act(obs (E, *obs_shape)) -> actions (E,)`` chooses the actions.
+    ``act(obs (E, *obs_shape)) -> actions (E,)`` chooses the actions; ``masked``: ``act(obs, mask)`` with the
+    (E, A) legal actions of each observation (``env.action_mask``), for every env, finished ones included.
     """
+    from dqnrun.envs.masks import vector_mask
+
     n_envs = envs.num_envs
     returns: list[np.ndarray] = []
     done_so_far = 0
     while done_so_far < n_episodes:
         need = min(n_envs, n_episodes - done_so_far)
-        obs, _ = envs.reset(seed=seed + done_so_far)
+        obs, info = envs.reset(seed=seed + done_so_far)
         ep_ret = np.zeros(n_envs, dtype=np.float64)
         active = np.zeros(n_envs, dtype=bool)
         active[:need] = True
         for _ in range(max_steps_per_round):
-            obs, reward, terminated, truncated, _ = envs.step(act(obs))
+            actions = act(obs, vector_mask(info, n_envs)) if masked else act(obs)
+            obs, reward, terminated, truncated, info = envs.step(actions)
             ep_ret[active] += reward[active]
             active &= ~(terminated | truncated)
             if not active.any():
@@ -275,15 +294,20 @@ def _space_desc(space: gym.Space) -> str:
 def diagnose(env_id: str, kwargs: dict[str, Any], wrapper: Wrapper | None = None) -> str | None:
     """What a misbehaving env returns, against what its spaces promise: one env reset and stepped a few times,
     its observations checked for shape and finiteness. A sentence naming the first problem, or None."""
+    from dqnrun.envs.masks import legal_sample
+
     env = make_env(resolve_env_id(env_id), kwargs, wrapper)
     try:
         space = env.observation_space
         want = getattr(space, "shape", None)
         call = "reset()"
-        obs, _ = env.reset(seed=0)
+        obs, info = env.reset(seed=0)
+        rng = np.random.default_rng(0)
         for call in ["reset()"] + ["step()"] * 200:
-            if call == "step()":
-                obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            if call == "step()":  # legal actions only, where the env says which are (env.action_mask)
+                mask = info.get("action_mask")
+                action = env.action_space.sample() if mask is None else legal_sample(mask, rng)
+                obs, reward, terminated, truncated, info = env.step(action)
                 if np.ndim(reward) != 0:
                     return f"step() returned a reward of shape {np.shape(reward)}; a reward is one number"
                 if not np.isfinite(reward):
@@ -295,7 +319,7 @@ def diagnose(env_id: str, kwargs: dict[str, Any], wrapper: Wrapper | None = None
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 return f"{call} returned an observation holding NaN or inf"
             if call == "step()" and (terminated or truncated):
-                obs, _ = env.reset()
+                obs, info = env.reset()
     except Exception as exc:
         return f"{call} raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     finally:

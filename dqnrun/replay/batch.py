@@ -19,3 +19,4 @@ class Batch(NamedTuple):
     discount: torch.Tensor | None = None  # (...,) gamma^k for n-step windows of k steps; None = gamma
     weights: torch.Tensor | None = None  # (...,) importance-sampling weights (prioritized replay)
     indices: np.ndarray | None = None  # (...,) storage rows, to update their priorities
+    next_mask: torch.Tensor | None = None  # (..., A) bool legal actions of next_obs (env.action_mask); None = all

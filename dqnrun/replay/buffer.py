@@ -60,6 +60,8 @@ class ReplayBuffer:
         latest: ``sample`` returns exactly the rows of the last ``add`` (online learning without history).
         storage: ``"transitions"`` (obs and next_obs per row) or ``"frames"`` (each frame of a stacked
             observation stored once; rows hold frame serials).
+        mask_actions: A > 0 keeps, per row, the (A,) bool legal actions of next_obs (``env.action_mask``), which
+            ``add`` then takes as ``next_mask`` and batches carry as ``next_mask``; 0 keeps none.
         num_envs: E, the vector envs that will ``add``; sizes the frame ring's slack (``"frames"`` only). More
             envs still work, but the oldest rows may then be invalid sooner.
     """
@@ -82,6 +84,7 @@ class ReplayBuffer:
         latest: bool = False,
         storage: str = "transitions",
         num_envs: int = 1,
+        mask_actions: int = 0,
     ) -> None:
         self.capacity, self.batch_size = int(capacity), int(batch_size)
         self.device = torch.device(device)
@@ -112,6 +115,8 @@ class ReplayBuffer:
         self._max_priority = 1.0  # carried through checkpoints when there are no priorities
         self._frames = self.storage == "frames"
         self._push, self._write = self.accumulator.push, self.store.write  # bound once: add runs every env step
+        self.next_mask = (torch.zeros((self.capacity, int(mask_actions)), dtype=torch.bool, device=self.device)
+                          if mask_actions else None)
 
     # --- sizes -------------------------------------------------------------------------------------------
     @staticmethod
@@ -181,8 +186,10 @@ class ReplayBuffer:
         terminated: np.ndarray,
         truncated: np.ndarray,
         valid: np.ndarray | None = None,
+        next_mask: np.ndarray | None = None,
     ) -> None:
-        """Store one vector step. All arrays are (E, ...) for E envs.
+        """Store one vector step. All arrays are (E, ...) for E envs; ``next_mask`` (E, A) bool, the legal
+        actions of next_obs, when the buffer keeps masks (``mask_actions``).
 
         ``valid[e]`` is False for an env whose step was an autoreset (its ``obs`` was a final observation
         and ``next_obs`` a reset one); such rows are dropped. Truncation ends an n-step window but, unlike
@@ -191,6 +198,9 @@ class ReplayBuffer:
         """
         if self._frames:
             obs, next_obs = self.store.encode(obs, next_obs)
+        if self.next_mask is not None:
+            self._add_masked(obs, action, reward, next_obs, terminated, truncated, valid, next_mask)
+            return
         rows = self._push(obs, action, reward, next_obs, terminated, truncated, valid)
         if rows is None:
             self.store.skip()
@@ -199,6 +209,25 @@ class ReplayBuffer:
         else:
             self.priorities.on_write(*self._write(*rows))
 
+    def _add_masked(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+                    terminated: np.ndarray, truncated: np.ndarray, valid: np.ndarray | None,
+                    next_mask: np.ndarray | None) -> None:
+        """`add` with masks. A row's next_obs is always the next_obs of the add that completes it (for n-step
+        windows too), so the accumulator is given env indices in its place, and each row takes the next_obs
+        and the mask of its env."""
+        if next_mask is None:
+            raise ValueError("this replay keeps action masks (mask_actions > 0): add(..., next_mask=(E, A))")
+        rows = self._push(obs, action, reward, np.arange(len(action)), terminated, truncated, valid)
+        if rows is None:
+            self.store.skip()
+            return
+        o, env, a, r, term, disc = rows
+        start, k = self._write(o, next_obs[env], a, r, term, disc)
+        at = torch.from_numpy((start + np.arange(k)) % self.capacity).to(self.device)
+        self.next_mask[at] = torch.as_tensor(np.asarray(next_mask, dtype=bool)[env][-k:], device=self.device)
+        if self.priorities is not None:
+            self.priorities.on_write(start, k)
+
     # --- sampling ----------------------------------------------------------------------------------------
     def beta(self, step: int) -> float:
         return annealed_beta(self.beta0, self.beta_steps, step)
@@ -206,8 +235,14 @@ class ReplayBuffer:
     def sample(self, n_batches: int | None = None, step: int = 0) -> Batch:
         """Sample (B,) leading dims, or (G, B) when n_batches=G is given. ``step`` anneals PER's beta."""
         rows, weights = self.sampler.draw(n_batches, step)
-        batch = self.store.gather(rows)
+        batch = self._with_mask(self.store.gather(rows), rows)
         return batch if weights is None else batch._replace(weights=weights, indices=rows)
+
+    def _with_mask(self, batch: Batch, rows: np.ndarray | torch.Tensor) -> Batch:
+        if self.next_mask is None:
+            return batch
+        idx = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rows))
+        return batch._replace(next_mask=self.next_mask[idx.to(self.device)])
 
     def update_priorities(self, indices: np.ndarray, td_abs: np.ndarray) -> None:
         """New priorities (|td| + eps)^alpha for the sampled rows (prioritized replay only)."""
@@ -226,7 +261,7 @@ class ReplayBuffer:
             raise ValueError(f"replay rows must be in [0, {self.store.size})")
         if not self.store.valid(rows).all():
             raise ValueError("replay: some of these rows refer to overwritten frames")
-        return self.store.gather(rows)
+        return self._with_mask(self.store.gather(rows), rows)
 
     # --- checkpointing: plain tensors and ints only, so it saves without pickle --------------------------
     def state_dict(self) -> dict:
@@ -245,6 +280,8 @@ class ReplayBuffer:
         if prio is not None:
             state.update(prio.state_dict())
         state.update(self.accumulator.state_dict())
+        if self.next_mask is not None:
+            state["next_mask"] = self.next_mask[:self.store.size].clone()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -260,3 +297,8 @@ class ReplayBuffer:
         if self.priorities is not None:
             self.priorities.load_state_dict(state)
         self.accumulator.load_state_dict(state)
+        if self.next_mask is not None:
+            saved = state.get("next_mask")
+            if saved is None or saved.shape[1:] != self.next_mask.shape[1:]:
+                raise ValueError("replay: the saved buffer holds no action masks of this env's size")
+            self.next_mask[:len(saved)] = saved.to(self.device)

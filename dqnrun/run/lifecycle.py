@@ -44,6 +44,7 @@ from dqnrun.algos import name_of
 from dqnrun.config.rules import algorithm_module, validate_train_config
 from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_LIMIT, SEED_STRIDE, diagnose, run_episodes
 from dqnrun.envs import state as env_state
+from dqnrun.envs.masks import vector_mask
 from dqnrun.errors import DqnrunError, EnvError, UsageError, WriteError, write_failure
 from dqnrun.run import artifacts as A
 from dqnrun.run import checkpoint as C
@@ -259,7 +260,7 @@ class Run:
         self.rng = np.random.default_rng(cfg.seed)
         self.envs.action_space.seed(cfg.seed)
         try:
-            self.cursor = EnvCursor.start(self.envs.reset(seed=cfg.seed)[0])
+            self.cursor = self._start(*self.envs.reset(seed=cfg.seed))
         except Exception as exc:
             raise EnvError(f"reset() raised {type(exc).__name__}: {exc}", "reset", exc) from exc
 
@@ -299,13 +300,18 @@ class Run:
             why = saved.get("why", "unknown") if saved is not None else "no env state was saved with this checkpoint"
         rngs = saved.get("rngs") if saved is not None else None
         if rngs and env_state.restore_rngs(self.envs, rngs):
-            obs, source = self.envs.reset()[0], "its saved RNG state"
+            (obs, info), source = self.envs.reset(), "its saved RNG state"
         else:
             seed = resume_seed(self.cfg.seed, self.state.step)
-            obs, source = self.envs.reset(seed=seed)[0], f"seeds derived from the run's seed and step ({seed})"
-        self.cursor = EnvCursor.start(obs)
+            (obs, info), source = self.envs.reset(seed=seed), f"seeds derived from the run's seed and step ({seed})"
+        self.cursor = self._start(obs, info)
         log.warning("resume: %s is not restored exactly (%s); it starts new episodes from %s. Weights, optimizer, "
                     "experience, counters and RNGs are exact", self.cfg.env.id, why, source)
+
+    def _start(self, obs: np.ndarray, info: dict[str, Any]) -> EnvCursor:
+        """The cursor of freshly reset envs (with the legal actions of their observations, env.action_mask)."""
+        masked = bool(self.cfg.env.get("action_mask", False))
+        return EnvCursor.start(obs, vector_mask(info, len(obs)) if masked else None)
 
     def _init_from(self, path: Path, ckpt: dict[str, Any]) -> None:
         """Trained weights into the algorithm; optimizer, counters, experience and exploration start fresh."""
@@ -343,7 +349,7 @@ class Run:
         log.info("training in %s (pid %d)", self.run_dir, os.getpid())
         self.session = Session(self.envs, self.cursor, self.state, cadence, self.rng, self.algo, self.logger,
                                self.evaluate if self.eval_envs is not None else None, self.save, self.stop,
-                               env_id=str(cfg.env.id))
+                               env_id=str(cfg.env.id), masked=bool(cfg.env.get("action_mask", False)))
         try:
             self.algo.train(self.session)
         finally:
@@ -363,7 +369,8 @@ class Run:
         policy.eval()  # NoisyNet layers act on their mean weights when evaluated
         faults.point("evaluate")
         try:
-            return float(run_episodes(self.eval_envs, act, cfg.eval.episodes, seed).mean())
+            return float(run_episodes(self.eval_envs, act, cfg.eval.episodes, seed,
+                                      masked=bool(cfg.env.get("action_mask", False))).mean())
         finally:
             policy.train()
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from dqnrun import metrics as M
 from dqnrun.envs import GAME_OVER, shares_obs_buffer
+from dqnrun.envs.masks import vector_mask
 from dqnrun.errors import EnvError, TrainingError
 from dqnrun.loggers import Logger
 
@@ -101,11 +102,12 @@ class EnvCursor:
     autoreset: np.ndarray
     ep_return: np.ndarray
     ep_length: np.ndarray
+    mask: np.ndarray | None = None  # (E, A) bool: the legal actions of ``obs`` (env.action_mask), else None
 
     @classmethod
-    def start(cls, obs: np.ndarray) -> EnvCursor:
+    def start(cls, obs: np.ndarray, mask: np.ndarray | None = None) -> EnvCursor:
         n = len(obs)
-        return cls(obs, np.zeros(n, bool), np.zeros(n, np.float64), np.zeros(n, np.int64))
+        return cls(obs, np.zeros(n, bool), np.zeros(n, np.float64), np.zeros(n, np.int64), mask)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Transition:
     truncated: np.ndarray
     valid: np.ndarray
     info: dict[str, Any]
+    next_mask: np.ndarray | None = None  # (E, A) bool legal actions of next_obs (env.action_mask), else None
 
 
 class StopFlag:
@@ -186,8 +189,9 @@ class Session:
     def __init__(self, envs: gym.vector.VectorEnv, cursor: EnvCursor, state: LoopState, cadence: Cadence,
                  rng: np.random.Generator, algo: Learning, logger: Logger,
                  evaluate: Callable[[], float] | None, checkpoint: Callable[[str], None],
-                 stop: StopFlag | None = None, env_id: str = "the env") -> None:
+                 stop: StopFlag | None = None, env_id: str = "the env", masked: bool = False) -> None:
         self.env_id = env_id
+        self.masked = masked  # the env reports legal actions: the cursor and each Transition carry them
         self.envs, self.cursor, self.state, self.cadence = envs, cursor, state, cadence
         self.rng, self.algo, self.logger = rng, algo, logger
         self.evaluate, self.checkpoint, self.stop = evaluate, checkpoint, stop
@@ -247,7 +251,13 @@ class Session:
             state.episodes += int(ended.sum())
         c.autoreset = done
         c.obs = next_obs.copy() if self._shared_obs else next_obs
-        return Transition(before, obs, actions, reward, next_obs, terminated, truncated, valid, info)
+        next_mask = None
+        if self.masked:  # the mask of each env's returned observation (a reset one after an autoreset)
+            try:
+                next_mask = c.mask = vector_mask(info, self.n_envs)
+            except RuntimeError as exc:
+                raise EnvError(f"step() {exc}", "step", exc) from exc
+        return Transition(before, obs, actions, reward, next_obs, terminated, truncated, valid, info, next_mask)
 
     def after_step(self, before: int) -> bool:
         """Log, evaluate and checkpoint where the step from ``before`` crossed their cadences. Returns True when

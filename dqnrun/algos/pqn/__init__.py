@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dqnrun import metrics as M
-from dqnrun.acting import epsilon_greedy
+from dqnrun.acting import epsilon_greedy, masked_argmax
 from dqnrun.algos.base import Algorithm
 from dqnrun.algos.pqn.returns import q_lambda_returns
 from dqnrun.algos.pqn.rollout import Rollout
@@ -79,34 +79,44 @@ class PQN(Algorithm):
         with torch.inference_mode():
             return self.policy(torch.as_tensor(obs, device=self.device)).float().cpu().numpy()
 
-    def act(self, obs: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+    def act(self, obs: np.ndarray, step: int, rng: np.random.Generator,
+            mask: np.ndarray | None = None) -> np.ndarray:
         q = self.q_values(obs)
-        return epsilon_greedy(obs, lambda _: q.argmax(1), self.schedule(step), rng, self.n_actions)
+        return epsilon_greedy(obs, lambda _o, m=None: masked_argmax(q, m), self.schedule(step), rng, self.n_actions,
+                              mask)
 
     def train(self, run: Session) -> None:
         clip = self.reward_clip
         while run.running():
-            # --- act: epsilon-greedy; max_a Q(s, a) is kept for the Q(lambda) returns (no target network)
-            q = self.q_values(run.cursor.obs)
-            actions = epsilon_greedy(run.cursor.obs, lambda _, q=q: q.argmax(1), self.schedule(run.step), run.rng,
-                                     self.n_actions)
+            # --- act: epsilon-greedy over the legal actions (all, without env.action_mask); max_a Q(s, a) over
+            # them is kept for the Q(lambda) returns (no target network)
+            obs, mask = run.cursor.obs, run.cursor.mask
+            q = self.q_values(obs)
+            greedy = masked_argmax(q, mask)
+            actions = epsilon_greedy(obs, lambda _o, _m=None, g=greedy: g, self.schedule(run.step), run.rng,
+                                     self.n_actions, mask)
             t = run.env_step(actions)  # t.valid is False on autoreset steps: they are not transitions
             reward = t.reward if clip is None else np.clip(t.reward, -clip, clip)
-            self.rollout.add(t.obs, t.action, reward, t.terminated, t.truncated, t.valid, q.max(1))
+            self.rollout.add(t.obs, t.action, reward, t.terminated, t.truncated, t.valid,
+                             q[np.arange(len(greedy)), greedy])
 
             # --- learn at the end of a rollout: returns backward over it, then epochs x minibatches updates
             if self.rollout.full:
-                self.learn(run.cursor.obs, rollout_start=run.step - self.rollout.pos * self.num_envs)
+                self.learn(run.cursor.obs, rollout_start=run.step - self.rollout.pos * self.num_envs,
+                           last_mask=run.cursor.mask)
 
             # --- log, evaluate, checkpoint
             if run.after_step(t.before):
                 break
 
-    def learn(self, last_obs: np.ndarray, rollout_start: int) -> None:
-        """Update on the full rollout; ``last_obs`` (E, *obs_shape) follows its last step."""
+    def learn(self, last_obs: np.ndarray, rollout_start: int, last_mask: np.ndarray | None = None) -> None:
+        """Update on the full rollout; ``last_obs`` (E, *obs_shape) follows its last step (``last_mask``: its
+        legal actions)."""
         r = self.rollout
-        returns = q_lambda_returns(r.reward, r.terminated, r.ended, r.valid, r.value,
-                                   self.q_values(last_obs).max(1), self.gamma, self.q_lambda)
+        q_last = self.q_values(last_obs)
+        last_value = q_last[np.arange(len(q_last)), masked_argmax(q_last, last_mask)]
+        returns = q_lambda_returns(r.reward, r.terminated, r.ended, r.valid, r.value, last_value, self.gamma,
+                                   self.q_lambda)
         keep = np.flatnonzero(r.valid.reshape(-1))
         obs = torch.as_tensor(r.obs.reshape(-1, *r.obs.shape[2:])[keep], device=self.device)
         action = torch.as_tensor(r.action.reshape(-1)[keep], device=self.device)

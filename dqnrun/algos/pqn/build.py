@@ -18,6 +18,9 @@ from dqnrun.config.rules import Rule, cross_check
 from dqnrun.envs import obs_dtype_and_shape
 from dqnrun.errors import UsageError
 
+# Acts, explores and bootstraps only through the legal actions of envs that report them (env.action_mask).
+ACTION_MASKS = True
+
 # A resume cannot change the network's shape or the rollout's length (a rollout in progress is saved).
 FROZEN_ON_RESUME = ("network", "algo.num_steps")
 
