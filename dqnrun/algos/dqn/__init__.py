@@ -90,7 +90,8 @@ class DQN(Algorithm):
                 break
 
     def read_metrics(self, step: int) -> dict[str, float]:
-        out = {M.EPSILON: self.schedule(step)}  # the epsilon the step's actions were taken with
+        out = {M.EPSILON: self.schedule(step),  # the epsilon the step's actions were taken with
+               M.LEARNING_RATE: float(self.learner.optimizer.param_groups[0]["lr"])}
         learned = self.learner.read_metrics()
         if learned is not None:
             out[M.TD_LOSS], out[M.Q_VALUES] = learned["td_loss"], learned["q_values"]
