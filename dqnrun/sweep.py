@@ -32,9 +32,12 @@ def ensure_plugins() -> None:
     """Register dqnrun's Hydra sweeper (``hydra/sweeper=dqnrun_optuna``). Hydra finds plugins by scanning the
     ``hydra_plugins`` namespace package, which misses packages installed in editable mode (their path is an
     import hook, not a folder), so register it explicitly; a wheel install is found either way."""
-    try:
-        from hydra.core.plugins import Plugins
+    from hydra.core.plugins import Plugins
 
+    from hydra_plugins.dqnrun_population import PopulationLauncher
+
+    Plugins.instance().register(PopulationLauncher)  # hydra/launcher=population
+    try:
         from hydra_plugins.dqnrun_sweeper import DqnrunOptunaSweeper
     except ImportError:  # the sweeps extra (optuna, its Hydra sweeper) is not installed
         return

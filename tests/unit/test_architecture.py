@@ -12,7 +12,9 @@ PKG = Path(__file__).resolve().parents[2] / "dqnrun"
 # algorithm's `build` module is part of them), policy loading and evaluation (they rebuild from a stored config),
 # and the sweep's Hydra callback. Everything else receives built objects and plain values.
 CONFIG_AWARE = ("dqnrun", "dqnrun.__main__", "dqnrun.api", "dqnrun.builders", "dqnrun.cli", "dqnrun.config",
-                "dqnrun.evaluate", "dqnrun.export", "dqnrun.policy", "dqnrun.run.lifecycle", "dqnrun.sweep")
+                "dqnrun.evaluate", "dqnrun.export", "dqnrun.policy", "dqnrun.run.lifecycle", "dqnrun.sweep",
+                # a population's launcher, grouping and engine: the lifecycle of many runs at once
+                "dqnrun.population.launch", "dqnrun.population.grouping", "dqnrun.population.engine")
 # What a module below the builders must never import: the layers above it.
 UPPER = ("dqnrun.api", "dqnrun.builders", "dqnrun.cli", "dqnrun.config.compose", "dqnrun.config.preflight",
          "dqnrun.evaluate", "dqnrun.export", "dqnrun.policy", "dqnrun.report", "dqnrun.run.lifecycle", "dqnrun.sweep")

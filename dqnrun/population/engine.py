@@ -1,0 +1,405 @@
+"""The population engine: K DQN runs advanced in lockstep in one process, learning in one batched update.
+
+Each member is a real run, built by the run lifecycle exactly as its solo run would be (`Run.prepare`,
+``build``, ``restore``: the same seeds, envs, replay, schedule and initial weights) and recorded as one (its
+directory, train.log, results.json, checkpoints, TensorBoard run). The engine then replaces the member's own
+training loop with one loop for all of them, which reads as DQN's does (`dqnrun.algos.dqn.DQN.train`)::
+
+    while members remain:
+        act       one forward for every member's envs (numpy, stacked weights), each member's own
+                  epsilon-greedy draws from its own RNG
+        step      each member's own vector env through its own `Session` (autoreset, episodes, counting)
+        store     each member's own replay buffer (its own sampling RNG: the solo run's replay indices)
+        learn     target syncs at each member's own interval, then one batched update of every member
+                  whose burst is due (`PopulationLearner`)
+        after     each member's own logging, evaluation and checkpoints (`Session.after_step`)
+
+A member that fails (a non-finite loss, an env that raises, a full disk) is recorded as failed by its own
+lifecycle and leaves the batch; the others go on. A signal stops every member at the same step boundary and
+each saves its last.pt: a population resumes member by member, exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from dqnrun import builders
+from dqnrun.acting import epsilon_greedy
+from dqnrun.errors import EnvError, UsageError, write_failure
+from dqnrun.population.logs import MemberLogs
+from dqnrun.population.member import MemberAlgo, Slot, stack_members
+from dqnrun.population.stacked import PopulationLearner
+from dqnrun.population.watch import Watch
+from dqnrun.replay import Batch
+from dqnrun.run import artifacts as A
+from dqnrun.run import faults
+from dqnrun.run.lifecycle import Job, Run, _log_failure, env_failure, owned_dir, run_label
+from dqnrun.run.lock import RunDirBusy, RunLock, remove_stale_temp_files
+from dqnrun.run.session import Cadence, Session, StopFlag, crossings
+
+log = logging.getLogger("dqnrun.population")
+
+
+@dataclass
+class MemberSpec:
+    """One member to train: its config (normalized), its job (directory, overrides), how lines name it and the
+    setting whose aggregate statistics it joins (its overrides without the seed)."""
+
+    cfg: DictConfig
+    job: Job
+    label: str
+    setting: str
+
+
+class MemberStop:
+    """A member's view of the population's stop flag: it sees the same signal, but never hands it on to a
+    launcher's own handler (`StopFlag.chain`); the population does that once, after every member has saved."""
+
+    def __init__(self, flag: StopFlag) -> None:
+        self.flag = flag
+
+    @property
+    def signum(self) -> int | None:
+        return self.flag.signum
+
+    @property
+    def requested(self) -> bool:
+        return self.flag.requested
+
+    def chain(self) -> bool:
+        return False
+
+    def install(self) -> MemberStop:
+        return self
+
+    def uninstall(self) -> None:
+        pass
+
+
+class Member:
+    """A member's run and where it stands."""
+
+    def __init__(self, spec: MemberSpec, key: str) -> None:
+        self.spec, self.key = spec, key
+        self.run: Run | None = None
+        self.lock: RunLock | None = None
+        self.slot = Slot(None)
+        self.session: Session | None = None
+        self.results: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.left = False  # ended or failed; its row leaves the stacked tensors at the next compaction
+
+    @property
+    def dqn(self) -> Any:
+        return self.run.algo.dqn  # type: ignore[union-attr]
+
+    @property
+    def training(self) -> bool:
+        return self.slot.index is not None and not self.left
+
+
+class Population:
+    """Trains ``specs`` together; `run` returns each member's results (results.json's contents), in order.
+
+    Args:
+        specs: the members; they must be able to share a population (`dqnrun.population.grouping`).
+        stop: the process's installed stop flag (signals).
+        router: routes each member's log records into its train.log.
+        aggregate_root: where the aggregate TensorBoard runs go (``<root>/aggregate/tb/<setting>``); None: none.
+        progress: draw a progress bar (on a terminal) or print a progress line per log interval.
+        threads: torch threads for the batched update.
+        name: how the population's lines name it (``population 2 of 3``).
+    """
+
+    def __init__(self, specs: Sequence[MemberSpec], stop: StopFlag, router: MemberLogs,
+                 aggregate_root: Path | None = None, progress: bool = True, threads: int = 1,
+                 name: str = "population") -> None:
+        self.members = [Member(s, f"{i}:{s.job.run_dir}") for i, s in enumerate(specs)]
+        self.stop, self.router = stop, router
+        self.watch = Watch(name, progress, aggregate_root)
+        self.threads, self.name = int(threads), name
+        self.learner: PopulationLearner | None = None
+        self._live: list[Member] = []
+
+    # --- the whole population ---------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        try:
+            for m in self.members:
+                self._start(m)
+            self._stack()
+            for m in self._live:
+                self._open_session(m)
+            self._loop()
+        except BaseException as exc:  # a second Ctrl-C: every member records itself interrupted, at once
+            for m in self._live:
+                with self.router.member(m.key):
+                    m.run.abort(exc)  # type: ignore[union-attr]
+            raise
+        finally:
+            self._close()
+        return [m.results or {"status": A.FAILED, "error": str(m.error)} for m in self.members]
+
+    def _close(self) -> None:
+        self.watch.close()
+        for m in self.members:
+            if m.run is not None:
+                m.run.close()
+            if m.lock is not None:
+                m.lock.release()
+            self.router.close_member(m.key)
+
+    # --- members starting -------------------------------------------------------------------------------
+    def _start(self, m: Member) -> None:
+        """Lock, prepare, build and restore one member as `dqnrun.run.lifecycle.execute` does; a failure is
+        recorded in its directory and it never joins."""
+        spec = m.spec
+        run_dir = owned_dir(spec.cfg, spec.job)
+        try:
+            m.lock = RunLock(run_dir).acquire()
+        except (RunDirBusy, OSError) as exc:
+            message = str(exc) if isinstance(exc, RunDirBusy) else write_failure(run_dir / ".lock", exc)
+            m.error = UsageError(message)
+            m.results = {"status": A.FAILED, "stop_reason": "failed", "error": message, "run_dir": str(run_dir)}
+            log.error("%s: %s", spec.label, message)
+            return
+        self.router.open(m.key, run_dir / "train.log", spec.label)
+        with self.router.member(m.key):
+            remove_stale_temp_files(m.lock.run_dir)
+            try:
+                m.run = Run.prepare(spec.cfg, spec.job)
+            except Exception as exc:
+                self._prepare_failed(m, exc)
+                return
+            run = m.run
+            run.stop = MemberStop(self.stop)  # type: ignore[assignment]
+            try:
+                if run.ckpt is None:
+                    run.write_results(run.results(A.RUNNING, None))
+                faults.point("build")
+                run.build()
+                faults.point("restore")
+                run.restore()
+                if run.ckpt is not None:
+                    if self.stop.requested:
+                        m.results = run.left_as_it_was()
+                        return
+                    run.write_results(run.results(A.RUNNING, None))
+            except Exception as exc:
+                self._failed(m, exc, joined=False)
+                return
+        self._live.append(m)
+
+    def _prepare_failed(self, m: Member, exc: Exception) -> None:
+        """As `lifecycle.execute`: a job whose config or resume point is bad gets a failed results.json."""
+        spec = m.spec
+        message = _log_failure(exc)
+        m.error = exc
+        m.results = {"status": A.FAILED, "stop_reason": "failed", "error": message,
+                     "overrides": list(spec.job.overrides), "seed": spec.cfg.get("seed"),
+                     "run_dir": str(spec.job.run_dir), "eval_history": [],
+                     "objective": {"name": spec.cfg.get("objective", "auc"), "value": None}}
+        if spec.job.run_dir.exists() and not A.results_path(spec.job.run_dir).exists():
+            A.write_results(spec.job.run_dir, m.results)
+
+    def _stack(self) -> None:
+        """The members' weights, optimizer states and counters into one `PopulationLearner`."""
+        live = self._live
+        if not live:
+            return
+        dqns = [m.run.algo for m in live]  # type: ignore[union-attr]
+        self.learner = learner = stack_members(dqns)
+        for i, (m, dqn) in enumerate(zip(live, dqns, strict=True)):
+            m.slot.index = i
+            m.run.algo = MemberAlgo(dqn, learner, m.slot)  # type: ignore[union-attr]
+        torch.set_num_threads(self.threads)
+
+    def _open_session(self, m: Member) -> None:
+        """The member's `Session`, as `Run.train` opens it (its own cadences, logger and callbacks); no bar: the
+        population draws one for all."""
+        run = m.run
+        cfg = run.cfg  # type: ignore[union-attr]
+        cadence = Cadence(total_steps=cfg.total_steps, eval_every=cfg.eval.every, log_every=cfg.log.every,
+                          checkpoint_every=cfg.checkpoint.every, solved_score=cfg.env.get("solved_score"),
+                          progress=False, stop_when_solved=bool(cfg.get("stop_when_solved", False)))
+        purge = run.state.step + 1 if run.ckpt is not None else None  # type: ignore[union-attr]
+        label = run_label(cfg, run.job)  # type: ignore[union-attr]
+        earlier = sorted(p.name for p in (run.run_dir / "tb").glob("*") if p.is_dir()) if run.ckpt else []
+        if earlier:
+            label = earlier[0]
+        with self.router.member(m.key):
+            run.logger = builders.build_logger(cfg, run.run_dir, label, purge)  # type: ignore[union-attr]
+            log.info("training in %s (pid %d), one of %d members of %s", run.run_dir, os.getpid(),
+                     len(self._live), self.name)
+            m.session = run.session = Session(  # type: ignore[union-attr]
+                run.envs, run.cursor, run.state, cadence, run.rng, run.algo, run.logger,
+                run.evaluate if run.eval_envs is not None else None, run.save, run.stop, env_id=str(cfg.env.id))
+
+    # --- the lockstep loop ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        if self._live:
+            self.watch.start(self.members, self._live)
+        while self._live:
+            for m in list(self._live):
+                if not m.session.running():  # type: ignore[union-attr]
+                    self._end(m)
+            self._compact()
+            if self._live:
+                self._step()
+                self._compact()
+
+    def _step(self) -> None:
+        live, learner = self._live, self.learner
+        assert learner is not None
+        obs = [m.session.cursor.obs for m in live]  # type: ignore[union-attr]
+        cache: list[np.ndarray] = []
+
+        def greedy_of(slot: int) -> Any:
+            def greedy(_: np.ndarray) -> np.ndarray:
+                if not cache:  # one forward for every member, the first time one of them acts greedily
+                    cache.append(learner.greedy(np.stack(obs)))
+                return cache[0][slot]
+            return greedy
+
+        stepped: list[tuple[Member, Any]] = []
+        router = self.router
+        for i, m in enumerate(live):
+            router.current = m.key
+            try:
+                stepped.append((m, self._act_and_store(m, greedy_of(i))))
+            except Exception as exc:
+                self._failed(m, exc)
+        router.current = None
+        self._learn(stepped)
+        for m, t in stepped:
+            if not m.training:
+                continue
+            router.current = m.key
+            try:
+                if m.session.after_step(t.before):  # type: ignore[union-attr]
+                    self._end(m)
+            except Exception as exc:
+                self._failed(m, exc)
+        router.current = None
+        if stepped and stepped[0][0].training:
+            self.watch.report(self.members, len(self._live), stepped[0][0], stepped[0][1].before)
+
+    def _act_and_store(self, m: Member, greedy: Any) -> Any:
+        """Act (the member's own epsilon and draws), step its envs, store in its replay: DQN's loop, one member."""
+        dqn, session = m.dqn, m.session
+        step = session.step
+        epsilon = 1.0 if step < dqn.learning_starts else dqn.schedule(step)
+        actions = epsilon_greedy(session.cursor.obs, greedy, epsilon, session.rng, dqn.n_actions)
+        t = session.env_step(actions)
+        clip = dqn.reward_clip
+        reward = t.reward if clip is None else np.clip(t.reward, -clip, clip)
+        dqn.replay.add(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated, t.valid)
+        return t
+
+    def _learn(self, stepped: list[tuple[Member, Any]]) -> None:
+        """Target syncs at each member's own interval, then one batched update per burst size (one in lockstep)."""
+        learner = self.learner
+        assert learner is not None
+        syncs, due = [], {}
+        for m, t in stepped:
+            if not m.training:
+                continue
+            dqn, step = m.dqn, m.session.step
+            if step > dqn.learn_after and dqn.replay.size:
+                if crossings(t.before, step, dqn.target_update_interval):
+                    syncs.append(m.slot.index)
+                bursts = crossings(t.before, step, dqn.train_freq)
+                if bursts:
+                    due.setdefault(bursts * dqn.gradient_steps, []).append(m)
+        if syncs:
+            learner.sync_targets(syncs)
+        for n, members in due.items():
+            batches = {m.slot.index: m.dqn.replay.sample(n_batches=n, step=m.session.step) for m in members}
+            active = [s in batches for s in range(learner.k)]
+            out = learner.update(stack_batches(batches, learner.k), active)
+            for m in members:
+                b = batches[m.slot.index]
+                for g, td_abs in enumerate(out):
+                    if td_abs is not None and b.indices is not None:  # prioritized replay
+                        m.dqn.replay.update_priorities(b.indices[g], td_abs[m.slot.index])
+
+    # --- members leaving --------------------------------------------------------------------------------
+    def _end(self, m: Member) -> None:
+        """A member that completed, solved or was interrupted: last.pt, results.json, as `Run.train` and
+        `Run.finish` end a solo run."""
+        run, session = m.run, m.session
+        with self.router.member(m.key):
+            try:
+                run.algo.export()  # type: ignore[union-attr]
+                run.state, reason = session.finish()  # type: ignore[union-attr]
+                run.save("last")  # type: ignore[union-attr]
+                session.close_display()  # type: ignore[union-attr]
+                m.results = run.finish(reason)  # type: ignore[union-attr]
+            except Exception as exc:
+                self._failed(m, exc)
+                return
+        self._leave(m)
+
+    def _failed(self, m: Member, exc: Exception, joined: bool = True) -> None:
+        """A member that failed: recorded as its solo run would be (results.json, train.log), out of the batch."""
+        run = m.run
+        with self.router.member(m.key):
+            if joined and m.training:
+                run.algo.export()  # type: ignore[union-attr]
+            if m.session is not None:
+                run.state, _ = m.session.finish()  # type: ignore[union-attr]
+            if isinstance(exc, EnvError):
+                log.error("the env failed:\n%s", "".join(traceback.format_exception(exc.cause or exc)))
+                error = EnvError(env_failure(run.cfg, exc), exc.where)  # type: ignore[union-attr]
+                message = _log_failure(error)
+            else:
+                message = _log_failure(exc)
+            m.error = exc
+            try:
+                m.results = run.finish("failed", error=message)  # type: ignore[union-attr]
+            except Exception as second:  # its record could not be written either (a full disk): say so, go on
+                log.error("%s: %s", m.spec.label, second)
+                m.results = {"status": A.FAILED, "error": message}
+        self._leave(m)
+
+    def _leave(self, m: Member) -> None:
+        if m in self._live:
+            self._live.remove(m)
+        m.left = True
+
+    def _compact(self) -> None:
+        """Drop the members that left from the stacked tensors (once per step, after all of them moved): until
+        then their rows stay where they were, so every slot index of the step stays valid."""
+        learner = self.learner
+        if learner is None or len(self._live) == learner.k:
+            return
+        learner.keep([m.slot.index for m in self._live])  # type: ignore[misc]
+        for m in self.members:
+            if m.left:
+                m.slot.index = None
+        for i, m in enumerate(self._live):
+            m.slot.index = i
+
+
+def stack_batches(batches: dict[int, Batch], k: int) -> Batch:
+    """Members' batches ``(G, B, ...)`` by slot -> one ``(K, G, B, ...)`` batch; a slot without one (a member not
+    due to learn) gets zeros, and its update is masked out."""
+    ref = next(iter(batches.values()))
+    fields = {}
+    for name in ("obs", "action", "reward", "next_obs", "terminated", "discount", "weights"):
+        first = getattr(ref, name)
+        if first is None:
+            fields[name] = None
+            continue
+        fields[name] = torch.stack([getattr(batches[s], name) if s in batches else torch.zeros_like(first)
+                                    for s in range(k)])
+    return Batch(**fields)  # type: ignore[arg-type]

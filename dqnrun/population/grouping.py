@@ -1,0 +1,169 @@
+"""Which jobs of a sweep can train together as one population, and why a job stands alone.
+
+Members of a population share one network architecture, one env, one replay configuration and DQN's switches;
+they may differ in what a batched update can hold per member (`MEMBER_KEYS`) and in what each run keeps to
+itself (`RUN_KEYS`). Every other key splits groups. A job whose training a population cannot batch (another
+algorithm, a network the stacked update does not implement, ...) runs as an ordinary run; `eligibility` says why.
+docs/populations.md lists the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# What may differ inside a population, per member: the batched update holds each of these per member.
+MEMBER_KEYS = ("seed", "optimizer.lr", "learner.gamma", "learner.tau", "learner.max_grad_norm",
+               "algo.target_update_interval", "schedule")
+# What each member's own run keeps to itself (its record, its cadences of evaluation, logging and checkpoints,
+# its length): these never touch the batched update either.
+RUN_KEYS = ("name", "tags", "objective", "eval", "checkpoint", "log", "total_steps", "stop_when_solved", "resume",
+            "init_from", "torch_threads")
+PLAIN_MLP = ("dqnrun.networks.MLP", "dqnrun.networks.QNetwork")
+STACKED_ACTIVATIONS = ("relu", "tanh")
+
+
+def eligibility(cfg: DictConfig) -> str | None:
+    """None if a job can be a population member, else why it stands alone (one phrase)."""
+    algo = str(OmegaConf.select(cfg, "algo._target_", default=""))
+    if algo != "dqnrun.algos.dqn.DQN":
+        return f"algo={algo.rsplit('.', 1)[-1].lower() or '?'}: populations batch DQN's update only"
+    net = cfg.network
+    target = str(net.get("_target_", ""))
+    if target not in PLAIN_MLP:
+        return f"network {target.rsplit('.', 1)[-1]}: the stacked update implements plain MLPs"
+    for key, why in (("conv", "a convolutional torso"), ("dueling", "a dueling head"), ("noisy", "NoisyNet layers"),
+                     ("norm", "a normalization layer")):
+        if net.get(key):
+            return f"network.{key}={net.get(key)}: {why} is not in the stacked update"
+    if net.get("activation", "relu") not in STACKED_ACTIVATIONS:
+        return f"network.activation={net.get('activation')}: the stacked update has relu and tanh"
+    lc = cfg.learner
+    if lc.get("distributional", False) not in (False, None):
+        return f"learner.distributional={lc.get('distributional')}: its update is not batched"
+    if lc.get("munchausen", False):
+        return "learner.munchausen=true: its target is not batched"
+    if lc.get("loss", "huber") not in ("huber", "mse"):
+        return f"learner.loss={lc.get('loss')}: the stacked update has huber and mse"
+    if cfg.get("compile", False):
+        return "compile=true: a population runs its own batched update"
+    opt = str(cfg.optimizer.get("_target_", ""))
+    if opt != "torch.optim.Adam" or cfg.optimizer.get("amsgrad", False):
+        return f"optimizer {opt.rsplit('.', 1)[-1]}: a population steps Adam"
+    replay = cfg.get("replay") or {}
+    if replay.get("latest", False):
+        return "replay=latest: online learning without history stands alone"
+    if replay.get("storage", "transitions") != "transitions":
+        return f"replay.storage={replay.get('storage')}: pixel replays stand alone"
+    if cfg.env.get("action_mask", False):
+        return "env.action_mask=true: a population acts without masks"
+    if str(cfg.get("device", "auto")) not in ("auto", "cpu"):
+        return f"device={cfg.device}: populations run on the CPU so far"
+    return None
+
+
+def _strip(tree: Any, keys: Sequence[str]) -> Any:
+    for key in keys:
+        *path, last = key.split(".")
+        node = tree
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return tree
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Jobs with equal keys can share a population: the resolved config without `MEMBER_KEYS` and `RUN_KEYS`."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    return json.dumps(_strip(tree, (*MEMBER_KEYS, *RUN_KEYS)), sort_keys=True, default=str)
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def differing_keys(a: str, b: str) -> list[str]:
+    """The keys in which two group keys differ (what splits two groups)."""
+    fa, fb = flat(json.loads(a)), flat(json.loads(b))
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+
+
+@dataclass
+class Plan:
+    """How a sweep's jobs (by index) train: ``populations`` (each a list of job indices, trained together),
+    ``alone`` (job index -> why it runs as an ordinary run) and ``splits`` (why groups were formed apart)."""
+
+    populations: list[list[int]] = field(default_factory=list)
+    alone: dict[int, str] = field(default_factory=dict)
+    splits: list[str] = field(default_factory=list)
+
+
+def plan(configs: Sequence[DictConfig], max_members: int, n_jobs: int = 1,
+         jobs: Sequence[int] | None = None) -> Plan:
+    """Group jobs: eligible jobs with equal `group_key` form a group (in job order); a group larger than
+    ``max_members`` becomes several populations of balanced sizes, and groups are split further (largest first)
+    until there are ``n_jobs`` populations to run side by side, where members allow it. A group of one job is a
+    population of one (its run is the same either way). ``jobs``: the job number of each config, for the lines
+    that say why groups were formed apart (default: the indices)."""
+    num = list(jobs) if jobs is not None else list(range(len(configs)))
+    out = Plan()
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        why = eligibility(cfg)
+        if why is not None:
+            out.alone[i] = why
+            continue
+        groups.setdefault(group_key(cfg), []).append(i)
+    keys = list(groups)
+    for key in keys[1:]:
+        diff = differing_keys(keys[0], key)
+        shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+        these, first = _jobs_of(groups[key], num), _jobs_of(groups[keys[0]], num)
+        out.splits.append(f"{_jobs_word(these)} {span(these)} differ from {_jobs_word(first)} {span(first)} in {shown}")
+    chunks = {key: max(1, math.ceil(len(jobs) / max(1, max_members))) for key, jobs in groups.items()}
+    while sum(chunks.values()) < n_jobs:
+        key = max(keys, key=lambda k: len(groups[k]) / chunks[k], default=None)
+        if key is None or len(groups[key]) <= chunks[key]:
+            break
+        chunks[key] += 1
+    for key in keys:
+        out.populations += balanced(groups[key], chunks[key])
+    return out
+
+
+def _jobs_of(members: Sequence[int], num: Sequence[int]) -> list[int]:
+    return sorted({num[i] for i in members})
+
+
+def _jobs_word(jobs: Sequence[int]) -> str:
+    return "job" if len(jobs) == 1 else "jobs"
+
+
+def balanced(items: Sequence[int], parts: int) -> list[list[int]]:
+    """``items`` in order, cut into ``parts`` runs of sizes differing by at most one."""
+    n = len(items)
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [list(items[bounds[i]:bounds[i + 1]]) for i in range(parts) if bounds[i + 1] > bounds[i]]
+
+
+def span(jobs: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2, 5``."""
+    parts, start = [], None
+    for i, j in enumerate(jobs):
+        if start is None:
+            start = j
+        if i + 1 == len(jobs) or jobs[i + 1] != j + 1:
+            parts.append(str(start) if start == j else f"{start}-{j}")
+            start = None
+    return ", ".join(parts)

@@ -1,0 +1,355 @@
+"""The Hydra side of populations: a multirun's jobs -> member run directories -> populations -> JobReturns.
+
+`launch` is what ``hydra/launcher=population`` calls (`hydra_plugins.dqnrun_population` is a thin shell):
+
+1. Every job of the batch (a grid's, an Optuna batch's) is composed as Hydra composes it. With
+   ``seeds_per_job=S`` a job becomes S members, seeds ``seed .. seed+S-1``, in ``<job dir>/<k>/``.
+2. Each member's directory gets what Hydra's ``run_job`` writes (``.hydra/config.yaml``, ``hydra.yaml``,
+   ``overrides.yaml``), so it is an ordinary sweep job's directory.
+3. `dqnrun.population.grouping.plan` groups the members; the first lines say how, and why a job stands alone.
+4. Each population trains (`dqnrun.population.engine.Population`), one after another in this process, side by
+   side in ``n_jobs`` worker processes, or each as one job through submitit (``submitit.cluster=local|slurm``);
+   a job that stands alone runs as an ordinary run (Hydra's ``run_job``).
+5. Each job returns its objective (with seeds: the IQM of its seeds' objectives; NaN when it or one seed failed),
+   which the Optuna sweeper reads as any launcher's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from dqnrun.errors import Interrupted
+from dqnrun.population import grouping
+from dqnrun.population.engine import MemberSpec, Population
+from dqnrun.population.logs import FORMAT, MemberLogs, routed
+from dqnrun.population.stats import iqm
+from dqnrun.sweep import SWEEP_ID_ENV, available_cores, limit_threads
+
+log = logging.getLogger("dqnrun.population")
+
+
+@dataclass
+class Options:
+    """``hydra.launcher.*`` of ``hydra/launcher=population`` (conf/hydra/launcher/population.yaml)."""
+
+    max_members: int = 64
+    n_jobs: int = 1
+    seeds_per_job: int = 1
+    torch_threads: int | None = None
+    submitit: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> Options:
+        known = {k: v for k, v in params.items() if k in cls.__dataclass_fields__}
+        unknown = sorted(set(params) - set(known) - {"_target_"})
+        if unknown:
+            raise ValueError(f"hydra.launcher: unknown option(s) {', '.join(unknown)} of hydra/launcher=population; "
+                             f"it takes {', '.join(cls.__dataclass_fields__)}")
+        out = cls(**known)
+        for name in ("max_members", "n_jobs", "seeds_per_job"):
+            if int(getattr(out, name)) < 1:
+                raise ValueError(f"hydra.launcher.{name}={getattr(out, name)} must be at least 1")
+        return out
+
+
+@dataclass
+class JobSlot:
+    """One job of the batch: its number, overrides, composed config and the members it became."""
+
+    num: int
+    overrides: list[str]
+    config: DictConfig
+    members: list[int] = field(default_factory=list)  # indices into the member list
+
+
+@dataclass
+class MemberRecord:
+    """A member's spec and Hydra's record of it (for its JobReturn)."""
+
+    spec: MemberSpec
+    sweep_config: DictConfig
+    job: int  # index of its JobSlot
+
+
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    setup_globals()
+    config, ctx = launcher.config, launcher.hydra_context
+    opts = launcher.options
+    console()
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    share = max(1, available_cores() // max(1, min(opts.n_jobs, len(job_overrides) * opts.seeds_per_job)))
+    jobs, members = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, share)
+    alone_jobs = {j.num: grouping.eligibility(members[j.members[0]].spec.cfg) for j in jobs}
+    eligible = [i for i, r in enumerate(members) if alone_jobs[jobs[r.job].num] is None]
+    the_plan = grouping.plan([members[i].spec.cfg for i in eligible], opts.max_members, opts.n_jobs,
+                             jobs=[jobs[members[i].job].num for i in eligible])
+    populations = [[eligible[i] for i in pop] for pop in the_plan.populations]
+    say_plan(jobs, members, populations, alone_jobs, the_plan, opts)
+    units: list[tuple[str, Any]] = [("population", [members[i].spec for i in pop]) for pop in populations]
+    units += [("alone", (members[i].sweep_config, jobs[members[i].job].num))
+              for j in jobs if alone_jobs[j.num] is not None for i in j.members]
+    outcomes = run_units(launcher, units, opts, share, sweep_dir)
+    results: dict[int, dict[str, Any]] = {}
+    alone_returns: dict[int, JobReturn] = {}
+    for (kind, _payload), outcome, members_of in zip(units, outcomes, _member_indices(units, populations, jobs,
+                                                                                    alone_jobs), strict=True):
+        if kind == "population":
+            results.update(zip(members_of, outcome, strict=True))
+        else:
+            alone_returns[members_of[0]] = outcome
+            results[members_of[0]] = {"objective": {"value": _value_of(outcome)}}
+    interrupted = [r["exit_code"] for r in results.values() if r.get("exit_code")]
+    if interrupted:
+        print(f"dqnrun train: stopped by signal; every member saved its last.pt. Continue the sweep with the same "
+              f"command and resume={sweep_dir}", file=sys.stderr)
+        raise Interrupted(interrupted[0] - 128)
+    return [job_return(j, members, results, alone_returns, opts.seeds_per_job) for j in jobs]
+
+
+def _member_indices(units: list[tuple[str, Any]], populations: list[list[int]], jobs: list[JobSlot],
+                    alone: dict[int, str | None]) -> list[list[int]]:
+    out = [list(pop) for pop in populations]
+    out += [[i] for j in jobs if alone[j.num] is not None for i in j.members]
+    return out
+
+
+def _value_of(ret: JobReturn) -> float:
+    try:
+        value = ret.return_value
+        return float(value) if value is not None else math.nan
+    except BaseException:
+        return math.nan
+
+
+# --- composing the members ------------------------------------------------------------------------------
+def compose(ctx: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int, seeds: int,
+            share: int) -> tuple[list[JobSlot], list[MemberRecord]]:
+    """Every job's config, and its members' run directories with Hydra's record in them."""
+    jobs: list[JobSlot] = []
+    members: list[MemberRecord] = []
+    for offset, overrides in enumerate(job_overrides):
+        num = first + offset
+        base = _sweep_config(ctx, config, list(overrides), num)
+        job = JobSlot(num, list(overrides), base)
+        if seeds == 1:
+            variants = [(list(overrides), None)]
+        else:
+            subdir = str(base.hydra.sweep.subdir)
+            seed = int(base.seed)
+            kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("seed", "hydra.sweep.subdir")]
+            variants = [([*kept, f"seed={seed + k}", f"hydra.sweep.subdir={subdir}/{k}"], k) for k in range(seeds)]
+        for member_overrides, k in variants:
+            sweep_config = base if k is None else _sweep_config(ctx, config, member_overrides, num)
+            spec = member_dir(sweep_config, share, label=f"job {num}" if k is None else f"job {num} seed {k}",
+                              setting=_setting(overrides))
+            job.members.append(len(members))
+            members.append(MemberRecord(spec, sweep_config, len(jobs)))
+        jobs.append(job)
+    return jobs, members
+
+
+def _sweep_config(ctx: Any, config: DictConfig, overrides: list[str], num: int) -> DictConfig:
+    sweep_config = ctx.config_loader.load_sweep_config(config, overrides)
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{num}"
+        sweep_config.hydra.job.num = num
+    return sweep_config
+
+
+def _setting(overrides: Sequence[str]) -> str:
+    """What a job's members share beyond their seeds, as a TensorBoard run name (its overrides but the seed)."""
+    from dqnrun.run.artifacts import defining_overrides, safe_name
+
+    kept = [o for o in defining_overrides(list(overrides)) if o.split("=", 1)[0].lstrip("+~") != "seed"]
+    return safe_name(",".join(kept)) if kept else "default"
+
+
+def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -> MemberSpec:
+    """What Hydra's ``run_job`` and the `dqnrun train` task do before training, for one member: its output
+    directory with ``.hydra/``, its task config (normalized, resolved while its Hydra config is current) and
+    its `Job` (overrides as typed)."""
+    from dqnrun.config.compose import as_typed_overrides, normalize
+    from dqnrun.run.lifecycle import Job
+
+    HydraConfig.instance().set_config(sweep_config)
+    output_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+    with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
+        sweep_config.hydra.runtime.output_dir = str(output_dir.resolve())
+    HydraConfig.instance().set_config(sweep_config)
+    task_cfg = copy.deepcopy(sweep_config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    OmegaConf.resolve(task_cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    task_overrides = list(OmegaConf.to_container(sweep_config.hydra.overrides.task))  # type: ignore[arg-type]
+    typed = as_typed_overrides(task_overrides)
+    subdir = sweep_config.hydra.output_subdir
+    if subdir is not None:
+        record = output_dir / str(subdir)
+        record.mkdir(parents=True, exist_ok=True)
+        (record / "config.yaml").write_text(OmegaConf.to_yaml(task_cfg))
+        (record / "hydra.yaml").write_text(OmegaConf.to_yaml(HydraConfig.instance().cfg))  # type: ignore[arg-type]
+        (record / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(typed)))
+    job = Job(output_dir.resolve(), typed, multirun=True, cpu_share=share)
+    return MemberSpec(normalize(task_cfg), job, label, setting)
+
+
+# --- what the sweep's first lines say ---------------------------------------------------------------------
+def say_plan(jobs: list[JobSlot], members: list[MemberRecord], populations: list[list[int]],
+             alone: dict[int, str | None], the_plan: grouping.Plan, opts: Options) -> None:
+    n_members = len(members)
+    what = f"{len(jobs)} jobs" + (f" x {opts.seeds_per_job} seeds = {n_members} runs" if opts.seeds_per_job > 1
+                                  else "")
+    where = f"{len(populations)} population{'s' if len(populations) != 1 else ''}"
+    n_alone = sum(1 for j in jobs if alone[j.num] is not None)
+    alone_part = f" and {n_alone} job{'s' if n_alone != 1 else ''} on {'their' if n_alone != 1 else 'its'} own"
+    side = f", {opts.n_jobs} at a time" if opts.n_jobs > 1 and len(populations) > 1 else ""
+    print(f"dqnrun train: {what} in {where}{alone_part if n_alone else ''}{side}", flush=True)
+    for i, pop in enumerate(populations):
+        nums = sorted({jobs[members[m].job].num for m in pop})
+        print(f"  population {i + 1}: {len(pop)} members (jobs {grouping.span(nums)})", flush=True)
+    for line in the_plan.splits:
+        print(f"  separate populations: {line}", flush=True)
+    for j in jobs:
+        if alone[j.num] is not None:
+            print(f"  job {j.num} runs on its own: {alone[j.num]}", flush=True)
+
+
+# --- running ----------------------------------------------------------------------------------------------
+def run_units(launcher: Any, units: list[tuple[str, Any]], opts: Options, share: int, sweep_dir: Path) -> list[Any]:
+    """Each unit's outcome: a population's member results, or an ordinary job's JobReturn."""
+    sweep_id = os.environ.get(SWEEP_ID_ENV)
+    threads = opts.torch_threads or share
+    calls = [Unit(kind, payload, launcher.hydra_context, launcher.config, launcher.task_function, threads, share,
+                  sweep_id, sweep_dir, f"population {i + 1}" if kind == "population" else "")
+             for i, (kind, payload) in enumerate(units)]
+    if opts.submitit:
+        return _via_submitit(calls, opts.submitit, sweep_dir)
+    if opts.n_jobs > 1 and len(calls) > 1:
+        from joblib import Parallel, delayed
+
+        state = Singleton.get_state()
+        return list(Parallel(n_jobs=opts.n_jobs, backend="loky")(delayed(c.remote)(state) for c in calls))
+    out = []
+    for c in calls:
+        outcome = c()
+        out.append(outcome)
+        if c.kind == "population" and any(r.get("exit_code") for r in outcome):
+            out += [[{"status": "interrupted", "exit_code": r["exit_code"]} for r in outcome]
+                    if k == "population" else JobReturn(status=JobStatus.FAILED, _return_value=Interrupted(2))
+                    for k, _ in units[len(out):]]
+            break
+    return out
+
+
+class Unit:
+    """One population, or one job that stands alone, as a picklable callable (worker processes, submitit).
+    A submitit job preempted on SLURM is requeued with the same callable (`checkpoint`): its members resume
+    from their last.pt when the sweep runs with ``resume=auto``."""
+
+    def __init__(self, kind: str, payload: Any, hydra_context: Any, config: DictConfig, task_function: Any,
+                 threads: int, share: int, sweep_id: str | None, sweep_dir: Path, name: str) -> None:
+        self.kind, self.payload, self.hydra_context, self.config = kind, payload, hydra_context, config
+        self.task_function, self.threads, self.share, self.sweep_id = task_function, threads, share, sweep_id
+        self.sweep_dir, self.name = sweep_dir, name
+
+    def remote(self, singleton_state: dict[Any, Any]) -> Any:
+        """In another process: Hydra's singletons (config store, plugins) first, as the joblib launcher does."""
+        setup_globals()
+        Singleton.set_state(singleton_state)
+        console()
+        return self()
+
+    def __call__(self) -> Any:
+        if self.sweep_id is not None:
+            os.environ[SWEEP_ID_ENV] = self.sweep_id
+        if self.kind == "population":
+            return run_population(self.payload, self.sweep_dir, self.threads, self.share, self.name)
+        sweep_config, num = self.payload
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def run_population(specs: list[MemberSpec], sweep_dir: Path, threads: int, share: int,
+                   name: str = "population") -> list[dict[str, Any]]:
+    """Train one population in this process: signals stop every member at one step boundary (each saves its
+    last.pt); SLURM's preemption signal is handed on to submitit once all have saved."""
+    from dqnrun.run.session import StopFlag
+
+    limit_threads(share)
+    progress = any(bool(s.cfg.log.get("progress", True)) for s in specs)
+    stop = StopFlag().install()
+    try:
+        with routed(MemberLogs()) as router:
+            results = Population(specs, stop, router, aggregate_root=sweep_dir, progress=progress,
+                                 threads=threads, name=name).run()
+    finally:
+        stop.uninstall()
+    if stop.signum == signal.SIGUSR2:
+        stop.chain()
+    return results
+
+
+def _via_submitit(calls: list[Unit], params: dict[str, Any], sweep_dir: Path) -> list[Any]:
+    """Each unit as one submitit job (``cluster``: local | slurm | auto); its logs in ``<sweep dir>/.submitit``."""
+    import submitit
+
+    params = dict(params)
+    cluster = params.pop("cluster", "local")
+    folder = params.pop("folder", str(sweep_dir / ".submitit" / "%j"))
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    if params:
+        executor.update_parameters(**params)
+    state = Singleton.get_state()
+    jobs = [executor.submit(c.remote, state) for c in calls]
+    return [j.result() for j in jobs]
+
+
+# --- what each job returns ----------------------------------------------------------------------------------
+def job_return(job: JobSlot, members: list[MemberRecord], results: dict[int, dict[str, Any]],
+               alone: dict[int, JobReturn], seeds: int) -> JobReturn:
+    """A job's JobReturn: its objective; with seeds, the IQM of its seeds' objectives (NaN if one failed)."""
+    if seeds == 1 and job.members[0] in alone:
+        return alone[job.members[0]]
+    values = []
+    for i in job.members:
+        value = (results.get(i) or {}).get("objective", {}) or {}
+        v = value.get("value") if isinstance(value, dict) else None
+        values.append(math.nan if v is None else float(v))
+    value = math.nan if any(math.isnan(v) for v in values) else (values[0] if seeds == 1 else iqm(values))
+    ret = JobReturn(overrides=list(job.overrides), cfg=members[job.members[0]].spec.cfg,
+                    hydra_cfg=job.config, working_dir=os.getcwd(), task_name="train", status=JobStatus.COMPLETED)
+    ret.return_value = value
+    return ret
+
+
+def console() -> None:
+    """A console handler on the root logger (Hydra's job-logging format) where none is: the population's own lines
+    and its members' warnings go there; each member's INFO lines go to its train.log."""
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)

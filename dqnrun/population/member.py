@@ -1,0 +1,181 @@
+"""A population member as the run lifecycle sees it: an ordinary DQN run whose weights live in stacked tensors.
+
+Each member is built exactly as its solo run (`dqnrun.run.lifecycle.Run`: its seed, envs, replay, schedule, the
+networks its seed initializes), so it draws the same env seeds, exploration and replay indices. While it trains,
+its online and target weights, Adam's moments and its counters live in row ``slot`` of the population's
+`PopulationLearner`; `MemberAlgo` copies them into the member's own DQN objects whenever the lifecycle reads
+them (its ``policy`` for an evaluation or best.pt, its ``state_dict`` for a checkpoint). So a member's
+checkpoints are a solo run's, which ``dqnrun eval``, ``export``, ``dqnrun.load`` and ``resume`` read unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dqnrun import metrics as M
+from dqnrun.algos.base import Algorithm
+from dqnrun.population.stacked import PopulationLearner, StackedMLP
+
+if TYPE_CHECKING:
+    from dqnrun.algos.dqn import DQN
+    from dqnrun.run.session import Session
+
+
+def layers(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fully connected network's ``[(weight, bias), ...]``, input layer first."""
+    return [(layer.weight, layer.bias) for layer in net.linears]  # type: ignore[attr-defined]
+
+
+def _params(net: nn.Module) -> list[torch.Tensor]:
+    return [p for wb in layers(net) for p in wb]
+
+
+class Slot:
+    """Where a member sits in the stacked tensors; ``index`` is None once it has left the population."""
+
+    def __init__(self, index: int | None) -> None:
+        self.index = index
+
+
+def import_member(learner: PopulationLearner, slot: int, dqn: DQN) -> None:
+    """A member's own state into row ``slot``: weights, Adam's moments and step (zeros where it never stepped),
+    update count and metric sums (a resumed or initialized member continues from them)."""
+    src = dqn.learner
+    with torch.no_grad():
+        for dst, p in zip(learner.online.member_tensors(slot), _params(src.online), strict=True):
+            dst.copy_(p)
+        for dst, p in zip(learner.target.member_tensors(slot), _params(src.target), strict=True):
+            dst.copy_(p)
+        state = [src.optimizer.state.get(p) for p in _params(src.online)]
+        avg = StackedMLP(learner.adam.exp_avg, learner.online.shapes, learner.online.activation)
+        sq = StackedMLP(learner.adam.exp_avg_sq, learner.online.shapes, learner.online.activation)
+        if all(s and "exp_avg" in s for s in state):
+            for a, q, s in zip(avg.member_tensors(slot), sq.member_tensors(slot), state, strict=True):
+                a.copy_(s["exp_avg"])
+                q.copy_(s["exp_avg_sq"])
+            learner.adam.steps[slot].fill_(float(state[0]["step"]))
+        else:
+            avg.flat[slot].zero_()
+            sq.flat[slot].zero_()
+            learner.adam.steps[slot].zero_()
+        learner.updates[slot] = src.updates
+        learner.loss_sum[slot] = src._loss_sum
+        learner.q_sum[slot] = src._q_sum
+        learner.n[slot] = src._n
+
+
+def stack_members(dqns: list[DQN]) -> PopulationLearner:
+    """One `PopulationLearner` holding the members' (built or restored) DQNs, member i in row i: their weights,
+    optimizer states, counters and per-member hyperparameters (lr, gamma, tau, gradient cap)."""
+    first = dqns[0].learner
+    opt = [d.learner.optimizer.param_groups[0] for d in dqns]
+    online = StackedMLP.stack([layers(d.learner.online) for d in dqns], first.online.activation)
+    target = StackedMLP.stack([layers(d.learner.target) for d in dqns], first.online.activation)
+    obs_rank = 0 if first.online.n_obs_categories else 1
+    learner = PopulationLearner(
+        online, target, first.online.features,
+        gamma=[d.learner.gamma for d in dqns], tau=[d.learner.tau for d in dqns],
+        max_grad_norm=[math.inf if d.learner.max_grad_norm is None else d.learner.max_grad_norm for d in dqns],
+        lr=[g["lr"] for g in opt], betas=tuple(opt[0]["betas"]), eps=opt[0]["eps"],
+        weight_decay=opt[0]["weight_decay"], loss=first.loss_name, double=first.double, obs_rank=obs_rank)
+    for i, dqn in enumerate(dqns):
+        import_member(learner, i, dqn)
+    return learner
+
+
+def export_member(learner: PopulationLearner, slot: int, dqn: DQN, policy_only: bool = False) -> None:
+    """Row ``slot`` into the member's own DQN objects, so that its ``state_dict`` is a solo run's: online and
+    target weights, the optimizer's state (as ``torch.optim.Adam`` keeps it), updates and metric sums."""
+    dst = dqn.learner
+    with torch.no_grad():
+        for p, src in zip(_params(dst.online), learner.online.member_tensors(slot), strict=True):
+            p.copy_(src)
+        if policy_only:
+            return
+        for p, src in zip(_params(dst.target), learner.target.member_tensors(slot), strict=True):
+            p.copy_(src)
+        step = learner.adam.steps[slot]
+        opt = dst.optimizer
+        if float(step) == 0.0:
+            opt.state.clear()  # never stepped: what a fresh Adam holds
+        else:
+            avg = StackedMLP(learner.adam.exp_avg, learner.online.shapes, learner.online.activation)
+            sq = StackedMLP(learner.adam.exp_avg_sq, learner.online.shapes, learner.online.activation)
+            for p, a, q in zip(_params(dst.online), avg.member_tensors(slot), sq.member_tensors(slot), strict=True):
+                opt.state[p] = {"step": step.clone(), "exp_avg": a.clone(), "exp_avg_sq": q.clone()}
+        dst.updates = int(learner.updates[slot])
+        dst._loss_sum.copy_(learner.loss_sum[slot])
+        dst._q_sum.copy_(learner.q_sum[slot])
+        dst._n = int(learner.n[slot])
+
+
+class MemberAlgo(Algorithm):
+    """The `Algorithm` a member's lifecycle (`Run`) and `Session` talk to: its DQN, with its learning state read
+    from the population while it is a member (``slot.index``) and from its own objects once it has left."""
+
+    def __init__(self, dqn: DQN, learner: PopulationLearner, slot: Slot) -> None:
+        self.dqn, self.learner, self.slot = dqn, learner, slot
+        self.device = dqn.device
+
+    @property
+    def policy(self) -> nn.Module:  # type: ignore[override]
+        if self.slot.index is not None:
+            export_member(self.learner, self.slot.index, self.dqn, policy_only=True)
+        return self.dqn.policy
+
+    @property
+    def updates(self) -> int:
+        return int(self.learner.updates[self.slot.index]) if self.slot.index is not None else self.dqn.updates
+
+    def act(self, obs: np.ndarray, step: int, rng: np.random.Generator,
+            mask: np.ndarray | None = None) -> np.ndarray:
+        return self.dqn.act(obs, step, rng)
+
+    def train(self, session: Session) -> None:
+        raise RuntimeError("a population member is trained by its population, not on its own")
+
+    def export(self) -> None:
+        """Everything into the member's own objects (before a checkpoint, and when it leaves)."""
+        if self.slot.index is not None:
+            export_member(self.learner, self.slot.index, self.dqn)
+
+    def state_dict(self) -> dict[str, Any]:
+        self.export()
+        return self.dqn.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dqn.load_state_dict(state)
+
+    def data_state(self) -> dict[str, Any] | None:
+        return self.dqn.data_state()
+
+    def load_data_state(self, state: dict[str, Any] | None, step: int) -> None:
+        self.dqn.load_data_state(state, step)
+
+    def read_metrics(self, step: int) -> dict[str, float]:
+        out = {M.EPSILON: self.dqn.schedule(step)}
+        if self.slot.index is None:
+            learned = self.dqn.learner.read_metrics()
+        else:
+            self.check_finite()
+            learned = self.learner.read_metrics(self.slot.index)
+        if learned is not None:
+            out[M.TD_LOSS], out[M.Q_VALUES] = learned["td_loss"], learned["q_values"]
+        return out
+
+    def check_finite(self) -> None:
+        if self.slot.index is None:
+            self.dqn.check_finite()
+        elif not bool(torch.isfinite(self.learner.loss_sum[self.slot.index] + self.learner.q_sum[self.slot.index])):
+            raise FloatingPointError("non-finite loss or Q-value")
+
+    def nonfinite_cause(self) -> str | None:
+        return self.dqn.nonfinite_cause()
+
+    def init_from(self, policy_state: dict[str, Any]) -> None:
+        self.dqn.init_from(policy_state)

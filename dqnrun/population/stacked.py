@@ -1,0 +1,350 @@
+"""K fully connected Q-networks of one shape as stacked parameters, and DQN's update for all of them at once.
+
+A population's members share a network architecture, so member k's layer i is slice k of one tensor
+``W_i (K, out_i, in_i)``: a forward pass is one batched matrix product per layer (``baddbmm``), a backward two
+(``bmm``). All parameters of a member live in one row of a flat ``(K, P)`` tensor (the per-layer tensors are views
+of it), in the order of the hand-written solo update (`dqnrun.fastpath.mlp.ManualMLPGradient`: weight, bias per
+layer), so that gradient clipping is one norm per row and Adam's step is one fused kernel call per distinct
+learning rate over the members' rows (`BatchedAdam`), the very kernel a solo run calls through
+`dqnrun.fastpath.LeanStep`, element for element.
+
+What may differ between members: the learning rate, gamma (a per-sample discount for n-step returns), the
+polyak tau, the gradient-norm cap (``inf`` for none). Everything else is the population's: the architecture, the
+loss (huber | mse), double DQN, the batch size, Adam's betas, eps and weight decay.
+
+Shapes: member batches are ``(K, B, ...)``, or ``(K, G, B, ...)`` for a burst of G gradient steps; Q-values
+``(K, B, A)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from dqnrun.algos.dqn.targets import td_target
+from dqnrun.replay import Batch
+
+# activation -> backward through it from the upstream gradient and the activation's output (as the solo path)
+_BACKWARD = {
+    "relu": lambda grad, h: torch.ops.aten.threshold_backward(grad, h, 0),
+    "tanh": lambda grad, h: torch.ops.aten.tanh_backward(grad, h),
+}
+
+
+class StackedMLP:
+    """K MLPs ``in -> hidden... -> A`` stacked: ``flat (K, P)``, with views ``weights[i] (K, out, in)`` and
+    ``biases[i] (K, out)``.
+
+    Args:
+        flat: (K, P) float32 parameters, member k's in row k (weight then bias of each layer, row-major).
+        shapes: ``(out_i, in_i)`` of each layer, input layer first.
+        activation: ``relu`` | ``tanh``, after every layer but the last.
+    """
+
+    def __init__(self, flat: torch.Tensor, shapes: Sequence[tuple[int, int]], activation: str) -> None:
+        self.shapes = [(int(o), int(i)) for o, i in shapes]
+        self.activation = activation
+        self.relu = activation == "relu"
+        self.size = sum(o * i + o for o, i in self.shapes)
+        if flat.dim() != 2 or flat.shape[1] != self.size:
+            raise ValueError(f"flat parameters must be (K, {self.size}), got {tuple(flat.shape)}")
+        self.flat = flat
+        self._bind()
+
+    @property
+    def k(self) -> int:
+        return self.flat.shape[0]
+
+    @classmethod
+    def stack(cls, layers: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], activation: str) -> StackedMLP:
+        """From each member's ``[(weight, bias), ...]``: a fresh (K, P) tensor holding copies."""
+        shapes = [tuple(w.shape) for w, _ in layers[0]]
+        flat = torch.stack([torch.cat([t.detach().reshape(-1) for wb in member for t in wb]) for member in layers])
+        return cls(flat.contiguous(), shapes, activation)  # type: ignore[arg-type]
+
+    def _bind(self) -> None:
+        """Per-layer views of ``flat`` (rebuilt whenever ``flat`` is replaced)."""
+        k, off = self.k, 0
+        self.weights, self.biases = [], []
+        for o, i in self.shapes:
+            self.weights.append(self.flat[:, off:off + o * i].view(k, o, i))
+            off += o * i
+            self.biases.append(self.flat[:, off:off + o])
+            off += o
+        self.rows = [self.flat[m] for m in range(k)]  # contiguous (P,) rows: one member's parameters
+
+    def keep(self, members: Sequence[int]) -> None:
+        """Keep only ``members`` (slots, in this order): the others leave the population."""
+        self.flat = self.flat[list(members)].contiguous()
+        self._bind()
+
+    def member_tensors(self, m: int) -> list[torch.Tensor]:
+        """Member ``m``'s parameters as views ``[W0, b0, W1, b1, ...]`` (the solo network's order)."""
+        return [t for w, b in zip(self.weights, self.biases, strict=True) for t in (w[m], b[m])]
+
+    def forward(self, x: torch.Tensor, acts: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Features ``x (K, N, in)`` -> Q ``(K, N, A)``, no autograd. With ``acts``, each layer's input is appended
+        (what the backward needs)."""
+        h = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if acts is not None:
+                acts.append(h)
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < last:
+                h = h.relu_() if self.relu else h.tanh_()
+        return h
+
+    def numpy_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(W^T (K, in, out), b (K, 1, out))]`` as numpy views of the live parameters (CPU only)."""
+        return [(w.detach().numpy().transpose(0, 2, 1), b.detach().numpy()[:, None, :])
+                for w, b in zip(self.weights, self.biases, strict=True)]
+
+
+class BatchedAdam:
+    """Adam for stacked parameters with a learning rate per member: the fused kernel a solo run's lean step calls
+    (``torch._fused_adam_``), once per distinct learning rate, over those members' (P,) rows. Element for element
+    the same arithmetic as each member's own ``torch.optim.Adam(fused=True)``.
+
+    State: ``exp_avg``, ``exp_avg_sq`` (K, P) and one step count per member (a float32 scalar tensor, as torch
+    keeps it). A member that has not stepped yet has zeros everywhere, which is what a fresh Adam starts from.
+    """
+
+    def __init__(self, k: int, size: int, lr: Sequence[float], betas: tuple[float, float], eps: float,
+                 weight_decay: float, device: torch.device) -> None:
+        self.exp_avg = torch.zeros(k, size, device=device)
+        self.exp_avg_sq = torch.zeros(k, size, device=device)
+        self.steps = [torch.zeros((), dtype=torch.float32, device=device) for _ in range(k)]
+        self.lr = [float(x) for x in lr]
+        self.betas, self.eps, self.weight_decay = (float(betas[0]), float(betas[1])), float(eps), float(weight_decay)
+        self._bind()
+
+    def _bind(self) -> None:
+        self._avg = [self.exp_avg[m] for m in range(self.exp_avg.shape[0])]
+        self._sq = [self.exp_avg_sq[m] for m in range(self.exp_avg_sq.shape[0])]
+        groups: dict[float, list[int]] = {}
+        for m, lr in enumerate(self.lr):
+            groups.setdefault(lr, []).append(m)
+        self.groups = groups
+
+    def keep(self, members: Sequence[int]) -> None:
+        idx = list(members)
+        self.exp_avg, self.exp_avg_sq = self.exp_avg[idx].contiguous(), self.exp_avg_sq[idx].contiguous()
+        self.steps = [self.steps[m] for m in idx]
+        self.lr = [self.lr[m] for m in idx]
+        self._bind()
+
+    @torch.no_grad()
+    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], active: Sequence[bool]) -> None:
+        """One Adam step for the ``active`` members; ``params``/``grads``: each member's (P,) row."""
+        beta1, beta2 = self.betas
+        for lr, members in self.groups.items():
+            ms = [m for m in members if active[m]]
+            if not ms:
+                continue
+            steps = [self.steps[m] for m in ms]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_([params[m] for m in ms], [grads[m] for m in ms], [self._avg[m] for m in ms],
+                               [self._sq[m] for m in ms], [], steps, amsgrad=False, lr=lr, beta1=beta1,
+                               beta2=beta2, weight_decay=self.weight_decay, eps=self.eps, maximize=False)
+
+
+class PopulationLearner:
+    """DQN's update for K members at once: online and target `StackedMLP`, per-member gamma, tau, gradient cap
+    and learning rate, and per-member metric sums (read at logging time, like a solo `Learner`'s).
+
+    Args:
+        online: the members' online networks, stacked.
+        target: their target networks (same shapes).
+        features: obs ``(N, *obs_shape)`` -> float features ``(N, in)`` (the networks' shared input encoding).
+        gamma, tau, max_grad_norm, lr: (K,) per member; ``max_grad_norm`` ``inf`` means no clipping.
+        betas, eps, weight_decay: Adam's, shared.
+        loss: ``huber`` | ``mse``. double: Double DQN.
+        obs_rank: dims of one observation (0: Discrete, one-hot encoded by ``features``; 1: a vector).
+    """
+
+    def __init__(self, online: StackedMLP, target: StackedMLP, features: Callable[[torch.Tensor], torch.Tensor],
+                 gamma: Sequence[float], tau: Sequence[float], max_grad_norm: Sequence[float], lr: Sequence[float],
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 loss: str = "huber", double: bool = False, obs_rank: int = 1) -> None:
+        if loss not in ("huber", "mse"):
+            raise ValueError(f"a population's update takes loss huber or mse, got {loss!r}")
+        self.online, self.target, self.features = online, target, features
+        self.device = online.flat.device
+        self.loss, self.double, self.obs_rank = loss, bool(double), int(obs_rank)
+        self.derivative = _BACKWARD[online.activation]
+        k = online.k
+        self.gamma = list(map(float, gamma))
+        self.tau = list(map(float, tau))
+        self.max_grad_norm = list(map(float, max_grad_norm))
+        self.adam = BatchedAdam(k, online.size, lr, betas, eps, weight_decay, self.device)
+        self.grad = StackedMLP(torch.zeros(k, online.size, device=self.device), online.shapes, online.activation)
+        self.updates = np.zeros(k, dtype=np.int64)
+        self.loss_sum = torch.zeros(k, device=self.device)
+        self.q_sum = torch.zeros(k, device=self.device)
+        self.n = np.zeros(k, dtype=np.int64)
+        self._tensors()
+
+    def _tensors(self) -> None:
+        """Per-member constants as tensors (rebuilt when members leave)."""
+        self._gamma = torch.tensor(self.gamma, device=self.device).view(-1, 1, 1)
+        self._cap = torch.tensor(self.max_grad_norm, device=self.device)
+        self._np_layers = self.online.numpy_layers() if self.device.type == "cpu" else None
+
+    @property
+    def k(self) -> int:
+        return self.online.k
+
+    def keep(self, members: Sequence[int]) -> None:
+        """Only ``members`` (slots, in this order) stay; the others leave the batch."""
+        idx = list(members)
+        for s in (self.online, self.target, self.grad):
+            s.keep(idx)
+        self.adam.keep(idx)
+        self.gamma, self.tau = [self.gamma[m] for m in idx], [self.tau[m] for m in idx]
+        self.max_grad_norm = [self.max_grad_norm[m] for m in idx]
+        self.updates, self.n = self.updates[idx], self.n[idx]
+        self.loss_sum, self.q_sum = self.loss_sum[idx].clone(), self.q_sum[idx].clone()
+        self._tensors()
+
+    # --- acting -----------------------------------------------------------------------------------------
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """obs ``(K, E, *obs_shape)`` -> argmax_a Q ``(K, E)`` int64. On the CPU in numpy on views of the live
+        weights, the same products per member as a solo run's `dqnrun.fastpath.NumpyGreedyActor`."""
+        if self._np_layers is None:
+            with torch.inference_mode():
+                x = torch.as_tensor(obs, device=self.device)
+                k, e = x.shape[:2]
+                q = self.online.forward(self.features(x.flatten(0, 1)).view(k, e, -1))
+                return q.argmax(2).cpu().numpy()
+        k, e = obs.shape[:2]
+        h = self._np_features(obs).reshape(k, e, -1)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverged member: its finite check reports it
+            for w_t, b in self._np_layers[:-1]:
+                h = np.matmul(h, w_t)
+                h += b
+                np.maximum(h, 0.0, out=h) if self.online.relu else np.tanh(h, out=h)
+            w_t, b = self._np_layers[-1]
+            q = np.matmul(h, w_t)
+            q += b
+            return q.argmax(2)
+
+    def _np_features(self, obs: np.ndarray) -> np.ndarray:
+        if np.issubdtype(obs.dtype, np.integer) and obs.ndim == 2:  # Discrete observations: one-hot
+            n = self.online.shapes[0][1]
+            return np.eye(n, dtype=np.float32)[obs]
+        return obs.astype(np.float32, copy=False)
+
+    # --- learning ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def targets(self, batch: Batch) -> torch.Tensor | None:
+        """TD targets ``(K, G, B)`` of a whole burst from one target forward; None for Double DQN (each step needs
+        the online weights of that step)."""
+        if self.double:
+            return None
+        k, g, b = batch.action.shape
+        next_q = self.target.forward(self._feats(batch.next_obs)).view(k, g, b, -1)
+        gamma = self._gamma if batch.discount is None else batch.discount
+        return td_target(batch.reward, batch.terminated, next_q, gamma)  # type: ignore[arg-type]
+
+    def _feats(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs ``(K, ..., *obs_shape)`` (``...`` = (G, B) or (B,)) -> features ``(K, G*B, in)``."""
+        shape = obs.shape[obs.dim() - self.obs_rank:]
+        return self.features(obs.reshape(-1, *shape)).view(obs.shape[0], -1, self.online.shapes[0][1])
+
+    @torch.no_grad()
+    def update(self, batch: Batch, active: Sequence[bool] | None = None) -> list[np.ndarray | None]:
+        """G gradient steps on a ``(K, G, B)`` burst for the ``active`` members (all by default).
+
+        Returns, per gradient step, ``|TD error| (K, B)`` as numpy when the batch has importance weights (prioritized
+        replay), else None.
+        """
+        k, g_steps, b = batch.action.shape
+        act = [True] * k if active is None else list(active)
+        mask = torch.tensor(act, device=self.device)
+        y_all = self.targets(batch)
+        out: list[np.ndarray | None] = []
+        for g in range(g_steps):
+            obs, action = batch.obs[:, g], batch.action[:, g]
+            if y_all is not None:
+                y = y_all[:, g]
+            else:  # Double DQN: a* from this step's online weights, valued by the target net
+                nf = self._feats(batch.next_obs[:, g])
+                gamma = self._gamma.view(-1, 1) if batch.discount is None else batch.discount[:, g]
+                y = td_target(batch.reward[:, g], batch.terminated[:, g], self.target.forward(nf), gamma,
+                              self.online.forward(nf))  # type: ignore[arg-type]
+            weights = None if batch.weights is None else batch.weights[:, g]
+            loss, q_mean, diff = self._gradient(self._feats(obs), action, y, weights)
+            self._clip()
+            self.adam.step(self.online.rows, self.grad.rows, act)
+            self.loss_sum += torch.where(mask, loss, 0.0)
+            self.q_sum += torch.where(mask, q_mean, 0.0)
+            on = np.asarray(act, dtype=np.int64)
+            self.n += on
+            self.updates += on
+            out.append(diff.abs().cpu().numpy() if weights is not None else None)
+        return out
+
+    def _gradient(self, x: torch.Tensor, action: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss ``(K,)``, mean Q(s, a) ``(K,)`` and q_sa - y ``(K, B)``; d(loss)/d(params) lands in ``self.grad``.
+        The arithmetic of `dqnrun.fastpath.mlp.ManualMLPGradient`, batched over members."""
+        acts: list[torch.Tensor] = []
+        q = self.online.forward(x, acts)  # (K, B, A)
+        b = q.shape[1]
+        idx = action.unsqueeze(2)
+        q_sa = q.gather(2, idx).squeeze(2)
+        diff = q_sa - y
+        if self.loss == "huber":  # huber(d) = c (d - c/2) with c = clamp(d, -1, 1); huber'(d) = c
+            c = diff.clamp(-1.0, 1.0)
+            grad_q = c.div(b)
+            if weights is not None:
+                grad_q.mul_(weights)
+            loss = (grad_q * torch.add(diff, c, alpha=-0.5)).sum(1)
+        else:
+            grad_q = diff.mul(2.0 / b)
+            if weights is not None:
+                grad_q.mul_(weights)
+            loss = (grad_q * diff).sum(1).mul_(0.5)
+        dq = torch.zeros_like(q).scatter_(2, idx, grad_q.unsqueeze(2))
+        online, grads = self.online, self.grad
+        for i in range(len(online.weights) - 1, -1, -1):
+            torch.bmm(dq.transpose(1, 2), acts[i], out=grads.weights[i])
+            torch.sum(dq, 1, out=grads.biases[i])
+            if i > 0:
+                dq = self.derivative(torch.bmm(dq, online.weights[i]), acts[i])
+        return loss, q_sa.mean(1), diff
+
+    def _clip(self) -> None:
+        """Each member's gradient scaled to at most its cap: coefficient cap / (norm + 1e-6), at most 1, as
+        ``clip_grad_norm_`` computes it."""
+        flat = self.grad.flat
+        total = torch.linalg.vector_norm(flat, dim=1)
+        flat.mul_((self._cap / (total + 1e-6)).clamp_(max=1.0).unsqueeze(1))
+
+    @torch.no_grad()
+    def sync_targets(self, members: Sequence[int], hard: bool = False) -> None:
+        """Target <- online (tau 1, or ``hard``), else target <- target + tau (online - target), for ``members``."""
+        for m in members:
+            if hard or self.tau[m] >= 1.0:
+                self.target.rows[m].copy_(self.online.rows[m])
+            else:
+                self.target.rows[m].lerp_(self.online.rows[m], self.tau[m])
+
+    # --- metrics ----------------------------------------------------------------------------------------
+    def finite(self) -> np.ndarray:
+        """(K,) bool: whether each member's losses and Q-values since its last read were all finite (one sync)."""
+        return torch.isfinite(self.loss_sum + self.q_sum).cpu().numpy()
+
+    def read_metrics(self, m: int) -> dict[str, float] | None:
+        """Member ``m``'s mean loss and Q since its last read (``td_loss``, ``q_values``), or None if it has not
+        updated since; resets its sums."""
+        if self.n[m] == 0:
+            return None
+        out = {"td_loss": float(self.loss_sum[m]) / int(self.n[m]), "q_values": float(self.q_sum[m]) / int(self.n[m])}
+        self.loss_sum[m] = 0.0
+        self.q_sum[m] = 0.0
+        self.n[m] = 0
+        return out

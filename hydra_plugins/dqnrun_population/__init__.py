@@ -1,0 +1,56 @@
+"""dqnrun's population launcher: ``hydra/launcher=population`` trains a multirun's jobs together, in lockstep.
+
+A thin shell (Hydra loads launchers only from the ``hydra_plugins`` namespace): the engine is
+`dqnrun.population` (imported when a sweep launches; torch is not loaded for ``--help``). docs/populations.md.
+"""
+
+# No `from __future__ import annotations` here: Hydra's plugin scan runs this module before putting it in
+# sys.modules, and a dataclass with string annotations looks its module up there.
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["PopulationLauncher", "PopulationLauncherConf"]
+
+
+class PopulationLauncher(Launcher):
+    """Groups a batch of jobs into populations and trains each in one process (`dqnrun.population.launch`)."""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from dqnrun.population.launch import Options
+
+        self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+        params = {k: (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v)
+                  for k, v in self.params.items()}
+        self.options = Options.of(params)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from dqnrun.population.launch import launch
+
+        return launch(self, job_overrides, initial_job_idx)
+
+
+@dataclass
+class PopulationLauncherConf:
+    _target_: str = "hydra_plugins.dqnrun_population.PopulationLauncher"
+    max_members: int = 64  # members per population at most; a larger group becomes several populations
+    n_jobs: int = 1  # populations side by side (worker processes), each with its share of the cores
+    seeds_per_job: int = 1  # each job trained as this many seeds (seed .. seed+S-1); its value: their IQM
+    torch_threads: int | None = None  # threads of a population's batched update; default: its core share
+    submitit: Any | None = None  # {cluster: local|slurm, <submitit parameters>}: each population one job
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf,
+                             provider="dqnrun")

@@ -1,0 +1,143 @@
+"""Populations: which jobs group, and a member's batched update computing what its solo run's update computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dqnrun import builders
+from dqnrun.population import grouping
+from dqnrun.population.member import export_member, stack_members
+from dqnrun.population.stats import bootstrap_ci, iqm
+from dqnrun.replay import Batch
+from tests.conftest import compose_train
+
+SMALL = ["env=cartpole", "network.hidden=[32,32]", "replay.batch_size=32"]
+
+
+def _dqn(overrides: list[str]):
+    cfg = compose_train([*SMALL, *overrides])
+    torch.manual_seed(int(cfg.seed))  # what the lifecycle's seed_everything does before it builds
+    return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
+
+
+# --- grouping -----------------------------------------------------------------------------------------
+def test_seeds_and_per_member_hyperparameters_share_one_population() -> None:
+    cfgs = [compose_train(["env=cartpole", f"seed={s}", f"optimizer.lr={lr}", f"learner.gamma={g}",
+                           f"schedule.decay_steps={d}", f"algo.target_update_interval={t}", f"learner.tau={tau}",
+                           f"learner.max_grad_norm={c}"])
+            for s, lr, g, d, t, tau, c in [(0, 1e-3, 0.99, 5000, 100, 1.0, 10), (1, 3e-4, 0.9, 2000, 50, 0.5, "null")]]
+    plan = grouping.plan(cfgs, max_members=64)
+    assert plan.populations == [[0, 1]] and not plan.alone and not plan.splits
+
+
+def test_a_different_network_splits_groups_and_says_which_key() -> None:
+    cfgs = [compose_train(["env=cartpole", f"seed={s}", f"network.hidden={h}"])
+            for h in ("[64,64]", "[32]") for s in (0, 1)]
+    plan = grouping.plan(cfgs, max_members=64, jobs=[10, 11, 12, 13])
+    assert plan.populations == [[0, 1], [2, 3]]
+    assert plan.splits == ["jobs 12-13 differ from jobs 10-11 in network.hidden"]
+
+
+def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
+    assert "distributional" in grouping.eligibility(compose_train(["env=cartpole", "learner.distributional=true"]))
+    assert "dueling" in grouping.eligibility(compose_train(["env=cartpole", "network=dueling_mlp"]))
+    assert "pqn" in grouping.eligibility(compose_train(["env=cartpole", "algo=pqn"]))
+    assert grouping.eligibility(compose_train(["env=cartpole", "learner.double=true", "replay=prioritized"])) is None
+
+
+def test_max_members_cuts_a_group_into_balanced_populations() -> None:
+    cfgs = [compose_train(["env=cartpole", f"seed={s}"]) for s in range(5)]
+    assert grouping.plan(cfgs, max_members=2).populations == [[0, 1], [2], [3, 4]]
+    assert grouping.plan(cfgs, max_members=64, n_jobs=2).populations == [[0, 1], [2, 3, 4]]
+
+
+# --- statistics ---------------------------------------------------------------------------------------
+def test_iqm_is_the_25_percent_trimmed_mean() -> None:
+    assert iqm([1, 2, 3, 4, 5, 6, 7, 8]) == 4.5  # drops 1, 2 and 7, 8
+    assert iqm([10.0, 0.0, 1000.0, 2.0]) == 6.0  # drops 0 and 1000: mean of 2 and 10
+    assert iqm([3.0, 5.0, 100.0]) == pytest.approx(36.0)  # int(0.75) = 0 dropped: the mean
+    low, high = bootstrap_ci([1, 2, 3, 4, 5, 6, 7, 8])
+    assert 1 <= low < 4.5 < high <= 8
+
+
+# --- the batched update equals each member's solo update ---------------------------------------------
+MEMBERS = [["seed=0", "optimizer.lr=1e-3", "learner.gamma=0.99", "learner.max_grad_norm=10"],
+           ["seed=1", "optimizer.lr=3e-3", "learner.gamma=0.9", "learner.max_grad_norm=0.5"],
+           ["seed=2", "optimizer.lr=1e-3", "learner.gamma=0.95", "learner.max_grad_norm=null", "learner.tau=0.3"]]
+
+
+def _batches(n: int, k: int, seed: int, n_step: bool) -> list[list[Batch]]:
+    """``n`` updates' worth of (G=1, B=32) CartPole-shaped batches for each of ``k`` members."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        row = []
+        for _ in range(k):
+            obs, nxt = torch.randn(1, 32, 4, generator=gen) * 2, torch.randn(1, 32, 4, generator=gen) * 2
+            row.append(Batch(obs, torch.randint(0, 2, (1, 32), generator=gen), torch.randn(1, 32, generator=gen) * 3,
+                             nxt, (torch.rand(1, 32, generator=gen) < 0.2).float(),
+                             discount=(0.9 ** torch.randint(1, 4, (1, 32), generator=gen)).float() if n_step else None))
+        out.append(row)
+    return out
+
+
+def _stack(batches: list[Batch]) -> Batch:
+    return Batch(*(None if getattr(batches[0], f) is None else torch.stack([getattr(b, f) for b in batches])
+                   for f in ("obs", "action", "reward", "next_obs", "terminated", "discount", "weights")))
+
+
+@pytest.mark.parametrize("double", [False, True])
+@pytest.mark.parametrize("n_step", [False, True])
+def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_step: bool) -> None:
+    extra = [f"learner.double={str(double).lower()}"]
+    solo = [_dqn([*m, *extra]) for m in MEMBERS]
+    twins = [_dqn([*m, *extra]) for m in MEMBERS]  # the same seeds: the same initial weights
+    pop = stack_members(twins)
+    assert pop.adam.lr == [1e-3, 3e-3, 1e-3] and pop.max_grad_norm[2] == float("inf")
+    for step, batches in enumerate(_batches(10, 3, seed=7, n_step=n_step)):
+        if step == 5:  # a target sync in the middle: hard for members 0 and 1, polyak (tau 0.3) for member 2
+            for d in solo:
+                d.learner.sync_target()
+            pop.sync_targets([0, 1, 2])
+        for d, b in zip(solo, batches, strict=True):
+            d.learner.update(b)
+        pop.update(_stack(batches))
+    for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
+        export_member(pop, i, twin)
+        for a, b in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        for a, b in zip(d.learner.target.parameters(), twin.learner.target.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        assert twin.learner.updates == d.learner.updates == 10
+        assert twin.learner.read_metrics()["td_loss"] == pytest.approx(d.learner.read_metrics()["td_loss"], rel=1e-5)
+    # and the members really learned different things (per-member lr, gamma, cap): not one shared update
+    assert not torch.allclose(solo[0].learner.online.linears[0].weight, solo[2].learner.online.linears[0].weight)
+
+
+def test_only_the_active_members_step() -> None:
+    dqns = [_dqn(m) for m in MEMBERS[:2]]
+    pop = stack_members(dqns)
+    before = pop.online.flat.clone()
+    pop.update(_stack(_batches(1, 2, seed=3, n_step=False)[0]), active=[False, True])
+    assert torch.equal(pop.online.flat[0], before[0]) and not torch.equal(pop.online.flat[1], before[1])
+    assert list(pop.updates) == [0, 1]
+
+
+def test_greedy_actions_of_the_stack_are_each_members_own() -> None:
+    dqns = [_dqn(m) for m in MEMBERS]
+    pop = stack_members(dqns)
+    obs = np.random.default_rng(0).normal(size=(3, 16, 4)).astype(np.float32)
+    got = pop.greedy(obs)
+    for i, d in enumerate(dqns):
+        np.testing.assert_array_equal(got[i], d.learner.greedy_actions(obs[i]))
+
+
+def test_a_member_that_leaves_keeps_the_others_rows() -> None:
+    dqns = [_dqn(m) for m in MEMBERS]
+    pop = stack_members(dqns)
+    rows = pop.online.flat[[0, 2]].clone()
+    pop.keep([0, 2])
+    assert pop.k == 2 and torch.equal(pop.online.flat, rows)
+    assert pop.gamma == [0.99, 0.95] and pop.adam.lr == [1e-3, 1e-3]
