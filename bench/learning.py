@@ -43,6 +43,11 @@ ROWS: dict[str, Row] = {
     "cartpole-noisy": Row(("env=cartpole", "network=noisy_mlp", "schedule.start=0", "schedule.end=0"), 475, 4),
     "cartpole-c51": Row(("env=cartpole", "learner.distributional=true"), 475, 4),
     "cartpole-rainbow": Row(("env=cartpole", "experiment=rainbow"), 475, 4),
+    # quantile heads and Munchausen, each the only switch on the preset (3-step returns included)
+    "cartpole-qr": Row(("env=cartpole", "learner.distributional=qr"), 475, 4),
+    "cartpole-iqn": Row(("env=cartpole", "learner.distributional=iqn"), 475, 4),
+    "cartpole-munchausen": Row(("env=cartpole", "learner.munchausen=true"), 475, 4),
+    "cartpole-m-iqn": Row(("env=cartpole", "learner.distributional=iqn", "learner.munchausen=true"), 475, 4),
     "acrobot": Row(("env=acrobot",), -100, 4),
     "mountaincar": Row(("env=mountaincar",), -110, 3),
     "lunarlander": Row(("env=lunarlander",), 200, 3),

@@ -3,9 +3,12 @@
 One class, `QNetwork` (also spelled `MLP`), is an optional convolutional torso followed by fully connected
 layers and a head. Variants are options, not copies: ``conv`` (``nature``: Mnih et al. 2015's Atari CNN;
 ``minatar``: Young and Tian 2019's one-layer CNN), ``dueling`` (value + advantage - mean advantage), ``noisy``
-(NoisyNet layers with factorised Gaussian noise) and ``head`` (``c51``: the net also exposes ``dist_logits``
-(B, A, atoms), and ``forward`` returns the expected value under the categorical distribution). So every head
-composes with every torso. ``QTable`` is tabular Q-learning expressed as a network.
+(NoisyNet layers with factorised Gaussian noise) and ``head``: ``c51`` (the net also exposes ``dist_logits``
+(B, A, atoms), and ``forward`` returns the expected value under the categorical distribution), ``qr`` (QR-DQN:
+``quantiles(obs)`` (B, A, N) at the fixed fractions (2i + 1) / 2N; ``forward`` is their mean) and ``iqn`` (IQN:
+``quantiles(obs, taus)`` at any fractions, through `CosineEmbedding`; ``forward`` averages a fixed grid of K
+fractions, so acting, evaluation and export are deterministic). So every head composes with every torso.
+``QTable`` is tabular Q-learning expressed as a network.
 
 Acting (epsilon-greedy, batched over envs) lives in `dqnrun.acting`.
 """
@@ -74,7 +77,30 @@ def minatar_torso(in_channels: int) -> nn.Sequential:
 
 
 TORSOS: dict[str, Callable[[int], nn.Sequential]] = {"nature": nature_torso, "minatar": minatar_torso}
-HEADS = ("q", "c51")
+HEADS = ("q", "c51", "qr", "iqn")
+
+
+def fixed_taus(n: int) -> torch.Tensor:
+    """The midpoints (2i + 1) / 2n, i = 0..n-1, (n,): QR-DQN's quantile fractions, and IQN's grid for acting (a
+    midpoint rule for the mean over tau ~ U(0, 1), so Q is deterministic)."""
+    return (torch.arange(n, dtype=torch.float32) + 0.5) / n
+
+
+class CosineEmbedding(nn.Module):
+    """IQN's embedding of quantile fractions (Dabney et al. 2018, eq. 4): phi(tau)_j = ReLU(sum_i cos(pi i tau) w_ij
+    + b_j), i = 0..n_cos-1. taus (..., N) -> (..., N, dim), to multiply the torso's features elementwise.
+
+    Its own module type, so the fast path (which knows Linear, Conv2d and activations) steps aside by structure.
+    """
+
+    def __init__(self, dim: int, n_cos: int = 64) -> None:
+        super().__init__()
+        # pi * i, i = 0..n_cos-1; not saved (it is a function of n_cos, which the config holds)
+        self.register_buffer("freqs", math.pi * torch.arange(n_cos, dtype=torch.float32), persistent=False)
+        self.linear = nn.Linear(n_cos, dim)
+
+    def forward(self, taus: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear(torch.cos(taus.unsqueeze(-1) * self.freqs)))
 
 
 class QNetwork(nn.Module):
@@ -93,9 +119,15 @@ class QNetwork(nn.Module):
             (input) layer stays a plain Linear unless ``noisy_input``, as the convolutional torso does in
             Fortunato et al.'s Atari networks; on CartPole that learned 3/3 seeds against 0-2/3 with every
             layer noisy (docs/benchmarks.md, section 4).
-        head: ``q`` (one Q-value per action) or ``c51`` (a categorical return distribution over ``atoms``
-            atoms on [v_min, v_max]); the builder passes it from the learner's ``distributional`` switch.
+        head: ``q`` (one Q-value per action), ``c51`` (a categorical return distribution over ``atoms``
+            atoms on [v_min, v_max]), ``qr`` (``quantiles`` quantile values per action) or ``iqn`` (quantile
+            values at fractions given to ``quantiles``); the builder passes it from ``learner.distributional``.
         atoms, v_min, v_max: C51's support (``network.atoms``, ...), used by the ``c51`` head only.
+        quantiles: QR-DQN's N (``network.quantiles``), used by the ``qr`` head only.
+        quantile_embedding: IQN's cosine features n (``network.quantile_embedding``; the paper's 64). With a conv
+            torso the embedding multiplies the torso's flattened output (the paper's psi); without one, the first
+            hidden layer's output (the raw observation of a control task is too small a feature to modulate).
+        iqn_k: IQN's K, the fractions `fixed_taus(K)` that ``forward`` averages (``learner.iqn_k``).
         conv: ``nature`` | ``minatar`` | None: a convolutional torso for image observations (C, H, W), whose
             flattened output feeds ``hidden``. With a torso every fully connected layer is noisy when ``noisy``
             (the paper's Atari networks keep only the convolutions plain).
@@ -126,8 +158,13 @@ class QNetwork(nn.Module):
         channels_last: bool = False,
         pixel_scale: float | None = None,
         norm: str | None = None,
+        quantiles: int = 200,
+        quantile_embedding: int = 64,
+        iqn_k: int = 32,
     ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head={head!r} is not one of {' | '.join(HEADS)}")
         self.conv, self.channels_last = conv, bool(channels_last)
         self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
         self.torso: nn.Module | None = None
@@ -136,6 +173,7 @@ class QNetwork(nn.Module):
         self.dueling, self.noisy, self.n_actions = bool(dueling), bool(noisy), int(n_actions)
         self.head_kind = head
         self.n_atoms = int(atoms) if head == "c51" else None
+        self.n_quantiles = int(quantiles) if head == "qr" else None
         linear: Callable[[int, int], nn.Module] = (
             (lambda i, o: NoisyLinear(i, o, sigma0)) if self.noisy else nn.Linear
         )
@@ -148,6 +186,7 @@ class QNetwork(nn.Module):
             with torch.no_grad():
                 in_dim = int(self.torso(torch.zeros(1, *self._chw(obs_shape))).numel())
         plain_input = conv is None and not noisy_input
+        feat_dim = in_dim
         layers: list[nn.Module] = []
         for i, width in enumerate(hidden):
             first = nn.Linear if i == 0 and plain_input else linear
@@ -156,7 +195,14 @@ class QNetwork(nn.Module):
                 layers.append(NORMS[norm](int(width)))
             layers.append(ACTIVATIONS[activation]())
             in_dim = int(width)
-        out = self.n_atoms or 1
+        out = self.n_atoms or self.n_quantiles or 1
+        self.embedding: CosineEmbedding | None = None
+        if head == "iqn":  # psi (torso, or the first hidden layer) | phi(tau) * psi | the layers after
+            split = 0 if conv is not None or not hidden else (3 if norm is not None else 2)
+            self.psi = nn.Sequential(*layers[:split])
+            layers = layers[split:]
+            self.embedding = CosineEmbedding(int(hidden[0]) if split else feat_dim, int(quantile_embedding))
+            self.register_buffer("act_taus", fixed_taus(int(iqn_k)), persistent=False)
         if self.dueling:
             self.body = nn.Sequential(*layers)
             self.value = linear(in_dim, out)
@@ -188,29 +234,51 @@ class QNetwork(nn.Module):
             x = x.permute(0, 3, 1, 2)
         return self.torso(x).flatten(1)
 
-    def head(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, A) Q-values, or (B, A, n_atoms) logits for C51."""
-        x = self.features(obs)
-        out = self.n_atoms or 1
+    def _fc(self, h: torch.Tensor, out: int) -> torch.Tensor:
+        """The fully connected layers and the (dueling) head: h (R, d) -> (R, A, out)."""
         if self.dueling:
-            h = self.body(x)
+            h = self.body(h)
             v = self.value(h).view(-1, 1, out)
             a = self.advantage(h).view(-1, self.n_actions, out)
-            y = v + a - a.mean(dim=1, keepdim=True)
-        else:
-            y = self.net(x).view(-1, self.n_actions, out)
-        return y if self.n_atoms else y.squeeze(-1)
+            return v + a - a.mean(dim=1, keepdim=True)
+        return self.net(h).view(-1, self.n_actions, out)
+
+    def head(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, A) Q-values; (B, A, n_atoms) logits for C51; (B, A, N) quantile values for QR; for IQN (B, A, K)
+        quantile values at its fixed grid `fixed_taus(K)`."""
+        if self.embedding is not None:
+            return self.quantiles(obs, self.act_taus)
+        y = self._fc(self.features(obs), self.n_atoms or self.n_quantiles or 1)
+        return y.squeeze(-1) if self.head_kind == "q" else y
 
     def dist_logits(self, obs: torch.Tensor) -> torch.Tensor:
         """C51 only: (B, A, n_atoms) logits of the return distribution."""
         return self.head(obs)
 
+    def quantiles(self, obs: torch.Tensor, taus: torch.Tensor | None = None) -> torch.Tensor:
+        """QR and IQN: quantile values (B, A, N) of the return distribution.
+
+        QR: its N fixed quantiles (``taus`` is ignored: they sit at `fixed_taus(N)`). IQN: at the fractions
+        ``taus``, (B, N) (one set per sample, as the learner samples them) or (N,) (shared by the batch).
+        """
+        if self.embedding is None:
+            return self.head(obs)
+        assert taus is not None, "IQN needs the quantile fractions"
+        x = self.psi(self.features(obs))  # (B, d)
+        h = x.unsqueeze(1) * self.embedding(taus)  # (B, N, d): (B, 1, d) * ((B, N, d) or (N, d))
+        n = taus.shape[-1]
+        # one row per (sample, fraction) through the layers after psi; reshapes use static sizes only, so a
+        # traced or ONNX export keeps its dynamic batch dimension
+        y = self._fc(h.reshape(-1, x.shape[-1]), 1)  # (B*N, A, 1)
+        return y.reshape(-1, n, self.n_actions).transpose(1, 2)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs: (B, *obs_shape) in the observation dtype -> Q: (B, A) float32."""
+        """obs: (B, *obs_shape) in the observation dtype -> Q: (B, A) float32 (C51: the expected value; QR and
+        IQN: the mean of the quantile values, IQN's over its fixed grid, so Q is deterministic)."""
         y = self.head(obs)
         if self.n_atoms:
             return (y.softmax(-1) * self.support).sum(-1)
-        return y
+        return y if self.head_kind == "q" else y.mean(-1)
 
     def reset_noise(self) -> None:
         for m in self.modules():

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dqnrun import builders
-from dqnrun.algos.dqn.learner import Learner
+from dqnrun.algos.dqn.learner import HEADS, Learner, head_of
 from dqnrun.builders import EnvSpec
 from dqnrun.config.rules import Rule, cross_check
 from dqnrun.errors import UsageError
@@ -38,8 +38,16 @@ RULES: dict[str, Rule] = {
     "replay.alpha": ("float", 0, 1, True, True, False),
     "replay.beta": ("float", 0, 1, True, True, False),
     "replay.beta_steps": ("int", 0, float("inf"), True, True, False),
+    "network.quantiles": ("int", 2, 10_000, True, True, False),
+    "network.quantile_embedding": ("int", 1, 10_000, True, True, False),
+    "learner.iqn_n": ("int", 1, 10_000, True, True, False),
+    "learner.iqn_n_prime": ("int", 1, 10_000, True, True, False),
+    "learner.iqn_k": ("int", 1, 10_000, True, True, False),
+    "learner.munchausen_alpha": ("float", 0, 1, True, True, False),
+    "learner.munchausen_tau": ("float", 0, float("inf"), False, False, False),
+    "learner.munchausen_clip": ("float", -float("inf"), 0, False, True, False),
 }
-BOOL_KEYS = ("learner.double", "learner.distributional", "learner.fast_mlp")
+BOOL_KEYS = ("learner.double", "learner.fast_mlp", "learner.munchausen")
 CHOICES = {
     "learner.loss": ("huber", "mse", "half_sse"),
     "replay.storage": ("transitions", "frames"),
@@ -51,7 +59,8 @@ def check(cfg: DictConfig) -> None:
     """DQN's rules across keys; each raises UsageError naming the keys and what to do."""
     cross_check(cfg, RULES, BOOL_KEYS, CHOICES)
     algo, replay = cfg.algo, cfg.replay
-    if cfg.learner.get("distributional"):
+    _check_heads(cfg)
+    if head_of(cfg.learner.get("distributional", False)) == "c51":
         if not {"atoms", "v_min", "v_max"} <= set(cfg.network):
             raise UsageError(f"learner.distributional=true needs a network with a C51 support (network.atoms, "
                              f"v_min, v_max); {cfg.network.get('_target_')} has none: use network=mlp or a CNN")
@@ -71,9 +80,41 @@ def check(cfg: DictConfig) -> None:
                          "the run would never update; raise total_steps or lower learning_starts")
 
 
+def _check_heads(cfg: DictConfig) -> None:
+    """``learner.distributional`` and ``learner.munchausen`` against each other and the rest."""
+    lc = cfg.learner
+    dist = lc.get("distributional", False)
+    # bool, or one of the named heads (an int 0/1 would pass a plain `in` test: False == 0)
+    if not (isinstance(dist, bool) or (isinstance(dist, str) and dist in HEADS)):
+        raise UsageError(f"learner.distributional={dist!r} is not one of false | true (C51) | c51 | qr | iqn")
+    head = head_of(dist)
+    need = {"qr": "quantiles", "iqn": "quantile_embedding"}.get(head)
+    if need is not None and need not in cfg.network:
+        raise UsageError(f"learner.distributional={dist} needs a network with a quantile head (network.{need}); "
+                         f"{cfg.network.get('_target_')} has none: use network=mlp or a CNN")
+    if not lc.get("munchausen", False):
+        return
+    if head == "c51":
+        # M-DQN's bootstrap is a softmax-weighted sum of the next Q-values; on C51 that is a mixture of shifted
+        # categorical distributions, which neither paper defines (the paper's distributional variant is M-IQN)
+        raise UsageError("learner.munchausen=true does not apply to C51 (learner.distributional=true); use "
+                         "learner.distributional=iqn (M-IQN, as in the paper) or qr, or drop one of them")
+    if lc.get("double", False):
+        # the soft bootstrap averages over pi(.|s'): there is no argmax for the online net to pick
+        raise UsageError("learner.munchausen=true and learner.double=true exclude each other: Munchausen's target "
+                         "averages the next Q-values under its softmax policy, so there is no argmax to decouple; "
+                         "drop learner.double")
+
+
 def head_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """What the network's head is: C51's categorical distribution when ``learner.distributional``."""
-    return {"head": "c51"} if cfg.learner.get("distributional") else {}
+    """What the network's head is, from ``learner.distributional``: C51's categorical distribution, QR's quantiles,
+    IQN's (with its acting grid K); nothing for Q-learning (the network's default)."""
+    head = head_of(cfg.learner.get("distributional", False))
+    if head == "q":
+        return {}
+    if head == "iqn":
+        return {"head": head, "iqn_k": cfg.learner.get("iqn_k", 32)}
+    return {"head": head}
 
 
 def build_policy(cfg: DictConfig, spec: EnvSpec) -> nn.Module:
@@ -101,6 +142,9 @@ def parts(cfg: DictConfig, spec: EnvSpec) -> dict[str, Any]:
         online, target, optimizer, gamma=lc.gamma, loss=lc.loss, max_grad_norm=lc.max_grad_norm,
         tau=lc.tau, double=lc.get("double", False), fast_mlp=lc.get("fast_mlp", True),
         distributional=lc.get("distributional", False), compile=cfg.get("compile", False),
+        munchausen=lc.get("munchausen", False), munchausen_alpha=lc.get("munchausen_alpha", 0.9),
+        munchausen_tau=lc.get("munchausen_tau", 0.03), munchausen_clip=lc.get("munchausen_clip", -1.0),
+        iqn_n=lc.get("iqn_n", 64), iqn_n_prime=lc.get("iqn_n_prime", 64), seed=cfg.seed,
     )
     replay = builders.build_replay(cfg.replay, spec, device, seed=cfg.seed, gamma=lc.gamma,
                                    num_envs=cfg.env.num_envs)

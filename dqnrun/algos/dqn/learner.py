@@ -1,4 +1,9 @@
-"""DQN's learner: the online and target networks, the optimizer, gradient updates and target sync."""
+"""DQN's learner: the online and target networks, the optimizer, gradient updates and target sync.
+
+The update is one of four heads (``learner.distributional``: none, C51, QR-DQN, IQN), optionally with Munchausen's
+target (``learner.munchausen``); the targets and losses are pure functions (`targets`, `quantile`), and the Learner
+picks and feeds them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, td_target
+from dqnrun.algos.dqn.quantile import quantile_huber_loss, quantile_target
+from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, munchausen_target, td_target
 from dqnrun.errors import UsageError
 from dqnrun.fastpath import FusedAdamStep, ManualMLPGradient, NumpyGreedyActor, clip_grad_norm, mlp_forward, supports
+from dqnrun.networks import fixed_taus
 from dqnrun.replay import Batch
+
+# learner.distributional -> the network's head: false (a Q-value per action), true or c51 (C51), qr, iqn
+HEADS = {False: "q", True: "c51", "c51": "c51", "qr": "qr", "iqn": "iqn"}
+
+
+def head_of(distributional: bool | str) -> str:
+    """The network head ``learner.distributional`` asks for: ``q`` | ``c51`` | ``qr`` | ``iqn``."""
+    return HEADS[distributional]
 
 
 class Learner:
@@ -20,6 +35,13 @@ class Learner:
     forward before the burst. Plain MLPs take a hand-written backward pass (``dqnrun.fastpath``, tested
     equal to autograd); other networks use autograd. Metrics stay on the device and are read only at
     logging time: no host sync in the hot path.
+
+    ``distributional``: False (Q-learning), True or ``"c51"`` (C51), ``"qr"`` (QR-DQN: the quantile Huber loss
+    at fixed fractions), ``"iqn"`` (IQN: ``iqn_n`` online and ``iqn_n_prime`` target fractions tau ~ U(0, 1) per
+    sample and step, from a generator seeded with ``seed`` and saved in `state_dict`, so resume is exact; the
+    greedy action at s' and acting use the network's fixed grid). ``munchausen``: Munchausen's target with
+    ``munchausen_alpha``, ``munchausen_tau`` (the temperature; ``tau`` is polyak's) and ``munchausen_clip``, on
+    Q-learning, QR and IQN.
     """
 
     def __init__(
@@ -33,12 +55,30 @@ class Learner:
         tau: float = 1.0,
         double: bool = False,
         fast_mlp: bool = True,
-        distributional: bool = False,
+        distributional: bool | str = False,
         compile: bool = False,
+        munchausen: bool = False,
+        munchausen_alpha: float = 0.9,
+        munchausen_tau: float = 0.03,
+        munchausen_clip: float = -1.0,
+        iqn_n: int = 64,
+        iqn_n_prime: int = 64,
+        seed: int = 0,
     ) -> None:
         self.online, self.target, self.optimizer = online, target, optimizer
         self.gamma, self.tau, self.double = float(gamma), float(tau), bool(double)
-        self.distributional = bool(distributional)
+        self.head = head_of(distributional)
+        self.distributional = self.head != "q"
+        if munchausen and (double or self.head == "c51"):
+            raise ValueError("Munchausen's target has no argmax to decouple (double) and no C51 form")
+        self.munchausen = (float(munchausen_alpha), float(munchausen_tau), float(munchausen_clip)) if munchausen \
+            else None
+        self.iqn_n, self.iqn_n_prime = int(iqn_n), int(iqn_n_prime)
+        device = next(online.parameters()).device
+        self.device = device
+        # IQN's fractions come from the learner's own stream (never the global one, which acting and noise share)
+        self.tau_gen = torch.Generator(device=device).manual_seed(int(seed)) if self.head == "iqn" else None
+        self.qr_taus = fixed_taus(online.n_quantiles).to(device) if self.head == "qr" else None
         self.noisy = any(hasattr(m, "reset_noise") for m in online.modules() if m is not online)
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
@@ -48,13 +88,14 @@ class Learner:
         # of taking the hand-written MLP path; tests/test_compile.py checks it against eager step by step.
         self.compiled = bool(compile)
         self._loss = torch.compile(self._loss_terms, dynamic=False) if self.compiled else self._loss_terms
-        manual_ok = fast_mlp and not self.compiled and supports(online) and loss in ("huber", "mse")
+        # The hand-written backward is a scalar-Q regression: a distributional head never takes it (its structure
+        # already says so: tests/unit/test_quantile.py), and the head is checked here too.
+        manual_ok = (fast_mlp and not self.compiled and self.head == "q" and supports(online)
+                     and loss in ("huber", "mse"))
         self.manual = ManualMLPGradient(online, loss) if manual_ok else None
         # The lean Adam step needs grads that persist between steps, which only the manual path keeps.
         self.step_optimizer = FusedAdamStep(optimizer) if self.manual is not None else optimizer.step
         self.updates = 0
-        device = next(online.parameters()).device
-        self.device = device
         self.np_actor = NumpyGreedyActor(online) if self.manual is not None and device.type == "cpu" else None
         # Running sums since the last read, as device tensors. A NaN or inf anywhere makes a sum non-finite,
         # so checking the sums at read time catches every bad step without a per-step check.
@@ -76,12 +117,16 @@ class Learner:
     @torch.no_grad()
     def targets(self, batch: Batch) -> torch.Tensor | None:
         """TD targets for a whole (G, B) burst from one target forward (the target net is frozen within a
-        burst); None where each step needs the current online net (Double DQN) or a distribution (C51)."""
+        burst); None where each step needs the current online net (Double DQN) or a distribution (C51, QR, IQN).
+        Munchausen's target needs only the target net, at s and s', so it is a burst target too."""
         if self.double or self.distributional:
             return None
         g, b = batch.action.shape
         next_q = self._q(self.target, batch.next_obs.flatten(0, 1)).view(g, b, -1)
         gamma = self.gamma if batch.discount is None else batch.discount
+        if self.munchausen is not None:
+            q = self._q(self.target, batch.obs.flatten(0, 1)).view(g, b, -1)
+            return munchausen_target(batch.reward, batch.terminated, gamma, q, batch.action, next_q, *self.munchausen)
         return td_target(batch.reward, batch.terminated, next_q, gamma)  # type: ignore[arg-type]
 
     def update(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -102,7 +147,7 @@ class Learner:
             if y_all is not None:
                 y: torch.Tensor | None = y_all[g]
             elif self.distributional:
-                y = None  # C51 projects a distribution instead (in `_c51_loss`)
+                y = None  # a target distribution instead (in `_c51_loss`, `_quantile_loss`)
             else:
                 with torch.no_grad():  # Double DQN: a* from the current online weights
                     y = td_target(b.reward, b.terminated, self._q(self.target, b.next_obs), gamma,
@@ -117,7 +162,7 @@ class Learner:
                 continue
             try:
                 loss, q_mean, td_abs = self._loss(b.obs, b.action, b.reward, b.next_obs, b.terminated, gamma,
-                                                  b.weights, y)
+                                                  b.weights, y, self._sample_taus(b.action.shape[0]))
             except torch._dynamo.exc.BackendCompilerFailed as exc:  # e.g. no C++ compiler for inductor
                 cause = str(exc.inner_exception).strip().splitlines() or [type(exc.inner_exception).__name__]
                 raise UsageError(f"compile=true: torch.compile failed ({cause[0][:200]}); "
@@ -141,14 +186,18 @@ class Learner:
         gamma: float | torch.Tensor,
         weights: torch.Tensor | None,
         y: torch.Tensor | None,
+        taus: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The autograd step's loss: (scalar loss, mean Q(s,a), per-sample priority (B,)).
 
-        ``y`` is the TD target; None for C51, which projects a target distribution instead. This is the
+        ``y`` is the TD target; None for the distributional heads, whose targets are distributions. ``taus``:
+        IQN's sampled fractions (drawn outside, so a compiled loss holds no random stream). This is the
         function that ``compile=true`` hands to ``torch.compile``.
         """
-        if self.distributional:
+        if self.head == "c51":
             per_sample, q_mean, td_abs = self._c51_loss(obs, action, reward, next_obs, terminated, gamma)
+        elif self.distributional:
+            per_sample, q_mean, td_abs = self._quantile_loss(obs, action, reward, next_obs, terminated, gamma, taus)
         else:
             q_sa = self.online(obs).gather(1, action.unsqueeze(1)).squeeze(1)
             per_sample = self.loss_fn(q_sa, y)
@@ -180,6 +229,35 @@ class Learner:
         per_sample = -(target_dist * logits.log_softmax(-1)).sum(-1)
         q_mean = (logits.detach().softmax(-1) * support).sum(-1).mean()
         return per_sample, q_mean, per_sample.detach()
+
+    def _sample_taus(self, b: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """IQN: fresh fractions tau ~ U(0, 1) for the online (B, N) and the target (B, N') quantiles; else None."""
+        if self.tau_gen is None:
+            return None
+        u = torch.rand(b, self.iqn_n + self.iqn_n_prime, generator=self.tau_gen, device=self.device)
+        return u[:, : self.iqn_n], u[:, self.iqn_n :]
+
+    def _quantile_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
+                       terminated: torch.Tensor, gamma: float | torch.Tensor,
+                       taus: tuple[torch.Tensor, torch.Tensor] | None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """QR-DQN or IQN (with Munchausen's target if on): the quantile Huber loss between the online quantiles of
+        Z(s, a) and the target samples; (loss (B,), mean Q, priority (B,))."""
+        rows = torch.arange(action.shape[0], device=action.device)
+        tau, tau_next = taus if taus is not None else (self.qr_taus, None)
+        with torch.no_grad():
+            next_z = self.target.quantiles(next_obs, tau_next)  # type: ignore[operator]  # (B, A, N')
+            # the target net's Q at s' (greedy action, Munchausen's policy): QR's mean quantile, IQN's fixed grid
+            next_q = next_z.mean(-1) if tau_next is None else self.target(next_obs)
+            if self.munchausen is not None:
+                y = munchausen_target(reward, terminated, gamma, self.target(obs), action, next_q, *self.munchausen,
+                                      next_z=next_z)
+            else:
+                a_star = (self.online(next_obs) if self.double else next_q).argmax(1)
+                y = quantile_target(reward, terminated, gamma, next_z[rows, a_star])
+        z = self.online.quantiles(obs, tau)[rows, action]  # type: ignore[operator]  # (B, N)
+        per_sample = quantile_huber_loss(z, y, tau)  # type: ignore[arg-type]
+        return per_sample, z.detach().mean(), per_sample.detach()
 
     @torch.no_grad()
     def sync_target(self, hard: bool = False) -> None:
@@ -219,6 +297,8 @@ class Learner:
             "updates": self.updates,
             # metric sums since the last log write, so a resumed run logs the same interval means
             "metric_sums": {"loss": self._loss_sum.clone(), "q": self._q_sum.clone(), "n": self._n},
+            # IQN: the fractions' stream, so a resumed run samples what the uninterrupted one would have
+            **({"tau_rng": self.tau_gen.get_state()} if self.tau_gen is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -233,3 +313,5 @@ class Learner:
             self._loss_sum.copy_(sums["loss"])
             self._q_sum.copy_(sums["q"])
             self._n = int(sums["n"])
+        if self.tau_gen is not None and "tau_rng" in state:
+            self.tau_gen.set_state(state["tau_rng"].cpu())

@@ -1,5 +1,6 @@
-"""DQN's targets and losses as pure functions of tensors: the TD target (Double DQN is a branch), C51's projection,
-the per-sample losses. Tested on hand-computed values (`tests/unit/test_td_target.py`)."""
+"""DQN's targets and losses as pure functions of tensors: the TD target (Double DQN is a branch), Munchausen's target,
+C51's projection, the per-sample losses. Tested on hand-computed values (`tests/unit/test_td_target.py`,
+`tests/unit/test_munchausen.py`); QR-DQN's and IQN's are in `dqnrun.algos.dqn.quantile`."""
 
 from __future__ import annotations
 
@@ -44,6 +45,57 @@ def td_target(
         return torch.addcmul(reward, gamma * not_done, next_v).detach()
     # not_done is 0 or 1, so gamma * (not_done * next_v) rounds exactly like (gamma * not_done) * next_v
     return torch.addcmul(reward, not_done, next_v, value=gamma).detach()
+
+
+def scaled_log_policy(q: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau * log pi(.|s) for pi = softmax(q / tau), (..., A): Munchausen's softmax policy of the target network's
+    Q-values. log_softmax subtracts the max first, so a small temperature (0.03) never overflows."""
+    return tau * torch.log_softmax(q / tau, dim=-1)
+
+
+def munchausen_target(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float | torch.Tensor,
+    q: torch.Tensor,
+    action: torch.Tensor,
+    next_q: torch.Tensor,
+    alpha: float,
+    tau: float,
+    clip: float,
+    next_z: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Munchausen DQN's target (Vieillard et al. 2020, eq. 2): the reward plus the scaled, clipped log-policy of the
+    action taken, and the soft (entropy-regularized) value of s'.
+
+        y = r + alpha * clip(tau log pi(a|s), clip, 0)
+              + gamma (1 - terminated) sum_a' pi(a'|s') [q(s', a') - tau log pi(a'|s')]
+        pi = softmax(q_target / tau)
+
+    The clipping applies to tau log pi, as in the paper and its reference code (l0 = -1). With quantiles
+    (M-IQN, ``next_z``), each target quantile j replaces q(s', a') by z_j(s', a'), pi staying that of Q.
+    With n-step rows the bonus is the first action's (the window's later actions are not stored).
+
+    Args:
+        reward, terminated: (...,).
+        gamma: scalar or (...,) per-sample discount.
+        q: (..., A) target-network Q-values at s; action: (...,) int64, the action taken there.
+        next_q: (..., A) target-network Q-values at s'.
+        alpha, tau, clip: the scale, the temperature and l0 (the paper's 0.9, 0.03 and -1).
+        next_z: (..., A, N') target-network quantile values at s' (M-IQN), or None.
+    Returns:
+        (...,) targets, or (..., N') target samples with ``next_z``; no gradient attached.
+    """
+    log_pi_a = scaled_log_policy(q, tau).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+    r = reward + alpha * log_pi_a.clamp(clip, 0.0)
+    next_log_pi = scaled_log_policy(next_q, tau)
+    pi = torch.softmax(next_q / tau, dim=-1)
+    not_done = 1.0 - terminated
+    if next_z is None:
+        return (r + gamma * not_done * (pi * (next_q - next_log_pi)).sum(-1)).detach()
+    soft = (pi.unsqueeze(-1) * (next_z - next_log_pi.unsqueeze(-1))).sum(-2)  # (..., N')
+    g = gamma.unsqueeze(-1) if isinstance(gamma, torch.Tensor) else gamma
+    return (r.unsqueeze(-1) + g * not_done.unsqueeze(-1) * soft).detach()
 
 
 def categorical_projection(
