@@ -85,13 +85,13 @@ def limit_threads(share: int | None) -> None:
 def job_dirs(sweep_dir: Path, sweep_id: str | None = None) -> list[Path]:
     """The job directories of a sweep (each has Hydra's .hydra/); with ``sweep_id``, only those whose
     results.json says they were launched by that sweep (a job writes it as soon as it starts)."""
-    found = []
-    for hydra_dir in sweep_dir.glob("*/.hydra"):
+    found = []  # a population's seeds of one job (hydra.launcher.seeds_per_job) sit one level deeper: <job>/<k>/
+    for hydra_dir in [*sweep_dir.glob("*/.hydra"), *sweep_dir.glob("*/*/.hydra")]:
         job = hydra_dir.parent
         if sweep_id is not None and (read_results(job) or {}).get("sweep_id") != sweep_id:
             continue
         found.append(job)
-    return sorted(found, key=lambda p: (len(p.name), p.name))
+    return sorted(found, key=lambda p: [(len(x), x) for x in p.relative_to(sweep_dir).parts])
 
 
 def job_outcome(job_dir: Path) -> tuple[str, str]:
@@ -126,7 +126,7 @@ class SweepSummary(Callback):
         LAST_SWEEP.update(failed=len(failed), total=len(jobs), dir=str(sweep_dir))
         out = sys.stderr if failed else sys.stdout
         for d, reason in failed:
-            print(f"dqnrun train: job {d.name} failed: {reason} (log: {d / 'train.log'})", file=out)
+            print(f"dqnrun train: job {d.relative_to(sweep_dir)} failed: {reason} (log: {d / 'train.log'})", file=out)
         if failed:
             print(f"dqnrun train: {len(failed)} of {len(jobs)} jobs failed; their logs are listed above; "
                   f"the other jobs' results are in {sweep_dir}", file=out)

@@ -252,6 +252,10 @@ class Population:
             for m in list(self._live):
                 if not m.session.running():  # type: ignore[union-attr]
                     self._end(m)
+            if self.stop.requested:  # a signal: every member stops at this same step boundary and saves
+                for m in list(self._live):
+                    m.session.running()  # type: ignore[union-attr]  # its stop reason: interrupted
+                    self._end(m)
             self._compact()
             if self._live:
                 self._step()

@@ -130,7 +130,8 @@ def plan(configs: Sequence[DictConfig], max_members: int, n_jobs: int = 1,
         diff = differing_keys(keys[0], key)
         shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
         these, first = _jobs_of(groups[key], num), _jobs_of(groups[keys[0]], num)
-        out.splits.append(f"{_jobs_word(these)} {span(these)} differ from {_jobs_word(first)} {span(first)} in {shown}")
+        verb = "differs" if len(these) == 1 else "differ"
+        out.splits.append(f"{_jobs_word(these)} {span(these)} {verb} from {_jobs_word(first)} {span(first)} in {shown}")
     chunks = {key: max(1, math.ceil(len(jobs) / max(1, max_members))) for key, jobs in groups.items()}
     while sum(chunks.values()) < n_jobs:
         key = max(keys, key=lambda k: len(groups[k]) / chunks[k], default=None)

@@ -234,7 +234,7 @@ def say_plan(jobs: list[JobSlot], members: list[MemberRecord], populations: list
 def run_units(launcher: Any, units: list[tuple[str, Any]], opts: Options, share: int, sweep_dir: Path) -> list[Any]:
     """Each unit's outcome: a population's member results, or an ordinary job's JobReturn."""
     sweep_id = os.environ.get(SWEEP_ID_ENV)
-    threads = opts.torch_threads or share
+    threads = opts.torch_threads  # None: each population takes its members' torch_threads, capped to its share
     calls = [Unit(kind, payload, launcher.hydra_context, launcher.config, launcher.task_function, threads, share,
                   sweep_id, sweep_dir, f"population {i + 1}" if kind == "population" else "")
              for i, (kind, payload) in enumerate(units)]
@@ -263,7 +263,7 @@ class Unit:
     from their last.pt when the sweep runs with ``resume=auto``."""
 
     def __init__(self, kind: str, payload: Any, hydra_context: Any, config: DictConfig, task_function: Any,
-                 threads: int, share: int, sweep_id: str | None, sweep_dir: Path, name: str) -> None:
+                 threads: int | None, share: int, sweep_id: str | None, sweep_dir: Path, name: str) -> None:
         self.kind, self.payload, self.hydra_context, self.config = kind, payload, hydra_context, config
         self.task_function, self.threads, self.share, self.sweep_id = task_function, threads, share, sweep_id
         self.sweep_dir, self.name = sweep_dir, name
@@ -290,13 +290,15 @@ class Unit:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def run_population(specs: list[MemberSpec], sweep_dir: Path, threads: int, share: int,
+def run_population(specs: list[MemberSpec], sweep_dir: Path, threads: int | None, share: int,
                    name: str = "population") -> list[dict[str, Any]]:
     """Train one population in this process: signals stop every member at one step boundary (each saves its
     last.pt); SLURM's preemption signal is handed on to submitit once all have saved."""
     from dqnrun.run.session import StopFlag
 
     limit_threads(share)
+    if threads is None:  # as a solo run: torch_threads (1 by default: measured fastest here), within the share
+        threads = max(1, min(share, max(int(s.cfg.get("torch_threads", 1)) for s in specs)))
     progress = any(bool(s.cfg.log.get("progress", True)) for s in specs)
     stop = StopFlag().install()
     try:

@@ -48,7 +48,7 @@ class PopulationLauncherConf:
     max_members: int = 64  # members per population at most; a larger group becomes several populations
     n_jobs: int = 1  # populations side by side (worker processes), each with its share of the cores
     seeds_per_job: int = 1  # each job trained as this many seeds (seed .. seed+S-1); its value: their IQM
-    torch_threads: int | None = None  # threads of a population's batched update; default: its core share
+    torch_threads: int | None = None  # the batched update's threads; default: members' torch_threads within the share
     submitit: Any | None = None  # {cluster: local|slurm, <submitit parameters>}: each population one job
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import TINY, run_cli
@@ -81,3 +82,88 @@ def test_a_member_whose_loss_goes_non_finite_fails_alone(tmp_path: Path) -> None
     for job in ("1", "2"):
         r = results(sweep / job)
         assert r["status"] == "completed" and r["steps"] == 1200 and r["objective"]["value"] is not None
+
+
+def _ckpt_tensors(path: Path) -> dict:
+    ckpt = torch.load(path, weights_only=False)
+
+    def flat(x, prefix=""):  # noqa: ANN001, ANN202
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield from flat(v, f"{prefix}.{k}")
+        elif isinstance(x, list | tuple):
+            for i, v in enumerate(x):
+                yield from flat(v, f"{prefix}[{i}]")
+        else:
+            yield prefix, x
+
+    return dict(flat({k: ckpt[k] for k in ("policy", "algo_state", "step")}))
+
+
+def _same_bits(a: dict, b: dict) -> list[str]:
+    assert a.keys() == b.keys()
+    return [k for k in a if not (torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k])]
+
+
+QUICK = [*POP, "algo.learning_starts=400", "eval.every=600", "eval.episodes=2", "log.every=200",
+         "log.progress=false", "replay.capacity=2000", "checkpoint.every=0"]
+
+
+def test_seeds_per_job_and_an_interrupted_population_resumes_bit_for_bit(tmp_path: Path) -> None:
+    grid = ["seed=3", "optimizer.lr=1e-3,3e-3", "hydra.launcher.seeds_per_job=2", "total_steps=2400"]
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    # SIGTERM at env step 800: every member saves its last.pt at the same step boundary; the sweep says how to go on
+    proc = run_cli(["train", "-m", *grid, *QUICK, f"hydra.sweep.dir={cut}"], tmp_path,
+                   env={"DQNRUN_TEST_SIGNAL_AT_STEP": "800"})
+    assert proc.returncode == 128 + 15, proc.stderr
+    assert proc.stdout.splitlines()[0] == "dqnrun train: 2 jobs x 2 seeds = 4 runs in 1 population"
+    assert f"resume={cut}" in proc.stderr
+    members = [cut / j / k for j in ("0", "1") for k in ("0", "1")]  # <sweep dir>/<job>/<k>/
+    assert [results(d)["seed"] for d in members] == [3, 4, 3, 4]
+    assert all(results(d)["status"] == "interrupted" and results(d)["steps"] == 800 for d in members)
+    proc = run_cli(["train", "-m", *grid, *QUICK, f"resume={cut}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "all 4 jobs finished" in proc.stdout  # the closing summary counts the seed runs
+    proc = run_cli(["train", "-m", *grid, *QUICK, f"hydra.sweep.dir={whole}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for d in members:
+        r = results(d)
+        assert r["status"] == "completed" and r["resumed_from_step"] == 800
+        ours, theirs = _ckpt_tensors(d / "checkpoints" / "last.pt"), _ckpt_tensors(whole / d.relative_to(cut) /
+                                                                                   "checkpoints" / "last.pt")
+        assert ours[".step"] == 2400 and not _same_bits(ours, theirs), d
+
+
+@pytest.mark.slow
+def test_each_optuna_trial_is_scored_on_its_seeds_iqm(tmp_path: Path) -> None:
+    import sqlite3
+
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "hparams_search=cartpole_optuna", *QUICK, "hydra.launcher.seeds_per_job=4",
+                    "hydra.sweeper.n_trials=2", "total_steps=1200", f"hydra.sweep.dir={sweep}"], tmp_path,
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 jobs x 4 seeds = 8 runs" in proc.stdout
+    with sqlite3.connect(sweep / "optuna.db") as db:
+        told = dict(db.execute("select t.number, v.value from trials t join trial_values v on v.trial_id = "
+                               "t.trial_id").fetchall())
+    assert sorted(told) == [0, 1]
+    for trial, value in told.items():
+        seeds = sorted(results(sweep / str(trial) / str(k))["objective"]["value"] for k in range(4))
+        assert value == pytest.approx((seeds[1] + seeds[2]) / 2)  # 4 seeds: drop the lowest and the highest
+
+
+@pytest.mark.slow
+def test_a_grid_population_run_3000_plus_3000_steps_equals_one_of_6000(tmp_path: Path) -> None:
+    grid = ["seed=0,1", "optimizer.lr=1e-3,3e-3", "eval.every=2000", "log.every=1000", "log.progress=false",
+            "checkpoint.every=0", *POP]
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    assert run_cli(["train", "-m", *grid, "total_steps=3000", f"hydra.sweep.dir={cut}"], tmp_path,
+                   timeout=600).returncode == 0
+    assert run_cli(["train", "-m", *grid, "total_steps=6000", f"resume={cut}"], tmp_path,
+                   timeout=600).returncode == 0
+    assert run_cli(["train", "-m", *grid, "total_steps=6000", f"hydra.sweep.dir={whole}"], tmp_path,
+                   timeout=600).returncode == 0
+    for job in ("0", "1", "2", "3"):
+        ours = _ckpt_tensors(cut / job / "checkpoints" / "last.pt")
+        assert ours[".step"] == 6000 and not _same_bits(ours, _ckpt_tensors(whole / job / "checkpoints" / "last.pt"))

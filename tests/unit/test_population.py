@@ -141,3 +141,20 @@ def test_a_member_that_leaves_keeps_the_others_rows() -> None:
     pop.keep([0, 2])
     assert pop.k == 2 and torch.equal(pop.online.flat, rows)
     assert pop.gamma == [0.99, 0.95] and pop.adam.lr == [1e-3, 1e-3]
+
+
+# --- a job of several seeds returns the IQM of their objectives ---------------------------------------
+def test_a_jobs_value_is_the_iqm_of_its_seeds_objectives() -> None:
+    from omegaconf import OmegaConf
+
+    from dqnrun.population.launch import JobSlot, MemberRecord, job_return
+
+    cfg = OmegaConf.create({"seed": 0})
+    members = [MemberRecord(spec=type("S", (), {"cfg": cfg})(), sweep_config=cfg, job=0) for _ in range(5)]
+    job = JobSlot(num=3, overrides=["optimizer.lr=0.001"], config=cfg, members=[0, 1, 2, 3, 4])
+    values = [250.0, 10.0, 480.0, 300.0, 120.0]
+    results = {i: {"objective": {"name": "auc", "value": v}} for i, v in enumerate(values)}
+    # int(0.25 * 5) = 1 score dropped at each end (10 and 480): the mean of 120, 250 and 300
+    assert job_return(job, members, results, {}, seeds=5).return_value == pytest.approx((120 + 250 + 300) / 3)
+    results[2] = {"status": "failed", "objective": {"name": "auc", "value": None}}  # a seed that fails fails its job
+    assert np.isnan(job_return(job, members, results, {}, seeds=5).return_value)
