@@ -142,6 +142,7 @@ def compose(ctx: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]]
     """Every job's config, and its members' run directories with Hydra's record in them."""
     jobs: list[JobSlot] = []
     members: list[MemberRecord] = []
+    varying = varying_keys(job_overrides)
     for offset, overrides in enumerate(job_overrides):
         num = first + offset
         base = _sweep_config(ctx, config, list(overrides), num)
@@ -156,7 +157,7 @@ def compose(ctx: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]]
         for member_overrides, k in variants:
             sweep_config = base if k is None else _sweep_config(ctx, config, member_overrides, num)
             spec = member_dir(sweep_config, share, label=f"job {num}" if k is None else f"job {num} seed {k}",
-                              setting=_setting(overrides))
+                              setting=_setting(overrides, varying))
             job.members.append(len(members))
             members.append(MemberRecord(spec, sweep_config, len(jobs)))
         jobs.append(job)
@@ -171,12 +172,28 @@ def _sweep_config(ctx: Any, config: DictConfig, overrides: list[str], num: int) 
     return sweep_config
 
 
-def _setting(overrides: Sequence[str]) -> str:
-    """What a job's members share beyond their seeds, as a TensorBoard run name (its overrides but the seed)."""
+def _setting(overrides: Sequence[str], varying: set[str]) -> str:
+    """What a job's members share beyond their seeds, as a TensorBoard run name: its values of the keys that vary
+    between the batch's jobs (the seed aside); ``all`` when only seeds vary."""
     from dqnrun.run.artifacts import defining_overrides, safe_name
 
-    kept = [o for o in defining_overrides(list(overrides)) if o.split("=", 1)[0].lstrip("+~") != "seed"]
-    return safe_name(",".join(kept)) if kept else "default"
+    kept = [o for o in defining_overrides(list(overrides)) if _key(o) in varying]
+    return safe_name(",".join(kept)) if kept else "all"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def varying_keys(job_overrides: Sequence[Sequence[str]]) -> set[str]:
+    """The keys whose values differ between jobs (or that only some jobs set), but the seed and Hydra's own."""
+    values: dict[str, set[str]] = {}
+    for overrides in job_overrides:
+        for o in overrides:
+            values.setdefault(_key(o), set()).add(o)
+    n = len(job_overrides)
+    return {k for k, v in values.items() if k != "seed" and not k.startswith("hydra.")
+            and (len(v) > 1 or sum(any(_key(o) == k for o in ov) for ov in job_overrides) < n)}
 
 
 def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -> MemberSpec:

@@ -133,6 +133,26 @@ def test_seeds_per_job_and_an_interrupted_population_resumes_bit_for_bit(tmp_pat
                                                                                    "checkpoints" / "last.pt")
         assert ours[".step"] == 2400 and not _same_bits(ours, theirs), d
 
+    # the aggregate TensorBoard run of each setting: IQM (of 2 seeds: their mean) and a CI of the eval returns at
+    # every evaluation, each step once (the resumed population purged what followed its checkpoint)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    boards = sorted(p.name for p in (cut / "aggregate" / "tb").iterdir())
+    assert boards == ["optimizer.lr:0.001", "optimizer.lr:0.003"]
+    for job, board in zip(("0", "1"), boards, strict=True):
+        acc = EventAccumulator(str(cut / "aggregate" / "tb" / board))
+        acc.Reload()
+        evals = [dict(results(cut / job / k)["eval_history"]) for k in ("0", "1")]
+        mid = acc.Scalars("aggregate/eval_return_iqm")
+        assert [e.step for e in mid] == [600, 1200, 1800, 2400]
+        low, high = acc.Scalars("aggregate/eval_return_ci_low"), acc.Scalars("aggregate/eval_return_ci_high")
+        for e, lo, hi in zip(mid, low, high, strict=True):
+            seeds = [ev[e.step] for ev in evals]
+            assert e.value == pytest.approx(sum(seeds) / 2) and lo.value <= e.value <= hi.value
+            assert lo.value >= min(seeds) - 1e-6 and hi.value <= max(seeds) + 1e-6
+        assert {s.value for s in acc.Scalars("aggregate/members")} == {2.0}
+        assert acc.Scalars("aggregate/episodic_return_iqm")
+
 
 @pytest.mark.slow
 def test_each_optuna_trial_is_scored_on_its_seeds_iqm(tmp_path: Path) -> None:
