@@ -187,3 +187,18 @@ def test_a_grid_population_run_3000_plus_3000_steps_equals_one_of_6000(tmp_path:
     for job in ("0", "1", "2", "3"):
         ours = _ckpt_tensors(cut / job / "checkpoints" / "last.pt")
         assert ours[".step"] == 6000 and not _same_bits(ours, _ckpt_tensors(whole / job / "checkpoints" / "last.pt"))
+
+
+def test_two_populations_run_as_two_submitit_local_jobs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "seed=0,1,2,3", *QUICK, "total_steps=1200", "hydra.launcher.max_members=2",
+                    "hydra.launcher.submitit={cluster:local,timeout_min:5}", f"hydra.sweep.dir={sweep}"], tmp_path,
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:3] == ["dqnrun train: 4 jobs in 2 populations",
+                                            "  population 1: 2 members (jobs 0-1)",
+                                            "  population 2: 2 members (jobs 2-3)"]
+    pids = [results(sweep / j)["pid"] for j in ("0", "1", "2", "3")]
+    assert pids[0] == pids[1] != pids[2] == pids[3]  # one process per population, each a submitit job
+    assert len(list((sweep / ".submitit").rglob("*_log.out"))) == 2
+    assert all(results(sweep / j)["status"] == "completed" for j in ("0", "1", "2", "3"))
