@@ -168,7 +168,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     module = algorithm_module(cfg)
     if cfg.env.get("action_mask") and not getattr(module, "ACTION_MASKS", False):
         raise UsageError(f"env.action_mask=true: algo={cfg.algo._target_.split('.')[-2]} does not act through "
-                         "action masks yet; use algo=pqn, or env.action_mask=false")
+                         "action masks yet; use algo=dqn or algo=pqn, or env.action_mask=false")
     module.check(cfg)
     if cfg.device == "cuda":
         import torch

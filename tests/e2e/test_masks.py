@@ -1,6 +1,6 @@
 """Action masks end to end, on an env that ends an episode with -10 at any illegal action: with
 env.action_mask=true no illegal action is ever taken, in training or evaluation, whichever way the env reports
-its legal actions, for 1 env and several, and the agent learns the corridor."""
+its legal actions, for 1 env and several, PQN and DQN (Double, n-step, C51), and the agent learns the corridor."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tests.conftest import run_cli
 INFO, DICT = "tests.custom_envs:DqnrunTest/MaskedCorridor-v0", "tests.custom_envs:DqnrunTest/MaskedCorridorDict-v0"
 PQN = ["algo=pqn", "total_steps=40000", "algo.lr_decay_steps=40000", "schedule.decay_steps=20000",
        "network.hidden=[64,64]", "optimizer.lr=1e-3"]
+DQN = ["algo=dqn", "total_steps=10000", "network.hidden=[64,64]"]
 COMMON = ["env.action_mask=true", "eval.every=10000", "eval.episodes=20", "log.progress=false", "seed=0",
           "checkpoint.every=0"]
 
@@ -26,6 +27,10 @@ COMMON = ["env.action_mask=true", "eval.every=10000", "eval.episodes=20", "log.p
     (INFO, PQN, ["env.num_envs=4"]),
     pytest.param(DICT, PQN, ["env.num_envs=1", "algo.num_steps=128", "algo.minibatches=2"],
                  marks=pytest.mark.thorough),
+    (INFO, DQN, ["env.num_envs=1"]),  # the fast path's numpy actor, masked
+    (DICT, DQN, ["env.num_envs=4", "learner.double=true", "replay.n_step=3"]),
+    pytest.param(INFO, DQN, ["env.num_envs=2", "learner.distributional=true", "network.v_min=-10",
+                             "network.v_max=2"], marks=pytest.mark.thorough),
 ])
 def test_no_illegal_action_ever_and_the_corridor_is_learned(env: str, algo: list[str], extra: list[str],
                                                             tmp_path: Path) -> None:

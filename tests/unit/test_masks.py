@@ -138,3 +138,94 @@ def test_the_env_check_never_steps_an_illegal_action() -> None:
     assert diagnose(INFO, {}, ActionMaskInfo) is None
     assert diagnose(DICT, {}, ActionMaskInfo) is None
     assert C.MaskedCorridor.illegal == 0
+
+
+# --- DQN's bootstrap through the legal actions of s' -----------------------------------------------------------
+
+
+def test_td_target_maxes_over_the_legal_next_actions_only() -> None:
+    from dqnrun.algos.dqn.targets import td_target
+
+    r, term = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 1.0])
+    next_q = torch.tensor([[5.0, 2.0, -1.0], [5.0, 2.0, -1.0], [5.0, 2.0, -1.0]])
+    mask = torch.tensor([[False, True, True], [False, False, True], [False, False, False]])
+    # row 0: max over {2, -1}; row 1: only -1 is legal; row 2: terminal with no legal action -> r, never NaN
+    y = td_target(r, term, next_q, 0.5, next_mask=mask)
+    assert torch.equal(y, torch.tensor([1.0 + 0.5 * 2.0, 1.0 + 0.5 * -1.0, 1.0]))
+    assert torch.equal(td_target(r, term, next_q, 0.5), torch.tensor([3.5, 3.5, 1.0]))  # unmasked: 5 each
+    # Double DQN: the online argmax is among the legal actions, the target net evaluates it
+    online = torch.tensor([[9.0, 0.0, 3.0], [9.0, 8.0, 0.0], [9.0, 0.0, 0.0]])
+    y = td_target(r, term, next_q, 0.5, online, mask)
+    assert torch.equal(y, torch.tensor([1.0 + 0.5 * -1.0, 1.0 + 0.5 * -1.0, 1.0]))
+
+
+def test_a_non_terminal_row_without_a_legal_action_bootstraps_nothing() -> None:
+    from dqnrun.algos.dqn.targets import td_target
+
+    y = td_target(torch.tensor([0.5]), torch.tensor([0.0]), torch.tensor([[3.0, 4.0]]), 0.9,
+                  next_mask=torch.tensor([[False, False]]))
+    assert torch.equal(y, torch.tensor([0.5]))
+
+
+def _learner(head: bool | str, double: bool = False) -> object:
+    from dqnrun.algos.dqn.learner import Learner
+    from dqnrun.networks import QNetwork
+
+    torch.manual_seed(0)
+    kw = {"head": "c51" if head is True else head} if head else {}
+    if head is True:
+        kw |= {"atoms": 11, "v_min": -5.0, "v_max": 5.0}
+    if head == "qr":
+        kw |= {"quantiles": 8}
+    online = QNetwork((3,), 3, hidden=(16,), **kw)
+    target = QNetwork((3,), 3, hidden=(16,), **kw)
+    target.load_state_dict(online.state_dict())
+    return Learner(online, target, torch.optim.SGD(online.parameters(), lr=0.0), gamma=0.9, double=double,
+                   distributional=head)
+
+
+@pytest.mark.parametrize(("head", "double"), [(False, False), (False, True), (True, False), ("qr", False),
+                                              ("qr", True)])
+def test_every_head_bootstraps_from_a_legal_greedy_action(head: bool | str, double: bool) -> None:
+    """The same batch, masked two ways: with only action k legal at s', the loss equals that of a target built from
+    action k, whatever the nets prefer (checked by a mask that keeps each action in turn: the losses differ)."""
+    from dqnrun.replay import Batch
+
+    learner = _learner(head, double)
+    g = torch.Generator().manual_seed(1)
+    b = 32
+    obs, next_obs = torch.randn(b, 3, generator=g), torch.randn(b, 3, generator=g)
+    base = dict(obs=obs, action=torch.randint(0, 3, (b,), generator=g), reward=torch.randn(b, generator=g),
+                next_obs=next_obs, terminated=torch.zeros(b))
+    losses = []
+    for k in range(3):
+        only_k = torch.zeros(b, 3, dtype=torch.bool)
+        only_k[:, k] = True
+        y = None if learner.distributional else learner.targets(Batch(**{n: v[None] for n, v in base.items()},
+                                                                      next_mask=only_k[None]))
+        if double and not learner.distributional:  # per step: the online net picks a* (as `update` does)
+            from dqnrun.algos.dqn.targets import td_target
+
+            with torch.no_grad():
+                y = td_target(base["reward"], base["terminated"], learner.target(next_obs), 0.9,
+                              learner.online(next_obs), only_k)[None]
+        if y is not None:
+            # the burst target equals the hand target from action k
+            with torch.no_grad():
+                q_k = learner.target(next_obs)[:, k]
+            assert torch.allclose(y[0], base["reward"] + 0.9 * q_k)
+        loss, _, _ = learner._loss_terms(obs, base["action"], base["reward"], next_obs, base["terminated"], 0.9,
+                                         None, None if y is None else y[0], None, only_k)
+        losses.append(float(loss.detach()))
+    assert len(set(losses)) == 3, losses  # each mask moved the target to its own action
+
+
+def test_dqn_refuses_munchausen_with_action_masks_in_one_line() -> None:
+    from dqnrun.config.compose import compose
+    from dqnrun.config.rules import validate_train_config
+
+    cfg, _ = compose("train", [f"env.id=tests.custom_envs:{INFO}", "env.action_mask=true",
+                               "learner.munchausen=true"])
+    with pytest.raises(UsageError, match="learner.munchausen=true does not act through action masks") as err:
+        validate_train_config(cfg)
+    assert "\n" not in str(err.value)

@@ -1,5 +1,6 @@
 """DQN (Mnih et al. 2015) and the Rainbow family as switches: Double DQN, dueling and noisy heads (network
-options), n-step returns and prioritized replay (replay options), C51 (``learner.distributional``).
+options), n-step returns and prioritized replay (replay options), C51, QR-DQN and IQN (``learner.distributional``),
+Munchausen DQN (``learner.munchausen``); with ``env.action_mask`` it acts and bootstraps through legal actions only.
 
 `DQN.train` is the whole training loop, in the order it happens (CleanRL's ``dqn.py`` reads the same way):
 act -> step -> store -> (sync target) -> (update burst) -> log / evaluate / checkpoint. The parts are built by
@@ -57,11 +58,12 @@ class DQN(Algorithm):
     def updates(self) -> int:
         return self.learner.updates
 
-    def act(self, obs: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+    def act(self, obs: np.ndarray, step: int, rng: np.random.Generator,
+            mask: np.ndarray | None = None) -> np.ndarray:
         """Uniform-random before learning starts, then epsilon-greedy; the Q forward runs only for the envs that
-        act greedily."""
+        act greedily. With ``mask`` (E, A) bool (``env.action_mask``) both are over the legal actions only."""
         epsilon = 1.0 if step < self.learning_starts else self.schedule(step)
-        return epsilon_greedy(obs, self.learner.greedy_actions, epsilon, rng, self.n_actions)
+        return epsilon_greedy(obs, self.learner.greedy_actions, epsilon, rng, self.n_actions, mask)
 
     def train(self, run: Session) -> None:
         clip = self.reward_clip
@@ -69,10 +71,12 @@ class DQN(Algorithm):
             # --- act, then step the envs. NEXT_STEP autoreset: the step after an episode's end returns the reset
             # observation (action ignored, reward 0): t.valid is False there and the replay skips that row.
             # t.next_obs of an ending step is the true final observation, so a truncation bootstraps correctly.
-            actions = self.act(run.cursor.obs, run.step, run.rng)
+            # With env.action_mask the cursor and each transition carry the legal actions of their observations:
+            # acting picks among those of obs, and the replay keeps next_obs's for the bootstrap's max.
+            actions = self.act(run.cursor.obs, run.step, run.rng, run.cursor.mask)
             t = run.env_step(actions)
             reward = t.reward if clip is None else np.clip(t.reward, -clip, clip)
-            self.replay.add(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated, t.valid)
+            self.replay.add(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated, t.valid, t.next_mask)
 
             # --- learn: target sync first (SB3's order), then one burst; the target is frozen within a burst.
             # Never from an empty buffer (n-step rows appear only once a window fills).

@@ -20,6 +20,9 @@ from dqnrun.config.rules import Rule, cross_check
 from dqnrun.errors import UsageError
 
 # Keys whose change would make a resume meaningless (other network shape, other buffer).
+# Acts, explores and bootstraps (the max, Double DQN's argmax, C51's, QR's and IQN's greedy a*) only through the
+# legal actions of envs that report them (env.action_mask); the replay keeps each row's next legal actions.
+ACTION_MASKS = True
 FROZEN_ON_RESUME = ("network", "replay.capacity", "replay.storage")
 
 # Validation rules of DQN's own keys: (kind, low, high, low_inclusive, high_inclusive, nullable).
@@ -99,6 +102,10 @@ def _check_heads(cfg: DictConfig) -> None:
         # categorical distributions, which neither paper defines (the paper's distributional variant is M-IQN)
         raise UsageError("learner.munchausen=true does not apply to C51 (learner.distributional=true); use "
                          "learner.distributional=iqn (M-IQN, as in the paper) or qr, or drop one of them")
+    if cfg.env.get("action_mask", False):
+        # the log-policy bonus needs pi(.|s) over the legal actions at s, and the replay keeps only s' legal actions
+        raise UsageError("learner.munchausen=true does not act through action masks yet (env.action_mask=true): its "
+                         "bonus needs the legal actions of s, which the replay does not keep; drop one of them")
     if lc.get("double", False):
         # the soft bootstrap averages over pi(.|s'): there is no argmax for the online net to pick
         raise UsageError("learner.munchausen=true and learner.double=true exclude each other: Munchausen's target "
@@ -147,6 +154,6 @@ def parts(cfg: DictConfig, spec: EnvSpec) -> dict[str, Any]:
         iqn_n=lc.get("iqn_n", 64), iqn_n_prime=lc.get("iqn_n_prime", 64), seed=cfg.seed,
     )
     replay = builders.build_replay(cfg.replay, spec, device, seed=cfg.seed, gamma=lc.gamma,
-                                   num_envs=cfg.env.num_envs)
+                                   num_envs=cfg.env.num_envs, masked=bool(cfg.env.get("action_mask", False)))
     return {"learner": learner, "replay": replay, "schedule": builders.build_schedule(cfg.schedule),
             "n_actions": spec.n_actions}

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from dqnrun.algos.dqn.quantile import quantile_huber_loss, quantile_target
-from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, munchausen_target, td_target
+from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, legal, munchausen_target, td_target
+from dqnrun.acting import masked_argmax
 from dqnrun.errors import UsageError
 from dqnrun.fastpath import FusedAdamStep, ManualMLPGradient, NumpyGreedyActor, clip_grad_norm, mlp_forward, supports
 from dqnrun.networks import fixed_taus
@@ -25,6 +26,11 @@ HEADS = {False: "q", True: "c51", "c51": "c51", "qr": "qr", "iqn": "iqn"}
 def head_of(distributional: bool | str) -> str:
     """The network head ``learner.distributional`` asks for: ``q`` | ``c51`` | ``qr`` | ``iqn``."""
     return HEADS[distributional]
+
+
+def dead_end(terminated: torch.Tensor, next_mask: torch.Tensor | None) -> torch.Tensor:
+    """``terminated`` (B,), also 1 where s' has no legal action (``next_mask`` all False): nothing to bootstrap."""
+    return terminated if next_mask is None else torch.maximum(terminated, (~next_mask.any(-1)).to(terminated.dtype))
 
 
 class Learner:
@@ -103,12 +109,19 @@ class Learner:
         self._q_sum = torch.zeros((), device=device)
         self._n = 0
 
-    def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
-        """obs (E, *obs_shape) -> argmax_a Q_online(obs, a), (E,) int64."""
+    def greedy_actions(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """obs (E, *obs_shape) -> argmax_a Q_online(obs, a), (E,) int64; over the legal actions of ``mask`` (E, A)
+        bool (``env.action_mask``) when given."""
         if self.np_actor is not None:
-            return self.np_actor(obs)
+            if mask is None:
+                return self.np_actor(obs)
+            with np.errstate(over="ignore", invalid="ignore"):
+                return masked_argmax(self.np_actor.q_values(obs), mask)
         with torch.inference_mode():
-            return self._q(self.online, torch.as_tensor(obs, device=self.device)).argmax(1).cpu().numpy()
+            q = self._q(self.online, torch.as_tensor(obs, device=self.device))
+            if mask is not None:
+                q = legal(q, torch.as_tensor(mask, device=self.device))
+            return q.argmax(1).cpu().numpy()
 
     def _q(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """No-grad Q-values (B, A), through the lean MLP forward where it applies."""
@@ -127,7 +140,8 @@ class Learner:
         if self.munchausen is not None:
             q = self._q(self.target, batch.obs.flatten(0, 1)).view(g, b, -1)
             return munchausen_target(batch.reward, batch.terminated, gamma, q, batch.action, next_q, *self.munchausen)
-        return td_target(batch.reward, batch.terminated, next_q, gamma)  # type: ignore[arg-type]
+        return td_target(batch.reward, batch.terminated, next_q, gamma,  # type: ignore[arg-type]
+                         next_mask=batch.next_mask)
 
     def update(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run G gradient steps on a (G, B) burst sampled before it.
@@ -151,7 +165,7 @@ class Learner:
             else:
                 with torch.no_grad():  # Double DQN: a* from the current online weights
                     y = td_target(b.reward, b.terminated, self._q(self.target, b.next_obs), gamma,
-                                  self._q(self.online, b.next_obs))  # type: ignore[arg-type]
+                                  self._q(self.online, b.next_obs), b.next_mask)  # type: ignore[arg-type]
             if self.manual is not None:  # plain MLP, scalar Q: the hand-written backward
                 loss, q_mean, diff = self.manual(b.obs, b.action, y, b.weights)  # type: ignore[arg-type]
                 if self.max_grad_norm is not None:
@@ -162,7 +176,7 @@ class Learner:
                 continue
             try:
                 loss, q_mean, td_abs = self._loss(b.obs, b.action, b.reward, b.next_obs, b.terminated, gamma,
-                                                  b.weights, y, self._sample_taus(b.action.shape[0]))
+                                                  b.weights, y, self._sample_taus(b.action.shape[0]), b.next_mask)
             except torch._dynamo.exc.BackendCompilerFailed as exc:  # e.g. no C++ compiler for inductor
                 cause = str(exc.inner_exception).strip().splitlines() or [type(exc.inner_exception).__name__]
                 raise UsageError(f"compile=true: torch.compile failed ({cause[0][:200]}); "
@@ -187,6 +201,7 @@ class Learner:
         weights: torch.Tensor | None,
         y: torch.Tensor | None,
         taus: tuple[torch.Tensor, torch.Tensor] | None = None,
+        next_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The autograd step's loss: (scalar loss, mean Q(s,a), per-sample priority (B,)).
 
@@ -195,9 +210,10 @@ class Learner:
         function that ``compile=true`` hands to ``torch.compile``.
         """
         if self.head == "c51":
-            per_sample, q_mean, td_abs = self._c51_loss(obs, action, reward, next_obs, terminated, gamma)
+            per_sample, q_mean, td_abs = self._c51_loss(obs, action, reward, next_obs, terminated, gamma, next_mask)
         elif self.distributional:
-            per_sample, q_mean, td_abs = self._quantile_loss(obs, action, reward, next_obs, terminated, gamma, taus)
+            per_sample, q_mean, td_abs = self._quantile_loss(obs, action, reward, next_obs, terminated, gamma, taus,
+                                                             next_mask)
         else:
             q_sa = self.online(obs).gather(1, action.unsqueeze(1)).squeeze(1)
             per_sample = self.loss_fn(q_sa, y)
@@ -215,16 +231,17 @@ class Learner:
         self._n += 1
 
     def _c51_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
-                  terminated: torch.Tensor, gamma: float | torch.Tensor,
+                  terminated: torch.Tensor, gamma: float | torch.Tensor, next_mask: torch.Tensor | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample cross-entropy to the projected target distribution; (loss (B,), mean Q, priority (B,))."""
+        """Per-sample cross-entropy to the projected target distribution; (loss (B,), mean Q, priority (B,)).
+        With ``next_mask`` the greedy a* at s' is among its legal actions; an s' without one bootstraps nothing."""
         support = self.online.support  # type: ignore[union-attr]
         rows = torch.arange(action.shape[0], device=action.device)
         with torch.no_grad():
             next_probs = self.target.dist_logits(next_obs).softmax(-1)  # type: ignore[operator]
             next_q = self.online(next_obs) if self.double else (next_probs * support).sum(-1)
-            target_dist = categorical_projection(next_probs[rows, next_q.argmax(1)], reward, terminated,
-                                                 gamma, support)
+            target_dist = categorical_projection(next_probs[rows, legal(next_q, next_mask).argmax(1)], reward,
+                                                 dead_end(terminated, next_mask), gamma, support)
         logits = self.online.dist_logits(obs)[rows, action]  # type: ignore[operator]
         per_sample = -(target_dist * logits.log_softmax(-1)).sum(-1)
         q_mean = (logits.detach().softmax(-1) * support).sum(-1).mean()
@@ -239,7 +256,7 @@ class Learner:
 
     def _quantile_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
                        terminated: torch.Tensor, gamma: float | torch.Tensor,
-                       taus: tuple[torch.Tensor, torch.Tensor] | None,
+                       taus: tuple[torch.Tensor, torch.Tensor] | None, next_mask: torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """QR-DQN or IQN (with Munchausen's target if on): the quantile Huber loss between the online quantiles of
         Z(s, a) and the target samples; (loss (B,), mean Q, priority (B,))."""
@@ -253,8 +270,8 @@ class Learner:
                 y = munchausen_target(reward, terminated, gamma, self.target(obs), action, next_q, *self.munchausen,
                                       next_z=next_z)
             else:
-                a_star = (self.online(next_obs) if self.double else next_q).argmax(1)
-                y = quantile_target(reward, terminated, gamma, next_z[rows, a_star])
+                a_star = legal(self.online(next_obs) if self.double else next_q, next_mask).argmax(1)
+                y = quantile_target(reward, dead_end(terminated, next_mask), gamma, next_z[rows, a_star])
         z = self.online.quantiles(obs, tau)[rows, action]  # type: ignore[operator]  # (B, N)
         per_sample = quantile_huber_loss(z, y, tau)  # type: ignore[arg-type]
         return per_sample, z.detach().mean(), per_sample.detach()

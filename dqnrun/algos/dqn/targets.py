@@ -10,12 +10,25 @@ import torch
 from torch import nn
 
 
+def legal(q: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``q`` (..., A) with -inf at the illegal actions of ``mask`` (..., A) bool (``env.action_mask``), so a max or
+    an argmax runs over the legal ones; ``q`` itself without a mask."""
+    return q if mask is None else q.masked_fill(~mask, -torch.inf)
+
+
+def no_legal_action_zero(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``value`` (...,) with 0 where ``mask`` (..., A) holds no legal action (the max there is -inf, and
+    -inf * 0 would make a terminal row's target NaN)."""
+    return value if mask is None else torch.where(mask.any(-1), value, torch.zeros_like(value))
+
+
 def td_target(
     reward: torch.Tensor,
     terminated: torch.Tensor,
     next_q_target: torch.Tensor,
     gamma: float,
     next_q_online: torch.Tensor | None = None,
+    next_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The one-step TD target.
 
@@ -32,14 +45,17 @@ def td_target(
         next_q_target: (..., A) target-network Q-values at s'.
         gamma: discount in [0, 1].
         next_q_online: (..., A) online-network Q-values at s', for Double DQN.
+        next_mask: (..., A) bool, the legal actions at s' (``env.action_mask``): the max (Double DQN's argmax)
+            runs over them only; an s' with no legal action (a finished game) bootstraps nothing.
     Returns:
         (...,) float32 targets, with no gradient attached.
     """
     if next_q_online is None:
-        next_v = next_q_target.max(dim=-1).values
+        next_v = legal(next_q_target, next_mask).max(dim=-1).values
     else:
-        a_star = next_q_online.argmax(dim=-1, keepdim=True)
+        a_star = legal(next_q_online, next_mask).argmax(dim=-1, keepdim=True)
         next_v = next_q_target.gather(-1, a_star).squeeze(-1)
+    next_v = no_legal_action_zero(next_v, next_mask)
     not_done = 1.0 - terminated
     if isinstance(gamma, torch.Tensor):  # per-sample discounts (n-step windows)
         return torch.addcmul(reward, gamma * not_done, next_v).detach()
