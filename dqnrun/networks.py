@@ -77,6 +77,20 @@ def minatar_torso(in_channels: int) -> nn.Sequential:
 
 
 TORSOS: dict[str, Callable[[int], nn.Sequential]] = {"nature": nature_torso, "minatar": minatar_torso}
+
+
+def normed_torso(torso: nn.Sequential, chw: tuple[int, ...], norm: str) -> nn.Sequential:
+    """``torso`` with a normalization over each convolution's whole output (C, H, W) between it and its activation,
+    as CleanRL's ``pqn_atari_envpool.py`` places its LayerNorms (``network.norm`` with a conv torso)."""
+    layers: list[nn.Module] = []
+    x = torch.zeros(1, *chw)
+    with torch.no_grad():
+        for m in torso:
+            x = m(x)
+            layers.append(m)
+            if isinstance(m, nn.Conv2d):
+                layers.append(NORMS[norm](list(x.shape[1:])))
+    return nn.Sequential(*layers)
 HEADS = ("q", "c51", "qr", "iqn")
 
 
@@ -183,6 +197,8 @@ class QNetwork(nn.Module):
                 raise ValueError(f"conv={conv} needs image observations (C, H, W) or (H, W, C); got {tuple(obs_shape)}")
             channels = obs_shape[-1] if self.channels_last else obs_shape[0]
             self.torso = TORSOS[conv](int(channels))
+            if norm is not None:
+                self.torso = normed_torso(self.torso, self._chw(obs_shape), norm)
             with torch.no_grad():
                 in_dim = int(self.torso(torch.zeros(1, *self._chw(obs_shape))).numel())
         plain_input = conv is None and not noisy_input

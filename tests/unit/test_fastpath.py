@@ -125,6 +125,35 @@ def test_a_layer_the_fast_path_does_not_implement_sends_the_network_through_auto
     assert learner.greedy_actions(x.numpy()).tolist() == net(x).argmax(1).tolist()
 
 
+@pytest.mark.parametrize(("conv", "obs_shape", "shapes"), [
+    ("minatar", (10, 10, 4), [(16, 8, 8)]),
+    ("nature", (4, 84, 84), [(32, 20, 20), (64, 9, 9), (64, 7, 7)]),
+])
+def test_network_norm_puts_a_layernorm_over_each_convolutions_output(conv: str, obs_shape: tuple,
+                                                                      shapes: list[tuple]) -> None:
+    """network.norm=layernorm with a conv torso (PQN's MinAtar and Atari presets): a LayerNorm over the whole (C, H, W)
+    output of each convolution, before its ReLU, trained by the update; MinAtar's network then leaves the fast path."""
+    from dqnrun.networks import QNetwork
+
+    torch.manual_seed(0)
+    kw = {"channels_last": True} if conv == "minatar" else {}
+    net = QNetwork(obs_shape, 3, hidden=(32,), conv=conv, norm="layernorm", **kw)
+    norms = [m for m in net.torso if isinstance(m, torch.nn.LayerNorm)]
+    assert [tuple(m.normalized_shape) for m in norms] == shapes
+    kinds = [type(m).__name__ for m in net.torso]
+    assert kinds == ["Conv2d", "LayerNorm", "ReLU"] * len(shapes)
+    assert not supports(net) and (conv != "minatar" or supports(QNetwork(obs_shape, 3, hidden=(32,), conv=conv, **kw)))
+    obs = torch.rand(5, *obs_shape)
+    with torch.no_grad():  # a LayerNorm over (C, H, W): the first conv's normalized output has mean 0, variance 1
+        h = net.torso[1](net.torso[0](obs.permute(0, 3, 1, 2) if conv == "minatar" else obs))
+    assert torch.allclose(h.mean((1, 2, 3)), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(h.var((1, 2, 3), unbiased=False), torch.ones(5), atol=1e-3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net(obs).sum().backward()
+    opt.step()
+    assert not torch.equal(norms[0].weight, torch.ones_like(norms[0].weight))
+
+
 def test_lean_fused_adam_step_is_bit_identical_to_optimizer_step() -> None:
     from dqnrun.fastpath import FusedAdamStep
 
