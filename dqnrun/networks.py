@@ -313,8 +313,10 @@ class QTable(nn.Module):
     """
 
     def __init__(self, obs_shape: Sequence[int], n_actions: int, n_obs_categories: int | None = None,
-                 init: float = 0.0, hidden: object = None, activation: object = None) -> None:
-        """``hidden`` and ``activation`` are accepted and ignored: an env preset may set them for MLPs."""
+                 init: float = 0.0, **network_keys: object) -> None:
+        """Other ``network.*`` keys (``hidden``, ``activation``, C51's support, ``quantiles``, ...) are accepted and
+        ignored: an env preset sets them for the other networks (CartPole's sets ``v_min``), and the config keeps
+        unknown keys out on its own."""
         super().__init__()
         if not n_obs_categories:
             raise ValueError("network=tabular needs a Discrete observation space (e.g. env=frozenlake)")

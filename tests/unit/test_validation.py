@@ -166,3 +166,13 @@ def test_the_validator_never_writes_to_the_config() -> None:
     assert OmegaConf.to_container(raw) == before
     normalized = compose_train(["total_steps=1e5"])  # composing for a run normalizes, before validation
     assert normalized.total_steps == 100000 and isinstance(normalized.total_steps, int)
+
+
+@pytest.mark.parametrize("env", ["cartpole", "lunarlander"])
+def test_network_tabular_on_a_box_env_names_the_observation_space_not_a_preset_key(env: str) -> None:
+    """CartPole's preset sets network.v_min for C51 (and quantiles for QR); on network=tabular those keys are
+    ignored, and what is wrong (no Discrete observations) is what the user reads."""
+    cfg = compose_train([f"env={env}", "network=tabular"])
+    with pytest.raises(UsageError, match="network=tabular needs a Discrete observation space") as err:
+        builders.build_network(cfg.network, builders.build_env_spec(cfg.env))
+    assert "v_min" not in str(err.value) and "\n" not in str(err.value)
