@@ -24,6 +24,7 @@ MEMBER_KEYS = ("seed", "optimizer.lr", "learner.gamma", "learner.tau", "learner.
 # its length): these never touch the batched update either.
 RUN_KEYS = ("name", "tags", "objective", "eval", "checkpoint", "log", "total_steps", "stop_when_solved", "resume",
             "init_from", "torch_threads")
+MIN_SPLIT = 4  # a group is split for n_jobs only into populations of at least this many members
 PLAIN_MLP = ("dqnrun.networks.MLP", "dqnrun.networks.QNetwork")
 STACKED_ACTIVATIONS = ("relu", "tanh")
 
@@ -31,6 +32,9 @@ STACKED_ACTIVATIONS = ("relu", "tanh")
 def eligibility(cfg: DictConfig) -> str | None:
     """None if a job can be a population member, else why it stands alone (one phrase)."""
     algo = str(OmegaConf.select(cfg, "algo._target_", default=""))
+    if algo == "dqnrun.algos.pqn.PQN":
+        return ("algo=pqn: its update (RAdam with a decaying learning rate over Q(lambda) rollouts, LayerNorm "
+                "networks) is not in the population's stacked update")
     if algo != "dqnrun.algos.dqn.DQN":
         return f"algo={algo.rsplit('.', 1)[-1].lower() or '?'}: populations batch DQN's update only"
     net = cfg.network
@@ -113,9 +117,9 @@ def plan(configs: Sequence[DictConfig], max_members: int, n_jobs: int = 1,
          jobs: Sequence[int] | None = None) -> Plan:
     """Group jobs: eligible jobs with equal `group_key` form a group (in job order); a group larger than
     ``max_members`` becomes several populations of balanced sizes, and groups are split further (largest first)
-    until there are ``n_jobs`` populations to run side by side, where members allow it. A group of one job is a
-    population of one (its run is the same either way). ``jobs``: the job number of each config, for the lines
-    that say why groups were formed apart (default: the indices)."""
+    until there are ``n_jobs`` populations to run side by side, as long as each keeps `MIN_SPLIT` members. A group
+    of one job is a population of one (its run is the same either way). ``jobs``: the job number of each config,
+    for the lines that say why groups were formed apart (default: the indices)."""
     num = list(jobs) if jobs is not None else list(range(len(configs)))
     out = Plan()
     groups: dict[str, list[int]] = {}
@@ -135,7 +139,7 @@ def plan(configs: Sequence[DictConfig], max_members: int, n_jobs: int = 1,
     chunks = {key: max(1, math.ceil(len(jobs) / max(1, max_members))) for key, jobs in groups.items()}
     while sum(chunks.values()) < n_jobs:
         key = max(keys, key=lambda k: len(groups[k]) / chunks[k], default=None)
-        if key is None or len(groups[key]) <= chunks[key]:
+        if key is None or len(groups[key]) // (chunks[key] + 1) < MIN_SPLIT:
             break
         chunks[key] += 1
     for key in keys:

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ class Options:
     """``hydra.launcher.*`` of ``hydra/launcher=population`` (conf/hydra/launcher/population.yaml)."""
 
     max_members: int = 64
-    n_jobs: int = 1
+    n_jobs: int = -1
     seeds_per_job: int = 1
     torch_threads: int | None = None
     submitit: dict[str, Any] | None = None
@@ -60,6 +60,8 @@ class Options:
             raise ValueError(f"hydra.launcher: unknown option(s) {', '.join(unknown)} of hydra/launcher=population; "
                              f"it takes {', '.join(cls.__dataclass_fields__)}")
         out = cls(**known)
+        if int(out.n_jobs) < 0:  # joblib's convention: -1 = one population per core, -2 = all cores but one
+            out.n_jobs = max(1, available_cores() + 1 + int(out.n_jobs))
         for name in ("max_members", "n_jobs", "seeds_per_job"):
             if int(getattr(out, name)) < 1:
                 raise ValueError(f"hydra.launcher.{name}={getattr(out, name)} must be at least 1")
@@ -92,8 +94,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     console()
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    share = max(1, available_cores() // max(1, min(opts.n_jobs, len(job_overrides) * opts.seeds_per_job)))
-    jobs, members = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, share)
+    jobs, members = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, 1)
     alone_jobs = {j.num: grouping.eligibility(members[j.members[0]].spec.cfg) for j in jobs}
     eligible = [i for i, r in enumerate(members) if alone_jobs[jobs[r.job].num] is None]
     the_plan = grouping.plan([members[i].spec.cfg for i in eligible], opts.max_members, opts.n_jobs,
@@ -103,6 +104,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     units: list[tuple[str, Any]] = [("population", [members[i].spec for i in pop]) for pop in populations]
     units += [("alone", (members[i].sweep_config, jobs[members[i].job].num))
               for j in jobs if alone_jobs[j.num] is not None for i in j.members]
+    share = max(1, available_cores() // max(1, min(opts.n_jobs, len(units))))  # each unit's cores
+    for r in members:
+        r.spec.job = replace(r.spec.job, cpu_share=share)
     outcomes = run_units(launcher, units, opts, share, sweep_dir)
     results: dict[int, dict[str, Any]] = {}
     alone_returns: dict[int, JobReturn] = {}
@@ -236,6 +240,8 @@ def say_plan(jobs: list[JobSlot], members: list[MemberRecord], populations: list
     n_alone = sum(1 for j in jobs if alone[j.num] is not None)
     alone_part = f" and {n_alone} job{'s' if n_alone != 1 else ''} on {'their' if n_alone != 1 else 'its'} own"
     side = f", {opts.n_jobs} at a time" if opts.n_jobs > 1 and len(populations) > 1 else ""
+    if opts.submitit:
+        side = f", each a submitit job ({opts.submitit.get('cluster', 'local')})"
     print(f"dqnrun train: {what} in {where}{alone_part if n_alone else ''}{side}", flush=True)
     for i, pop in enumerate(populations):
         nums = sorted({jobs[members[m].job].num for m in pop})

@@ -46,7 +46,7 @@ class PopulationLauncher(Launcher):
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.dqnrun_population.PopulationLauncher"
     max_members: int = 64  # members per population at most; a larger group becomes several populations
-    n_jobs: int = 1  # populations side by side (worker processes), each with its share of the cores
+    n_jobs: int = -1  # populations side by side (processes), each with its share of the cores; -1: one per core
     seeds_per_job: int = 1  # each job trained as this many seeds (seed .. seed+S-1); its value: their IQM
     torch_threads: int | None = None  # the batched update's threads; default: members' torch_threads within the share
     submitit: Any | None = None  # {cluster: local|slurm, <submitit parameters>}: each population one job

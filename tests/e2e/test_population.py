@@ -195,7 +195,7 @@ def test_two_populations_run_as_two_submitit_local_jobs(tmp_path: Path) -> None:
                     "hydra.launcher.submitit={cluster:local,timeout_min:5}", f"hydra.sweep.dir={sweep}"], tmp_path,
                    timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[:3] == ["dqnrun train: 4 jobs in 2 populations",
+    assert proc.stdout.splitlines()[:3] == ["dqnrun train: 4 jobs in 2 populations, each a submitit job (local)",
                                             "  population 1: 2 members (jobs 0-1)",
                                             "  population 2: 2 members (jobs 2-3)"]
     pids = [results(sweep / j)["pid"] for j in ("0", "1", "2", "3")]

@@ -48,9 +48,12 @@ def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
 
 
 def test_max_members_cuts_a_group_into_balanced_populations() -> None:
-    cfgs = [compose_train(["env=cartpole", f"seed={s}"]) for s in range(5)]
-    assert grouping.plan(cfgs, max_members=2).populations == [[0, 1], [2], [3, 4]]
-    assert grouping.plan(cfgs, max_members=64, n_jobs=2).populations == [[0, 1], [2, 3, 4]]
+    cfgs = [compose_train(["env=cartpole", f"seed={s}"]) for s in range(9)]
+    assert grouping.plan(cfgs[:5], max_members=2).populations == [[0, 1], [2], [3, 4]]
+    # n_jobs: split for populations side by side, but never below 4 members each
+    assert grouping.plan(cfgs[:5], max_members=64, n_jobs=2).populations == [[0, 1, 2, 3, 4]]
+    assert grouping.plan(cfgs, max_members=64, n_jobs=2).populations == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert grouping.plan(cfgs, max_members=64, n_jobs=4).populations == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
 
 
 # --- statistics ---------------------------------------------------------------------------------------
