@@ -6,6 +6,7 @@ A thin shell (Hydra loads launchers only from the ``hydra_plugins`` namespace): 
 
 # No `from __future__ import annotations` here: Hydra's plugin scan runs this module before putting it in
 # sys.modules, and a dataclass with string annotations looks its module up there.
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,11 @@ class PopulationLauncher(Launcher):
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
         params = {k: (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v)
                   for k, v in self.params.items()}
-        self.options = Options.of(params)
+        try:
+            self.options = Options.of(params)
+        except ValueError as exc:  # bad input: one line, as the CLI says any other (dqnrun.errors.UsageError)
+            print(f"dqnrun train: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from dqnrun.population.launch import launch

@@ -161,3 +161,13 @@ def test_a_jobs_value_is_the_iqm_of_its_seeds_objectives() -> None:
     assert job_return(job, members, results, {}, seeds=5).return_value == pytest.approx((120 + 250 + 300) / 3)
     results[2] = {"status": "failed", "objective": {"name": "auc", "value": None}}  # a seed that fails fails its job
     assert np.isnan(job_return(job, members, results, {}, seeds=5).return_value)
+
+
+def test_bad_launcher_options_are_named() -> None:
+    from dqnrun.population.launch import Options
+
+    with pytest.raises(ValueError, match="hydra.launcher.seeds_per_job=0 must be at least 1"):
+        Options.of({"seeds_per_job": 0})
+    with pytest.raises(ValueError, match="unknown option.*bogus.*it takes max_members"):
+        Options.of({"bogus": 1})
+    assert Options.of({"n_jobs": -1}).n_jobs >= 1  # joblib's convention: one per core
