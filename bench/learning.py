@@ -48,6 +48,8 @@ ROWS: dict[str, Row] = {
     "cartpole-iqn": Row(("env=cartpole", "learner.distributional=iqn"), 475, 4),
     "cartpole-munchausen": Row(("env=cartpole", "learner.munchausen=true"), 475, 4),
     "cartpole-m-iqn": Row(("env=cartpole", "learner.distributional=iqn", "learner.munchausen=true"), 475, 4),
+    # PQN (algo=pqn): CleanRL pqn.py's CartPole settings; the issue asks 5 of 5 seeds
+    "pqn-cartpole": Row(("algo=pqn", "env=cartpole"), 475, 5),
     "acrobot": Row(("env=acrobot",), -100, 4),
     "mountaincar": Row(("env=mountaincar",), -110, 3),
     "lunarlander": Row(("env=lunarlander",), 200, 3),

@@ -15,7 +15,7 @@ from dqnrun.algos.dqn.quantile import quantile_huber_loss, quantile_target
 from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, legal, munchausen_target, td_target
 from dqnrun.acting import masked_argmax
 from dqnrun.errors import UsageError
-from dqnrun.fastpath import FusedAdamStep, ManualMLPGradient, NumpyGreedyActor, clip_grad_norm, mlp_forward, supports
+from dqnrun.fastpath import LeanStep, ManualMLPGradient, NumpyGreedyActor, clip_grad_norm, mlp_forward, supports
 from dqnrun.networks import fixed_taus
 from dqnrun.replay import Batch
 
@@ -99,8 +99,9 @@ class Learner:
         manual_ok = (fast_mlp and not self.compiled and self.head == "q" and supports(online)
                      and loss in ("huber", "mse"))
         self.manual = ManualMLPGradient(online, loss) if manual_ok else None
-        # The lean Adam step needs grads that persist between steps, which only the manual path keeps.
-        self.step_optimizer = FusedAdamStep(optimizer) if self.manual is not None else optimizer.step
+        # optimizer.step() without its per-call bookkeeping (fused Adam, RAdam, RMSprop; any other falls back to
+        # step()), bit-identical to it, on the hand-written path and autograd's alike
+        self.step_optimizer = LeanStep(optimizer)
         self.updates = 0
         self.np_actor = NumpyGreedyActor(online) if self.manual is not None and device.type == "cpu" else None
         # Running sums since the last read, as device tensors. A NaN or inf anywhere makes a sum non-finite,
@@ -322,8 +323,7 @@ class Learner:
         """Restore `state_dict` (the online weights are loaded before it)."""
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if isinstance(self.step_optimizer, FusedAdamStep):
-            self.step_optimizer.rebind()
+        self.step_optimizer.rebind()
         self.updates = int(state["updates"])
         sums = state.get("metric_sums")
         if sums is not None:
