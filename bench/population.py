@@ -102,13 +102,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="each round runs both launchers, in alternating order")
     p.add_argument("--steps", type=int, default=None, help="override total_steps (default: each preset's own)")
     p.add_argument("--quick", action="store_true", help="3000 steps, to check that the script runs")
+    p.add_argument("--joblib-first", action="store_true", help="start the alternation with joblib")
     p.add_argument("--json")
     args = p.parse_args()
     steps = 3000 if args.quick else args.steps
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="dqnrun-pop-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        flip = False
+        flip = args.joblib_first
         for case in args.cases.split(","):
             if case == "solo":
                 results.append(solo(steps, tmp))
