@@ -12,6 +12,8 @@ import torch
 from tests.conftest import TINY, run_cli
 
 POP = ["hydra/launcher=population", "env=cartpole"]
+SHORT = [*(a for a in TINY if a.split("=")[0] not in ("total_steps", "eval.every", "checkpoint.every")),
+         "total_steps=800", "eval.every=400", "checkpoint.every=400"]  # learning starts at 400
 
 
 def results(run_dir: Path) -> dict:
@@ -24,7 +26,7 @@ def replay_rows(run_dir: Path) -> dict:
 
 def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_cli(["train", "-m", "seed=0,1", "learner.distributional=false,true", *POP, *TINY,
+    proc = run_cli(["train", "-m", "seed=0,1", "learner.distributional=false,true", *POP, *SHORT,
                     f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -38,14 +40,14 @@ def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_pat
                   "train.log"):
             assert (d / f).exists(), d / f
         assert list((d / "tb").iterdir())
-        assert results(d)["status"] == "completed" and results(d)["steps"] == 1200
+        assert results(d)["status"] == "completed" and results(d)["steps"] == 800
     assert sorted(p.parent.name for p in sweep.rglob("results.json")) == ["0", "1", "2", "3"]
     assert "one of 2 members of population 1" in (sweep / "2" / "train.log").read_text()
 
     # the member of seed 1 (job 2) against its solo twin: the same env seeds, exploration and replay indices,
     # so the same actions and observations, stored row for row; the first rows are before learning starts
     solo = tmp_path / "solo"
-    proc = run_cli(["train", "seed=1", "env=cartpole", *TINY, f"hydra.run.dir={solo}"], tmp_path)
+    proc = run_cli(["train", "seed=1", "env=cartpole", *SHORT, f"hydra.run.dir={solo}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     member, twin = replay_rows(sweep / "2"), replay_rows(solo)
     n = 400 // 4 * 4 - 8  # rows stored before learning starts (4 envs; the 3-step window holds some back)
@@ -110,10 +112,11 @@ QUICK = [*POP, "algo.learning_starts=400", "eval.every=600", "eval.episodes=2", 
 
 
 def test_seeds_per_job_and_an_interrupted_population_resumes_bit_for_bit(tmp_path: Path) -> None:
-    grid = ["seed=3", "optimizer.lr=1e-3,3e-3", "hydra.launcher.seeds_per_job=2", "total_steps=2400"]
+    grid = ["seed=3", "optimizer.lr=1e-3,3e-3", "hydra.launcher.seeds_per_job=2", "total_steps=1600", "eval.every=400",
+            *(a for a in QUICK if not a.startswith("eval.every="))]
     cut, whole = tmp_path / "cut", tmp_path / "whole"
     # SIGTERM at env step 800: every member saves its last.pt at the same step boundary; the sweep says how to go on
-    proc = run_cli(["train", "-m", *grid, *QUICK, f"hydra.sweep.dir={cut}"], tmp_path,
+    proc = run_cli(["train", "-m", *grid, f"hydra.sweep.dir={cut}"], tmp_path,
                    env={"DQNRUN_TEST_SIGNAL_AT_STEP": "800"})
     assert proc.returncode == 128 + 15, proc.stderr
     assert proc.stdout.splitlines()[0] == "dqnrun train: 2 jobs x 2 seeds = 4 runs in 1 population"
@@ -121,17 +124,17 @@ def test_seeds_per_job_and_an_interrupted_population_resumes_bit_for_bit(tmp_pat
     members = [cut / j / k for j in ("0", "1") for k in ("0", "1")]  # <sweep dir>/<job>/<k>/
     assert [results(d)["seed"] for d in members] == [3, 4, 3, 4]
     assert all(results(d)["status"] == "interrupted" and results(d)["steps"] == 800 for d in members)
-    proc = run_cli(["train", "-m", *grid, *QUICK, f"resume={cut}"], tmp_path)
+    proc = run_cli(["train", "-m", *grid, f"resume={cut}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "all 4 jobs finished" in proc.stdout  # the closing summary counts the seed runs
-    proc = run_cli(["train", "-m", *grid, *QUICK, f"hydra.sweep.dir={whole}"], tmp_path)
+    proc = run_cli(["train", "-m", *grid, f"hydra.sweep.dir={whole}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     for d in members:
         r = results(d)
         assert r["status"] == "completed" and r["resumed_from_step"] == 800
         ours, theirs = _ckpt_tensors(d / "checkpoints" / "last.pt"), _ckpt_tensors(whole / d.relative_to(cut) /
                                                                                    "checkpoints" / "last.pt")
-        assert ours[".step"] == 2400 and not _same_bits(ours, theirs), d
+        assert ours[".step"] == 1600 and not _same_bits(ours, theirs), d
 
     # the aggregate TensorBoard run of each setting: IQM (of 2 seeds: their mean) and a CI of the eval returns at
     # every evaluation, each step once (the resumed population purged what followed its checkpoint)
@@ -144,7 +147,7 @@ def test_seeds_per_job_and_an_interrupted_population_resumes_bit_for_bit(tmp_pat
         acc.Reload()
         evals = [dict(results(cut / job / k)["eval_history"]) for k in ("0", "1")]
         mid = acc.Scalars("aggregate/eval_return_iqm")
-        assert [e.step for e in mid] == [600, 1200, 1800, 2400]
+        assert [e.step for e in mid] == [400, 800, 1200, 1600]
         low, high = acc.Scalars("aggregate/eval_return_ci_low"), acc.Scalars("aggregate/eval_return_ci_high")
         for e, lo, hi in zip(mid, low, high, strict=True):
             seeds = [ev[e.step] for ev in evals]
@@ -189,9 +192,10 @@ def test_a_grid_population_run_3000_plus_3000_steps_equals_one_of_6000(tmp_path:
         assert ours[".step"] == 6000 and not _same_bits(ours, _ckpt_tensors(whole / job / "checkpoints" / "last.pt"))
 
 
+@pytest.mark.slow  # ~17 s: submitit starts a process per population
 def test_two_populations_run_as_two_submitit_local_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_cli(["train", "-m", "seed=0,1,2,3", *QUICK, "total_steps=1200", "hydra.launcher.max_members=2",
+    proc = run_cli(["train", "-m", "seed=0,1,2,3", *QUICK, "total_steps=800", "hydra.launcher.max_members=2",
                     "hydra.launcher.submitit={cluster:local,timeout_min:5}", f"hydra.sweep.dir={sweep}"], tmp_path,
                    timeout=300)
     assert proc.returncode == 0, proc.stderr
