@@ -22,7 +22,8 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,8 @@ def run_units(launcher: Any, units: list[tuple[str, Any]], opts: Options, share:
         from joblib import Parallel, delayed
 
         state = Singleton.get_state()
-        return list(Parallel(n_jobs=opts.n_jobs, backend="loky")(delayed(c.remote)(state) for c in calls))
+        with forwarded_signals():  # the workers save their members and return, then this process leaves
+            return list(Parallel(n_jobs=opts.n_jobs, backend="loky")(delayed(c.remote)(state) for c in calls))
     out = []
     for c in calls:
         outcome = c()
@@ -278,6 +280,53 @@ def run_units(launcher: Any, units: list[tuple[str, Any]], opts: Options, share:
                     for k, _ in units[len(out):]]
             break
     return out
+
+
+def worker_pids() -> list[int]:
+    """This process's joblib (loky) worker processes (Linux: /proc), not its resource trackers."""
+    pids = []
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"popen_loky" in cmdline:
+                pids.append(int(pid))
+    return pids
+
+
+@contextmanager
+def forwarded_signals() -> Iterator[None]:
+    """While populations run in worker processes: a SIGTERM, SIGINT or SIGUSR2 to this process is handed to the
+    workers (as SIGTERM for SIGINT: a terminal's Ctrl-C reaches them already, and a second SIGINT would abort
+    them), which stop every member at a step boundary and save it; this process waits for them. A second Ctrl-C
+    here aborts at once."""
+    got: list[int] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and signal.SIGINT in got:
+            raise KeyboardInterrupt
+        got.append(signum)
+        for pid in worker_pids():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    previous = {}
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+            previous[s] = signal.signal(s, handle)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class Unit:
