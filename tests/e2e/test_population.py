@@ -206,3 +206,30 @@ def test_two_populations_run_as_two_submitit_local_jobs(tmp_path: Path) -> None:
     assert pids[0] == pids[1] != pids[2] == pids[3]  # one process per population, each a submitit job
     assert len(list((sweep / ".submitit").rglob("*_log.out"))) == 2
     assert all(results(sweep / j)["status"] == "completed" for j in ("0", "1", "2", "3"))
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_sweep_reaches_populations_in_worker_processes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "dqnrun", "train", "-m", "seed=range(8)", *QUICK,
+                             "total_steps=50000", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+                            cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((sweep / str(j) / "results.json").exists() for j in range(8)):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert out.splitlines()[0] == "dqnrun train: 8 jobs in 2 populations, 2 at a time"
+    for j in range(8):  # every member of both populations saved where it stopped
+        r = results(sweep / str(j))
+        assert r["status"] == "interrupted" and 0 < r["steps"] < 50000
+        assert (sweep / str(j) / "checkpoints" / "last.pt").exists()
