@@ -28,7 +28,7 @@ COMMON = ["env.action_mask=true", "eval.every=10000", "eval.episodes=20", "log.p
     pytest.param(DICT, PQN, ["env.num_envs=1", "algo.num_steps=128", "algo.minibatches=2"],
                  marks=pytest.mark.thorough),
     (INFO, DQN, ["env.num_envs=1"]),  # the fast path's numpy actor, masked
-    (DICT, DQN, ["env.num_envs=4", "learner.double=true", "replay.n_step=3"]),
+    pytest.param(DICT, DQN, ["env.num_envs=4", "learner.double=true", "replay.n_step=3"], marks=pytest.mark.thorough),
     pytest.param(INFO, DQN, ["env.num_envs=2", "learner.distributional=true", "network.v_min=-10",
                              "network.v_max=2"], marks=pytest.mark.thorough),
 ])
