@@ -62,10 +62,14 @@ class LeanStep:
         params = list(self.optimizer.param_groups[0]["params"])
         return params, [self.optimizer.state[p] for p in params]
 
-    def _bind_fused_adam(self) -> Callable[[], None]:
+    def _adam_state(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """params, exp_avgs, exp_avg_sqs, steps: the state Adam and RAdam keep per parameter."""
         params, states = self._params_and_states()
-        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-        steps = [s["step"] for s in states]
+        return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states])
+
+    def _bind_fused_adam(self) -> Callable[[], None]:
+        params, exp_avgs, exp_avg_sqs, steps = self._adam_state()
         g = self.optimizer.param_groups[0]
 
         def call() -> None:
@@ -80,9 +84,7 @@ class LeanStep:
     def _bind_radam(self) -> Callable[[], None]:
         from torch.optim.radam import radam
 
-        params, states = self._params_and_states()
-        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-        steps = [s["step"] for s in states]
+        params, exp_avgs, exp_avg_sqs, steps = self._adam_state()
         g = self.optimizer.param_groups[0]
 
         def call() -> None:
