@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dqnrun.acting import masked_argmax
 from dqnrun.fastpath.mlp import activation_of, patch_index, single_conv
 from dqnrun.networks import QNetwork
 
@@ -58,6 +59,7 @@ class NumpyGreedyActor:
         w_t, b = self.layers[-1]
         return h @ w_t + b
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Greedy actions (E,), over the legal actions of ``mask`` (E, A) bool when given (``env.action_mask``)."""
         with np.errstate(over="ignore", invalid="ignore"):  # diverged weights: the loop's finite check reports it
-            return self.q_values(obs).argmax(1)
+            return masked_argmax(self.q_values(obs), mask)

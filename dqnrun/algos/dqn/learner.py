@@ -13,7 +13,6 @@ from torch import nn
 
 from dqnrun.algos.dqn.quantile import quantile_huber_loss, quantile_target
 from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, legal, munchausen_target, td_target
-from dqnrun.acting import masked_argmax
 from dqnrun.errors import UsageError
 from dqnrun.fastpath import LeanStep, ManualMLPGradient, NumpyGreedyActor, clip_grad_norm, mlp_forward, supports
 from dqnrun.networks import fixed_taus
@@ -114,10 +113,7 @@ class Learner:
         """obs (E, *obs_shape) -> argmax_a Q_online(obs, a), (E,) int64; over the legal actions of ``mask`` (E, A)
         bool (``env.action_mask``) when given."""
         if self.np_actor is not None:
-            if mask is None:
-                return self.np_actor(obs)
-            with np.errstate(over="ignore", invalid="ignore"):
-                return masked_argmax(self.np_actor.q_values(obs), mask)
+            return self.np_actor(obs, mask)
         with torch.inference_mode():
             q = self._q(self.online, torch.as_tensor(obs, device=self.device))
             if mask is not None:
