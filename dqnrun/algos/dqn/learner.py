@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dqnrun.algos.dqn.quantile import quantile_huber_loss, quantile_target
-from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, legal, munchausen_target, td_target
+from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, dead_end, legal, munchausen_target, td_target
 from dqnrun.errors import UsageError
 from dqnrun.fastpath import LeanStep, ManualMLPGradient, NumpyGreedyActor, clip_grad_norm, mlp_forward, supports
 from dqnrun.networks import fixed_taus
@@ -27,9 +27,6 @@ def head_of(distributional: bool | str) -> str:
     return HEADS[distributional]
 
 
-def dead_end(terminated: torch.Tensor, next_mask: torch.Tensor | None) -> torch.Tensor:
-    """``terminated`` (B,), also 1 where s' has no legal action (``next_mask`` all False): nothing to bootstrap."""
-    return terminated if next_mask is None else torch.maximum(terminated, (~next_mask.any(-1)).to(terminated.dtype))
 
 
 class Learner:

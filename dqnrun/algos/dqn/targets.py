@@ -22,6 +22,12 @@ def no_legal_action_zero(value: torch.Tensor, mask: torch.Tensor | None) -> torc
     return value if mask is None else torch.where(mask.any(-1), value, torch.zeros_like(value))
 
 
+def dead_end(terminated: torch.Tensor, next_mask: torch.Tensor | None) -> torch.Tensor:
+    """The same rule for a target distribution (C51, QR, IQN): ``terminated`` (B,), also 1 where s' has no legal
+    action, so nothing is bootstrapped there."""
+    return terminated if next_mask is None else torch.maximum(terminated, (~next_mask.any(-1)).to(terminated.dtype))
+
+
 def td_target(
     reward: torch.Tensor,
     terminated: torch.Tensor,
