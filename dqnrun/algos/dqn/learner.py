@@ -27,8 +27,6 @@ def head_of(distributional: bool | str) -> str:
     return HEADS[distributional]
 
 
-
-
 class Learner:
     """Owns the online and target networks and the optimizer, and performs updates.
 
