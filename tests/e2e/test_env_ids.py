@@ -21,9 +21,9 @@ def _cfg(tmp_path: Path, *overrides: str) -> dict:
 
 
 @pytest.mark.parametrize(("env_id", "preset", "solved"), [
-    ("LunarLander-v3", "lunarlander", 200), ("CartPole-v1", "cartpole", 475), ("MinAtar/Breakout-v1",
-                                                                                "minatar_breakout", None),
-    ("ALE/Pong-v5", "pong", 18)])
+    ("LunarLander-v3", "lunarlander", 200), ("CartPole-v1", "cartpole", 475),
+    pytest.param("MinAtar/Breakout-v1", "minatar_breakout", None, marks=pytest.mark.thorough),
+    pytest.param("ALE/Pong-v5", "pong", 18, marks=pytest.mark.thorough)])
 def test_an_id_that_is_a_presets_id_uses_that_preset(env_id: str, preset: str, solved: float | None,
                                                      tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, f"env.id={env_id}")

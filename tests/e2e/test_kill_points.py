@@ -18,7 +18,7 @@ BASE = ["env=cartpole", "seed=4", "total_steps=2000", "algo.learning_starts=300"
 # The second periodic save (step 1000) writes, in order: last.replay.pt, last.env.pt, step_*.pt, last.pt.
 THOROUGH = pytest.mark.thorough  # make test-thorough; the default tier runs the others
 SAVE_STAGES = [
-    ("last.replay.pt:writing#2", True),   # a partial temp file: everything on disk is still step 500's
+    pytest.param("last.replay.pt:writing#2", True, marks=THOROUGH),  # a partial temp file: all still step 500's
     ("last.replay.pt:replaced#2", False),  # replay of step 1000 beside last.pt of step 500: refilled
     pytest.param("last.env.pt:written#2", False, marks=THOROUGH),
     pytest.param("last.env.pt:replaced#2", False, marks=THOROUGH),

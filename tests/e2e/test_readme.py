@@ -24,7 +24,11 @@ from tests.conftest import REPO
 
 BUDGET = ["total_steps=1200", "algo.learning_starts=400", "eval.every=600", "eval.episodes=2",
           "log.progress=false", "replay.capacity=2000", "checkpoint.every=600"]
-CFG_ONLY = ("env=pong", "env=atari", "LunarLander", "hydra/launcher=slurm", "postgresql://", "my_pkg")
+CFG_ONLY = ("env=pong", "env=atari", "LunarLander", "hydra/launcher=slurm", "postgresql://", "my_pkg",
+            # trained for real by their own e2e tests (test_pixel_runs, test_variants_smoke, test_user_envs,
+            # test_loggers, test_lifecycle): here they only have to compose and validate as written
+            "env=acrobot", "env=minatar_breakout", "env=frozenlake", "env.wrappers", "logger=", "stop_when_solved",
+            "name=lr-test")
 
 
 def tour_commands() -> list[str]:

@@ -119,7 +119,8 @@ def _popen(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> sub
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2])
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.thorough), signal.SIGTERM,
+                                    pytest.param(signal.SIGUSR2, marks=pytest.mark.thorough)])
 def test_external_signal_saves_last_checkpoint_and_exits_128_plus_signum(signum: int, tmp_path: Path) -> None:
     d = tmp_path / "run"
     proc = _popen(["train", *BASE, "total_steps=10000000", "eval.every=0", f"hydra.run.dir={d}"], tmp_path)

@@ -261,7 +261,8 @@ def test_the_autograd_path_takes_the_lean_step_bit_identical_to_optimizer_step(n
                                                                                 optimizer: str) -> None:
     """Networks off the hand-written path (dueling, C51, QR, noisy) step through `LeanStep` too: the same weights
     as torch's own ``optimizer.step()`` after a burst of updates, and after a state_dict round trip (rebind)."""
-    make = {"adam": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), "radam": lambda p: torch.optim.RAdam(p, lr=1e-3),
+    make = {"adam": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
+            "radam": lambda p: torch.optim.RAdam(p, lr=1e-3),
             "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, centered=True, momentum=0.9)}[optimizer]
     learners = []
     for _ in range(2):
