@@ -27,6 +27,7 @@ RUN_KEYS = ("name", "tags", "objective", "eval", "checkpoint", "log", "total_ste
 MIN_SPLIT = 4  # a group is split for n_jobs only into populations of at least this many members
 PLAIN_MLP = ("dqnrun.networks.MLP", "dqnrun.networks.QNetwork")
 STACKED_ACTIVATIONS = ("relu", "tanh")
+STACKED_TORSOS = ("minatar",)  # one convolution and a ReLU: a batched matrix product over image patches
 
 
 def eligibility(cfg: DictConfig) -> str | None:
@@ -41,12 +42,17 @@ def eligibility(cfg: DictConfig) -> str | None:
     target = str(net.get("_target_", ""))
     if target not in PLAIN_MLP:
         return f"network {target.rsplit('.', 1)[-1]}: the stacked update implements plain MLPs"
-    for key, why in (("conv", "a convolutional torso"), ("dueling", "a dueling head"), ("noisy", "NoisyNet layers"),
-                     ("norm", "a normalization layer")):
+    conv = net.get("conv")
+    if conv and conv not in STACKED_TORSOS:
+        return (f"network.conv={conv}: the stacked update has MinAtar's one-convolution torso, not this "
+                "convolutional torso")
+    for key, why in (("dueling", "a dueling head"), ("noisy", "NoisyNet layers"), ("norm", "a normalization layer")):
         if net.get(key):
             return f"network.{key}={net.get(key)}: {why} is not in the stacked update"
     if net.get("activation", "relu") not in STACKED_ACTIVATIONS:
         return f"network.activation={net.get('activation')}: the stacked update has relu and tanh"
+    if conv and net.get("activation", "relu") != "relu":
+        return f"network.activation={net.get('activation')}: the stacked update has relu after a convolution"
     lc = cfg.learner
     if lc.get("distributional", False) not in (False, None):
         return f"learner.distributional={lc.get('distributional')}: its update is not batched"

@@ -19,20 +19,36 @@ from torch import nn
 
 from dqnrun import metrics as M
 from dqnrun.algos.base import Algorithm
-from dqnrun.population.stacked import PopulationLearner, StackedMLP
+from dqnrun.fastpath.mlp import single_conv
+from dqnrun.population.stacked import OneConv, PopulationLearner, StackedMLP
 
 if TYPE_CHECKING:
     from dqnrun.algos.dqn import DQN
     from dqnrun.run.session import Session
 
 
+def _conv(net: nn.Module) -> nn.Conv2d | None:
+    return single_conv(net) if getattr(net, "torso", None) is not None else None
+
+
 def layers(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A fully connected network's ``[(weight, bias), ...]``, input layer first."""
-    return [(layer.weight, layer.bias) for layer in net.linears]  # type: ignore[attr-defined]
+    """A network's ``[(weight, bias), ...]``: its fully connected layers, input layer first, then its one
+    convolution's (MinAtar's torso) where it has one; the order of the solo hand-written update."""
+    out = [(layer.weight, layer.bias) for layer in net.linears]  # type: ignore[attr-defined]
+    conv = _conv(net)
+    if conv is not None:
+        out.append((conv.weight, conv.bias))
+    return out
 
 
 def _params(net: nn.Module) -> list[torch.Tensor]:
     return [p for wb in layers(net) for p in wb]
+
+
+def _into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy between a parameter and its stacked view (a conv's filters are (F, C, kh, kw) in the network and
+    (F, C*kh*kw) in the stack)."""
+    dst.copy_(src.reshape(dst.shape))
 
 
 class Slot:
@@ -48,16 +64,15 @@ def import_member(learner: PopulationLearner, slot: int, dqn: DQN) -> None:
     src = dqn.learner
     with torch.no_grad():
         for dst, p in zip(learner.online.member_tensors(slot), _params(src.online), strict=True):
-            dst.copy_(p)
+            _into(dst, p)
         for dst, p in zip(learner.target.member_tensors(slot), _params(src.target), strict=True):
-            dst.copy_(p)
+            _into(dst, p)
         state = [src.optimizer.state.get(p) for p in _params(src.online)]
-        avg = StackedMLP(learner.adam.exp_avg, learner.online.shapes, learner.online.activation)
-        sq = StackedMLP(learner.adam.exp_avg_sq, learner.online.shapes, learner.online.activation)
+        avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
         if all(s and "exp_avg" in s for s in state):
             for a, q, s in zip(avg.member_tensors(slot), sq.member_tensors(slot), state, strict=True):
-                a.copy_(s["exp_avg"])
-                q.copy_(s["exp_avg_sq"])
+                _into(a, s["exp_avg"])
+                _into(q, s["exp_avg_sq"])
             learner.adam.steps[slot].fill_(float(state[0]["step"]))
         else:
             avg.flat[slot].zero_()
@@ -74,9 +89,11 @@ def stack_members(dqns: list[DQN]) -> PopulationLearner:
     optimizer states, counters and per-member hyperparameters (lr, gamma, tau, gradient cap)."""
     first = dqns[0].learner
     opt = [d.learner.optimizer.param_groups[0] for d in dqns]
-    online = StackedMLP.stack([layers(d.learner.online) for d in dqns], first.online.activation)
-    target = StackedMLP.stack([layers(d.learner.target) for d in dqns], first.online.activation)
-    obs_rank = 0 if first.online.n_obs_categories else 1
+    conv = _conv(first.online)
+    torso = None if conv is None else OneConv(conv, first.online.channels_last, first.online.pixel_scale)
+    online = StackedMLP.stack([layers(d.learner.online) for d in dqns], first.online.activation, torso)
+    target = StackedMLP.stack([layers(d.learner.target) for d in dqns], first.online.activation, torso)
+    obs_rank = 0 if first.online.n_obs_categories else 3 if torso is not None else 1
     learner = PopulationLearner(
         online, target, first.online.features,
         gamma=[d.learner.gamma for d in dqns], tau=[d.learner.tau for d in dqns],
@@ -94,20 +111,20 @@ def export_member(learner: PopulationLearner, slot: int, dqn: DQN, policy_only: 
     dst = dqn.learner
     with torch.no_grad():
         for p, src in zip(_params(dst.online), learner.online.member_tensors(slot), strict=True):
-            p.copy_(src)
+            _into(p, src)
         if policy_only:
             return
         for p, src in zip(_params(dst.target), learner.target.member_tensors(slot), strict=True):
-            p.copy_(src)
+            _into(p, src)
         step = learner.adam.steps[slot]
         opt = dst.optimizer
         if float(step) == 0.0:
             opt.state.clear()  # never stepped: what a fresh Adam holds
         else:
-            avg = StackedMLP(learner.adam.exp_avg, learner.online.shapes, learner.online.activation)
-            sq = StackedMLP(learner.adam.exp_avg_sq, learner.online.shapes, learner.online.activation)
+            avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
             for p, a, q in zip(_params(dst.online), avg.member_tensors(slot), sq.member_tensors(slot), strict=True):
-                opt.state[p] = {"step": step.clone(), "exp_avg": a.clone(), "exp_avg_sq": q.clone()}
+                opt.state[p] = {"step": step.clone(), "exp_avg": a.reshape(p.shape).clone(),
+                                "exp_avg_sq": q.reshape(p.shape).clone()}
         dst.updates = int(learner.updates[slot])
         dst._loss_sum.copy_(learner.loss_sum[slot])
         dst._q_sum.copy_(learner.q_sum[slot])

@@ -8,6 +8,11 @@ layer), so that gradient clipping is one norm per row and Adam's step is one fus
 learning rate over the members' rows (`BatchedAdam`), the very kernel a solo run calls through
 `dqnrun.fastpath.LeanStep`, element for element.
 
+MinAtar's network (one 3x3 convolution and a ReLU before the fully connected layers) is stacked the way the solo
+hand-written update computes it (`dqnrun.fastpath.mlp`): the convolution is one more batched matrix product, of the
+members' filters ``(K, F, C*kh*kw)`` with the unfolded image patches ``(K, N*P, C*kh*kw)`` (`OneConv`); its
+parameters sit at the end of each member's row, after the fully connected layers', as in the solo update.
+
 What may differ between members: the learning rate, gamma (a per-sample discount for n-step returns), the
 polyak tau, the gradient-norm cap (``inf`` for none). Everything else is the population's: the architecture, the
 loss (huber | mse), double DQN, the batch size, Adam's betas, eps and weight decay.
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 
 from dqnrun.algos.dqn.targets import td_target
+from dqnrun.fastpath.mlp import patch_index
 from dqnrun.replay import Batch
 
 # activation -> backward through it from the upstream gradient and the activation's output (as the solo path)
@@ -33,36 +39,102 @@ _BACKWARD = {
 }
 
 
-class StackedMLP:
-    """K MLPs ``in -> hidden... -> A`` stacked: ``flat (K, P)``, with views ``weights[i] (K, out, in)`` and
-    ``biases[i] (K, out)``.
+class OneConv:
+    """A one-convolution torso (MinAtar's: F filters, then a ReLU) shared in shape by every member: how image
+    observations unfold into patches, position-major then (C, kh, kw), the order of the filters' flattening.
 
     Args:
-        flat: (K, P) float32 parameters, member k's in row k (weight then bias of each layer, row-major).
-        shapes: ``(out_i, in_i)`` of each layer, input layer first.
-        activation: ``relu`` | ``tanh``, after every layer but the last.
+        conv: one member's convolution (its kernel size, stride and channels; its weights are not kept).
+        channels_last: observations are (H, W, C).
+        scale: a factor on the observations (None: none), as the network's ``pixel_scale``.
     """
 
-    def __init__(self, flat: torch.Tensor, shapes: Sequence[tuple[int, int]], activation: str) -> None:
+    def __init__(self, conv: torch.nn.Conv2d, channels_last: bool, scale: float | None) -> None:
+        self.module = conv
+        self.filters = int(conv.out_channels)
+        self.fan_in = int(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1])
+        self.weight_shape = tuple(conv.weight.shape)
+        self.channels_last, self.scale = bool(channels_last), scale
+        self.patches = 0  # positions per image, known once an observation has been seen
+        self._index: tuple[tuple[int, ...], np.ndarray, dict[torch.device, torch.Tensor]] | None = None
+
+    def index(self, image: tuple[int, ...]) -> np.ndarray:
+        """The (P*C*kh*kw,) gather index into one flattened observation of shape ``image``."""
+        if self._index is None or self._index[0] != image:
+            idx = patch_index(image, self.channels_last, self.module)  # type: ignore[arg-type]
+            self._index = (image, idx, {})
+            self.patches = len(idx) // self.fan_in
+        return self._index[1]
+
+    def unfold(self, obs: torch.Tensor, k: int) -> torch.Tensor:
+        """Observations ``(K*N, *image)`` -> float patches ``(K, N*P, C*kh*kw)``."""
+        self.index(tuple(obs.shape[1:]))
+        cache = self._index[2]  # type: ignore[index]
+        idx = cache.get(obs.device)
+        if idx is None:
+            idx = cache[obs.device] = torch.from_numpy(self._index[1]).to(obs.device)  # type: ignore[index]
+        x = obs.reshape(obs.shape[0], -1).float().index_select(1, idx).view(k, -1, self.fan_in)
+        return x * self.scale if self.scale is not None else x
+
+    def unfold_numpy(self, obs: np.ndarray) -> np.ndarray:
+        """Observations ``(K, E, *image)`` -> float32 patches ``(K, E*P, C*kh*kw)`` (numpy)."""
+        k, e = obs.shape[:2]
+        idx = self.index(tuple(obs.shape[2:]))
+        x = obs.reshape(k * e, -1)[:, idx].reshape(k, -1, self.fan_in).astype(np.float32)
+        if self.scale is not None:
+            x *= self.scale
+        return x
+
+
+class StackedMLP:
+    """K MLPs ``in -> hidden... -> A`` stacked: ``flat (K, P)``, with views ``weights[i] (K, out, in)`` and
+    ``biases[i] (K, out)``; with a one-convolution torso (`OneConv`), also ``conv_w (K, F, C*kh*kw)`` and
+    ``conv_b (K, F)`` at the end of each row.
+
+    Args:
+        flat: (K, P) float32 parameters, member k's in row k (weight then bias of each layer, row-major, then the
+            convolution's filters and bias).
+        shapes: ``(out_i, in_i)`` of each fully connected layer, input layer first.
+        activation: ``relu`` | ``tanh``, after every layer but the last.
+        conv: the torso, or None (the input is the features of `PopulationLearner`'s ``features``).
+    """
+
+    def __init__(self, flat: torch.Tensor, shapes: Sequence[tuple[int, int]], activation: str,
+                 conv: OneConv | None = None) -> None:
         self.shapes = [(int(o), int(i)) for o, i in shapes]
         self.activation = activation
         self.relu = activation == "relu"
+        self.conv = conv
         self.size = sum(o * i + o for o, i in self.shapes)
+        if conv is not None:
+            self.size += conv.filters * conv.fan_in + conv.filters
         if flat.dim() != 2 or flat.shape[1] != self.size:
             raise ValueError(f"flat parameters must be (K, {self.size}), got {tuple(flat.shape)}")
         self.flat = flat
         self._bind()
 
     @property
+    def in_features(self) -> int:
+        """Width of one input row: a patch (with a torso), else the first layer's input."""
+        return self.conv.fan_in if self.conv is not None else self.shapes[0][1]
+
+    def like(self, flat: torch.Tensor) -> StackedMLP:
+        """Views of the same layout over another (K, P) tensor (Adam's moments, gradients)."""
+        return StackedMLP(flat, self.shapes, self.activation, self.conv)
+
+    @property
     def k(self) -> int:
         return self.flat.shape[0]
 
     @classmethod
-    def stack(cls, layers: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], activation: str) -> StackedMLP:
-        """From each member's ``[(weight, bias), ...]``: a fresh (K, P) tensor holding copies."""
-        shapes = [tuple(w.shape) for w, _ in layers[0]]
+    def stack(cls, layers: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], activation: str,
+              conv: OneConv | None = None) -> StackedMLP:
+        """From each member's ``[(weight, bias), ...]`` (fully connected layers, then the convolution's filters and
+        bias where there is a ``conv``): a fresh (K, P) tensor holding copies."""
+        n_fc = len(layers[0]) - (1 if conv is not None else 0)
+        shapes = [tuple(w.shape) for w, _ in layers[0][:n_fc]]
         flat = torch.stack([torch.cat([t.detach().reshape(-1) for wb in member for t in wb]) for member in layers])
-        return cls(flat.contiguous(), shapes, activation)  # type: ignore[arg-type]
+        return cls(flat.contiguous(), shapes, activation, conv)  # type: ignore[arg-type]
 
     def _bind(self) -> None:
         """Per-layer views of ``flat`` (rebuilt whenever ``flat`` is replaced)."""
@@ -73,6 +145,10 @@ class StackedMLP:
             off += o * i
             self.biases.append(self.flat[:, off:off + o])
             off += o
+        if self.conv is not None:
+            f, n = self.conv.filters, self.conv.fan_in
+            self.conv_w = self.flat[:, off:off + f * n].view(k, f, n)
+            self.conv_b = self.flat[:, off + f * n:off + f * n + f]
         self.rows = [self.flat[m] for m in range(k)]  # contiguous (P,) rows: one member's parameters
 
     def keep(self, members: Sequence[int]) -> None:
@@ -81,13 +157,25 @@ class StackedMLP:
         self._bind()
 
     def member_tensors(self, m: int) -> list[torch.Tensor]:
-        """Member ``m``'s parameters as views ``[W0, b0, W1, b1, ...]`` (the solo network's order)."""
-        return [t for w, b in zip(self.weights, self.biases, strict=True) for t in (w[m], b[m])]
+        """Member ``m``'s parameters as views ``[W0, b0, W1, b1, ..., conv filters (F, C*kh*kw), conv bias]`` (the
+        solo hand-written update's order)."""
+        out = [t for w, b in zip(self.weights, self.biases, strict=True) for t in (w[m], b[m])]
+        if self.conv is not None:
+            out += [self.conv_w[m], self.conv_b[m]]
+        return out
 
-    def forward(self, x: torch.Tensor, acts: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Features ``x (K, N, in)`` -> Q ``(K, N, A)``, no autograd. With ``acts``, each layer's input is appended
-        (what the backward needs)."""
+    def forward(self, x: torch.Tensor, acts: list[torch.Tensor] | None = None,
+                conv_acts: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Features ``x (K, N, in)`` (with a torso: patches ``(K, N*P, C*kh*kw)``) -> Q ``(K, N, A)``, no autograd.
+        With ``acts``, each layer's input is appended (what the backward needs); with ``conv_acts``, the torso's
+        patches and output."""
         h = x
+        if self.conv is not None:
+            k, f = x.shape[0], self.conv.filters
+            hc = torch.baddbmm(self.conv_b.unsqueeze(1), x, self.conv_w.transpose(1, 2)).relu_()  # (K, N*P, F)
+            if conv_acts is not None:
+                conv_acts += [x, hc]
+            h = hc.view(k, -1, self.conv.patches, f).transpose(2, 3).reshape(k, -1, f * self.conv.patches)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if acts is not None:
@@ -98,9 +186,13 @@ class StackedMLP:
         return h
 
     def numpy_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``[(W^T (K, in, out), b (K, 1, out))]`` as numpy views of the live parameters (CPU only)."""
-        return [(w.detach().numpy().transpose(0, 2, 1), b.detach().numpy()[:, None, :])
-                for w, b in zip(self.weights, self.biases, strict=True)]
+        """``[(W^T (K, in, out), b (K, 1, out))]`` as numpy views of the live parameters (CPU only); the torso's
+        filters, ``(K, C*kh*kw, F)`` and ``(K, 1, F)``, first where there is one."""
+        out = [(w.detach().numpy().transpose(0, 2, 1), b.detach().numpy()[:, None, :])
+               for w, b in zip(self.weights, self.biases, strict=True)]
+        if self.conv is not None:
+            out.insert(0, (self.conv_w.detach().numpy().transpose(0, 2, 1), self.conv_b.detach().numpy()[:, None, :]))
+        return out
 
 
 class BatchedAdam:
@@ -180,7 +272,7 @@ class PopulationLearner:
         self.tau = list(map(float, tau))
         self.max_grad_norm = list(map(float, max_grad_norm))
         self.adam = BatchedAdam(k, online.size, lr, betas, eps, weight_decay, self.device)
-        self.grad = StackedMLP(torch.zeros(k, online.size, device=self.device), online.shapes, online.activation)
+        self.grad = online.like(torch.zeros(k, online.size, device=self.device))
         self.updates = np.zeros(k, dtype=np.int64)
         self.loss_sum = torch.zeros(k, device=self.device)
         self.q_sum = torch.zeros(k, device=self.device)
@@ -215,18 +307,25 @@ class PopulationLearner:
         weights, the same products per member as a solo run's `dqnrun.fastpath.NumpyGreedyActor`."""
         if self._np_layers is None:
             with torch.inference_mode():
-                x = torch.as_tensor(obs, device=self.device)
-                k, e = x.shape[:2]
-                q = self.online.forward(self.features(x.flatten(0, 1)).view(k, e, -1))
+                q = self.online.forward(self._feats(torch.as_tensor(obs, device=self.device)))
                 return q.argmax(2).cpu().numpy()
         k, e = obs.shape[:2]
-        h = self._np_features(obs).reshape(k, e, -1)
+        layers = self._np_layers
+        conv = self.online.conv
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged member: its finite check reports it
-            for w_t, b in self._np_layers[:-1]:
+            if conv is not None:
+                (cw_t, cb), layers = layers[0], layers[1:]
+                hc = np.matmul(conv.unfold_numpy(obs), cw_t)
+                hc += cb
+                np.maximum(hc, 0.0, out=hc)
+                h = hc.reshape(k, e, conv.patches, -1).transpose(0, 1, 3, 2).reshape(k, e, -1)
+            else:
+                h = self._np_features(obs).reshape(k, e, -1)
+            for w_t, b in layers[:-1]:
                 h = np.matmul(h, w_t)
                 h += b
                 np.maximum(h, 0.0, out=h) if self.online.relu else np.tanh(h, out=h)
-            w_t, b = self._np_layers[-1]
+            w_t, b = layers[-1]
             q = np.matmul(h, w_t)
             q += b
             return q.argmax(2)
@@ -250,9 +349,13 @@ class PopulationLearner:
         return td_target(batch.reward, batch.terminated, next_q, gamma)  # type: ignore[arg-type]
 
     def _feats(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs ``(K, ..., *obs_shape)`` (``...`` = (G, B) or (B,)) -> features ``(K, G*B, in)``."""
+        """obs ``(K, ..., *obs_shape)`` (``...`` = (G, B) or (B,)) -> features ``(K, G*B, in)``, or with a torso
+        patches ``(K, G*B*P, C*kh*kw)``."""
         shape = obs.shape[obs.dim() - self.obs_rank:]
-        return self.features(obs.reshape(-1, *shape)).view(obs.shape[0], -1, self.online.shapes[0][1])
+        flat = obs.reshape(-1, *shape)
+        if self.online.conv is not None:
+            return self.online.conv.unfold(flat, obs.shape[0])
+        return self.features(flat).view(obs.shape[0], -1, self.online.in_features)
 
     @torch.no_grad()
     def update(self, batch: Batch, active: Sequence[bool] | None = None) -> list[np.ndarray | None]:
@@ -292,7 +395,8 @@ class PopulationLearner:
         """Loss ``(K,)``, mean Q(s, a) ``(K,)`` and q_sa - y ``(K, B)``; d(loss)/d(params) lands in ``self.grad``.
         The arithmetic of `dqnrun.fastpath.mlp.ManualMLPGradient`, batched over members."""
         acts: list[torch.Tensor] = []
-        q = self.online.forward(x, acts)  # (K, B, A)
+        conv_acts: list[torch.Tensor] = []
+        q = self.online.forward(x, acts, conv_acts)  # (K, B, A)
         b = q.shape[1]
         idx = action.unsqueeze(2)
         q_sa = q.gather(2, idx).squeeze(2)
@@ -315,6 +419,14 @@ class PopulationLearner:
             torch.sum(dq, 1, out=grads.biases[i])
             if i > 0:
                 dq = self.derivative(torch.bmm(dq, online.weights[i]), acts[i])
+        if online.conv is not None:  # back through the flattening and the ReLU into the shared filters
+            patches, hc = conv_acts
+            k, f, p = hc.shape[0], online.conv.filters, online.conv.patches
+            dfeat = torch.bmm(dq, online.weights[0])  # (K, B, F*P)
+            dconv = dfeat.view(k, -1, f, p).transpose(2, 3).reshape(k, -1, f)  # (K, B*P, F)
+            dconv = torch.ops.aten.threshold_backward(dconv, hc, 0)
+            torch.bmm(dconv.transpose(1, 2), patches, out=grads.conv_w)
+            torch.sum(dconv, 1, out=grads.conv_b)
         return loss, q_sa.mean(1), diff
 
     def _clip(self) -> None:

@@ -233,3 +233,24 @@ def test_a_sigterm_to_the_sweep_reaches_populations_in_worker_processes(tmp_path
         r = results(sweep / str(j))
         assert r["status"] == "interrupted" and 0 < r["steps"] < 50000
         assert (sweep / str(j) / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.thorough
+def test_a_minatar_population_member_trains_as_its_solo_twin(tmp_path: Path) -> None:
+    """MinAtar's network on the stacked update (its convolution batched over members): a member's whole run, 1,250
+    updates, lands where its solo twin's does."""
+    short = ["env=minatar_breakout", "total_steps=6000", "algo.learning_starts=1000", "eval.every=3000",
+             "eval.episodes=4", "log.progress=false"]
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "seed=0,1,2", *short, "hydra/launcher=population", "hydra.launcher.n_jobs=1",
+                    f"hydra.sweep.dir={sweep}"], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "dqnrun train: 3 jobs in 1 population", proc.stdout
+    solo = tmp_path / "solo"
+    proc = run_cli(["train", "seed=1", *short, f"hydra.run.dir={solo}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    member, twin = results(sweep / "1"), results(solo)
+    for key in ("steps", "updates", "episodes", "eval_history"):
+        assert member[key] == twin[key], key
+    a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True)["policy"] for d in (sweep / "1", solo))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4

@@ -171,3 +171,77 @@ def test_bad_launcher_options_are_named() -> None:
     with pytest.raises(ValueError, match="unknown option.*bogus.*it takes max_members"):
         Options.of({"bogus": 1})
     assert Options.of({"n_jobs": -1}).n_jobs >= 1  # joblib's convention: one per core
+
+
+# --- MinAtar's network: its one convolution batched as a matrix product over image patches ---------------
+MINATAR = ["env=minatar_breakout", "network.hidden=[32]", "replay.batch_size=16"]
+
+
+def _minatar_dqn(overrides: list[str]):
+    cfg = compose_train([*MINATAR, *overrides])
+    torch.manual_seed(int(cfg.seed))
+    return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
+
+
+def _image_batches(n: int, k: int, seed: int) -> list[list[Batch]]:
+    """``n`` updates' worth of (G=1, B=16) MinAtar-shaped batches (10x10x4 booleans) for each of ``k`` members."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        row = []
+        for _ in range(k):
+            obs, nxt = (torch.rand(2, 1, 16, 10, 10, 4, generator=gen) < 0.1).unbind(0)
+            row.append(Batch(obs, torch.randint(0, 3, (1, 16), generator=gen), torch.randn(1, 16, generator=gen),
+                             nxt, (torch.rand(1, 16, generator=gen) < 0.2).float(),
+                             discount=(0.9 ** torch.randint(1, 4, (1, 16), generator=gen)).float()))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_minatar_members_batched_updates_equal_their_solo_updates(double: bool) -> None:
+    extra = [f"learner.double={str(double).lower()}"]
+    solo = [_minatar_dqn([*m, *extra]) for m in MEMBERS]
+    twins = [_minatar_dqn([*m, *extra]) for m in MEMBERS]
+    assert all(d.learner.manual is not None for d in solo)  # the solo runs take the hand-written path the stack batches
+    pop = stack_members(twins)
+    assert pop.online.conv is not None and pop.online.conv.filters == 16
+    for step, batches in enumerate(_image_batches(10, 3, seed=11)):
+        if step == 5:
+            for d in solo:
+                d.learner.sync_target()
+            pop.sync_targets([0, 1, 2])
+        for d, b in zip(solo, batches, strict=True):
+            d.learner.update(b)
+        pop.update(_stack(batches))
+    for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
+        export_member(pop, i, twin)
+        for net in ("online", "target"):
+            for a, b in zip(getattr(d.learner, net).parameters(), getattr(twin.learner, net).parameters(), strict=True):
+                torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        state_a, state_b = d.learner.optimizer.state_dict()["state"], twin.learner.optimizer.state_dict()["state"]
+        for key in state_a:
+            torch.testing.assert_close(state_b[key]["exp_avg"], state_a[key]["exp_avg"], atol=1e-6, rtol=0)
+        assert twin.learner.updates == d.learner.updates == 10
+    conv = solo[0].learner.online.torso[0]
+    assert not torch.allclose(conv.weight, solo[2].learner.online.torso[0].weight)
+
+
+def test_minatar_greedy_actions_of_the_stack_are_each_members_own() -> None:
+    dqns = [_minatar_dqn(m) for m in MEMBERS]
+    pop = stack_members(dqns)
+    obs = np.random.default_rng(0).random((3, 8, 10, 10, 4)) < 0.1
+    got = pop.greedy(obs)
+    for i, d in enumerate(dqns):
+        np.testing.assert_array_equal(got[i], d.learner.greedy_actions(obs[i]))
+        q = d.learner.online(torch.as_tensor(obs[i]))
+        np.testing.assert_array_equal(got[i], q.argmax(1).numpy())
+
+
+def test_minatar_jobs_group_and_natures_cnn_stands_alone() -> None:
+    cfgs = [compose_train(["env=minatar_breakout", f"seed={s}", f"optimizer.lr={lr}"])
+            for s, lr in [(0, 1e-3), (1, 3e-4)]]
+    assert grouping.eligibility(cfgs[0]) is None
+    assert grouping.plan(cfgs, max_members=64).populations == [[0, 1]]
+    why = grouping.eligibility(compose_train(["env=pong"]))
+    assert why is not None and "network.conv=nature" in why
