@@ -10,7 +10,7 @@ Cases (each 16 runs):
 - ``cartpole16``: 16 seeds of the CartPole preset (its [128, 128] net, 50k steps);
 - ``mlp64``: the same with ``network.hidden=[64,64]`` (a smaller update: the batched update gains more);
 - ``grid4x4``: 4 learning rates x 4 seeds of the preset;
-- ``breakout8``: 8 seeds of the MinAtar Breakout preset at 100k steps (its CNN stands alone: measured as is);
+- ``breakout8``: 8 seeds of the MinAtar Breakout preset at 100k steps (its network batched: one convolution);
 - ``solo``: one run of the preset, for the peak RSS of one run.
 
 For each command: wall seconds, peak RSS of the process tree (``/usr/bin/time``'s maximum resident set size of the
@@ -61,7 +61,7 @@ def timed(args: list[str], cwd: Path) -> tuple[float, int, subprocess.CompletedP
     return wall, (rss[-1] // 1024 if rss else -1), proc
 
 
-def sweep(case: str, launcher: str, steps: int | None, tmp: Path) -> dict:
+def sweep(case: str, launcher: str, steps: int | None, tmp: Path, keep: Path | None = None) -> dict:
     sweep_dir = tmp / f"{case}-{launcher}-{time.time_ns()}"
     extra = [f"total_steps={steps}"] if steps else []
     args = [sys.executable, "-m", "dqnrun", "train", "-m", *CASES[case], *COMMON, *extra, *LAUNCHERS[launcher],
@@ -72,9 +72,14 @@ def sweep(case: str, launcher: str, steps: int | None, tmp: Path) -> dict:
         raise SystemExit(f"{' '.join(args)}\n{proc.stderr[-3000:]}")
     runs = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("results.json"))]
     first = proc.stdout.splitlines()[:3]
+    if keep is not None:  # for `dqnrun report` on both ways afterwards
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(sweep_dir), str(keep / sweep_dir.name))
     shutil.rmtree(sweep_dir, ignore_errors=True)
+    finals = [r["final_eval_return"] for r in runs if r.get("final_eval_return") is not None]
     out = {"case": case, "launcher": launcher, "wall_s": round(wall, 1), "peak_rss_mib": rss, "runs": len(runs),
            "solved": sum(r.get("solved_at_step") is not None for r in runs),
+           "final_eval_mean": round(sum(finals) / len(finals), 2) if finals else None,
            "failed": sum(r.get("status") != "completed" for r in runs), "load_before": before, "load_after": load(),
            "first_lines": first, "command": " ".join(["dqnrun train -m", *CASES[case], *COMMON, *extra,
                                                       *LAUNCHERS[launcher]])}
@@ -104,6 +109,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="3000 steps, to check that the script runs")
     p.add_argument("--joblib-first", action="store_true", help="start the alternation with joblib")
     p.add_argument("--json")
+    p.add_argument("--keep", type=Path, default=None, help="move each sweep directory here instead of deleting it")
     args = p.parse_args()
     steps = 3000 if args.quick else args.steps
     results: list[dict] = []
@@ -118,7 +124,7 @@ def main() -> None:
                 order = ["joblib", "population"] if flip else ["population", "joblib"]
                 flip = not flip
                 for launcher in order:
-                    results.append(sweep(case, launcher, steps, tmp))
+                    results.append(sweep(case, launcher, steps, tmp, args.keep))
     print("\n| case | population s | joblib s | speedup | solved (pop / joblib) | peak RSS MiB (pop / joblib) |")
     print("|---|---|---|---|---|---|")
     for case in [c for c in args.cases.split(",") if c != "solo"]:

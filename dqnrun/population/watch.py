@@ -53,9 +53,9 @@ class Watch:
     def report(self, members: Sequence[Any], alive: int, m: Any, before: int) -> None:
         """The aggregate statistics, the bar and the progress line, at member ``m``'s log and eval cadences (the
         members step in lockstep)."""
-        cfg, step = m.run.cfg, m.session.step
-        logged = crossings(before, step, cfg.log.every) > 0 or step >= cfg.total_steps
-        evaluated = cfg.eval.every > 0 and (crossings(before, step, cfg.eval.every) > 0 or step >= cfg.total_steps)
+        c, step = m.session.cadence, m.session.step  # the member's cadences as plain values: read every step
+        logged = crossings(before, step, c.log_every) > 0 or step >= c.total_steps
+        evaluated = c.eval_every > 0 and (crossings(before, step, c.eval_every) > 0 or step >= c.total_steps)
         if not (logged or evaluated):
             return
         returns, evals = by_setting(members, step)
