@@ -143,7 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args and args[0] in COMMANDS else "dqnrun"
     try:
-        _main(args)
+        try:
+            _main(args)
+        except Exception as exc:  # a signal that landed in code which wrapped it (an import's class creation wraps
+            cause = _interrupt_in(exc)  # it in RuntimeError("Error calling __set_name__ ..."))
+            if cause is None:
+                raise
+            raise cause from None
     except (KeyboardInterrupt, Interrupted) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         print(f"dqnrun {command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
@@ -151,6 +157,18 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for s, handler in previous.items():  # main() called in-process (tests) leaves the signals as it found them
             signal.signal(s, handler)
+
+
+def _interrupt_in(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or signal (`Interrupted`) behind ``exc``, following its causes and contexts; None if none."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, (KeyboardInterrupt, Interrupted)):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _main(args: list[str]) -> None:

@@ -69,6 +69,7 @@ def test_compiled_update_gives_the_same_losses_priorities_and_weights_as_eager(v
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.thorough  # make test-thorough: the default tier stays under ~10 min on 2 cores
 def test_compile_true_trains_through_the_cli(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = run_cli(["train", "env=cartpole", "compile=true", "total_steps=1500", "algo.learning_starts=500",

@@ -96,6 +96,7 @@ def _wandb_records(run_file: Path) -> list:
     return records
 
 
+@pytest.mark.thorough  # make test-thorough: the default tier stays under ~10 min on 2 cores
 def test_wandb_logger_works_offline_with_the_same_scalar_names(tmp_path: Path) -> None:
     pytest.importorskip("wandb")
     run = _train(tmp_path, "logger=wandb", "name=wb", "tags=[t1]")

@@ -56,6 +56,7 @@ def test_a_0_2_config_reads_in_todays_key_spellings() -> None:
     assert "atoms" not in tab["network"]  # a Q-table has no support
 
 
+@pytest.mark.thorough  # make test-thorough: the default tier stays under ~10 min on 2 cores
 def test_a_0_2_checkpoint_exports_the_same_q_values(tmp_path: Path) -> None:
     out = tmp_path / "dueling.onnx"
     for fmt, path in (("torchscript", tmp_path / "dueling.pt"), ("onnx", out)):

@@ -20,6 +20,7 @@ def test_unknown_ale_game_gets_one_line_with_a_suggestion(tmp_path: Path) -> Non
     assert "env.atari.game='pongg' is not an ALE game. Did you mean pong" in proc.stderr
 
 
+@pytest.mark.thorough  # make test-thorough: the default tier stays under ~10 min on 2 cores
 def test_pong_trains_for_a_few_thousand_steps_and_evaluates_with_a_video(tmp_path: Path) -> None:
     pytest.importorskip("moviepy")
     run = tmp_path / "pong"

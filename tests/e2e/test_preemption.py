@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 
+@pytest.mark.thorough  # make test-thorough: the default tier stays under ~10 min on 2 cores
 def test_preempted_submitit_job_is_requeued_into_the_same_run_dir_and_resumes(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "dqnrun", "train", "-m", "hydra/launcher=submitit_local", "resume=auto",
             "seed=0", "total_steps=40000", "checkpoint.every=1000", "eval.every=0", "log.progress=false"]

@@ -59,6 +59,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.mark.thorough  # make test-thorough: the default tier stays under ~10 min on 2 cores
 def test_resume_after_sigterm_continues_exactly(uninterrupted: Path, tmp_path: Path) -> None:
     d = tmp_path / "run"
     args = ["train", *BASE, "total_steps=2000", f"hydra.run.dir={d}"]

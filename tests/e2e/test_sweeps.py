@@ -117,6 +117,7 @@ def _counted(study) -> list:  # noqa: ANN001
     return [t for t in study.get_trials() if "dqnrun_skip" not in t.user_attrs and t.number not in gone]
 
 
+@pytest.mark.thorough  # make test-thorough: the default tier stays under ~10 min on 2 cores
 def test_optuna_preset_runs_trials_with_distinct_parameters_and_finite_objectives(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_cli(_optuna_args(sweep, 3), tmp_path, timeout=400)
