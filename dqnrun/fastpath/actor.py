@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from dqnrun.acting import masked_argmax
-from dqnrun.fastpath.mlp import activation_of, patch_index, single_conv
+from dqnrun.fastpath.mlp import activation_of, gather_patches_numpy, patch_index, single_conv
 from dqnrun.networks import QNetwork
 
 
@@ -36,9 +36,7 @@ class NumpyGreedyActor:
         if self._index is None or self._index[0] != obs.shape[1:]:
             self._index = (obs.shape[1:], patch_index(obs.shape[1:], self.channels_last, self.conv))
         e = len(obs)
-        patches = obs.reshape(e, -1)[:, self._index[1]].reshape(-1, self.conv_w.shape[0]).astype(np.float32)
-        if self.scale is not None:
-            patches *= self.scale
+        patches = gather_patches_numpy(obs, self._index[1], self.conv_w.shape[0], self.scale)
         h = patches @ self.conv_w
         h += self.conv_b
         np.maximum(h, 0.0, out=h)

@@ -101,9 +101,22 @@ def conv_patches(net: QNetwork, conv: nn.Conv2d, obs: torch.Tensor) -> torch.Ten
         cached = (key, idx)
         net._patch_index = cached  # type: ignore[assignment]
     k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return gather_patches(obs, cached[1], k, net.pixel_scale)
+
+
+def gather_patches(obs: torch.Tensor, index: torch.Tensor, fan_in: int, scale: float | None) -> torch.Tensor:
+    """Observations (N, *image) -> float patches (N*P, fan_in) through a `patch_index` on their device."""
     # float first: index_select has a vectorized kernel for floats only (~6x faster than on bool or uint8)
-    x = obs.reshape(obs.shape[0], -1).float().index_select(1, cached[1]).view(-1, k)
-    return x * net.pixel_scale if net.pixel_scale is not None else x
+    x = obs.reshape(obs.shape[0], -1).float().index_select(1, index).view(-1, fan_in)
+    return x * scale if scale is not None else x
+
+
+def gather_patches_numpy(obs: np.ndarray, index: np.ndarray, fan_in: int, scale: float | None) -> np.ndarray:
+    """`gather_patches` in numpy: observations (N, *image) -> float32 patches (N*P, fan_in)."""
+    x = obs.reshape(len(obs), -1)[:, index].reshape(-1, fan_in).astype(np.float32)
+    if scale is not None:
+        x *= scale
+    return x
 
 
 def mlp_forward(net: QNetwork, obs: torch.Tensor, acts: list[torch.Tensor] | None = None,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dqnrun.algos.dqn.targets import td_target
-from dqnrun.fastpath.mlp import patch_index
+from dqnrun.fastpath.mlp import gather_patches, gather_patches_numpy, patch_index
 from dqnrun.replay import Batch
 
 # activation -> backward through it from the upstream gradient and the activation's output (as the solo path)
@@ -73,17 +73,14 @@ class OneConv:
         idx = cache.get(obs.device)
         if idx is None:
             idx = cache[obs.device] = torch.from_numpy(self._index[1]).to(obs.device)  # type: ignore[index]
-        x = obs.reshape(obs.shape[0], -1).float().index_select(1, idx).view(k, -1, self.fan_in)
-        return x * self.scale if self.scale is not None else x
+        return gather_patches(obs, idx, self.fan_in, self.scale).view(k, -1, self.fan_in)
 
     def unfold_numpy(self, obs: np.ndarray) -> np.ndarray:
         """Observations ``(K, E, *image)`` -> float32 patches ``(K, E*P, C*kh*kw)`` (numpy)."""
         k, e = obs.shape[:2]
         idx = self.index(tuple(obs.shape[2:]))
-        x = obs.reshape(k * e, -1)[:, idx].reshape(k, -1, self.fan_in).astype(np.float32)
-        if self.scale is not None:
-            x *= self.scale
-        return x
+        flat = obs.reshape(k * e, *obs.shape[2:])
+        return gather_patches_numpy(flat, idx, self.fan_in, self.scale).reshape(k, -1, self.fan_in)
 
 
 class StackedMLP:

@@ -91,6 +91,19 @@ def _stack(batches: list[Batch]) -> Batch:
                    for f in ("obs", "action", "reward", "next_obs", "terminated", "discount", "weights")))
 
 
+def _side_by_side(solo: list, pop, batches: list[list[Batch]]) -> None:
+    """Each member's solo DQN updates on its own batches and the population on all of them stacked, a target sync
+    in the middle (at update 5: hard for tau 1, polyak for tau < 1), as a population's loop does it."""
+    for step, row in enumerate(batches):
+        if step == 5:
+            for d in solo:
+                d.learner.sync_target()
+            pop.sync_targets(list(range(len(solo))))
+        for d, b in zip(solo, row, strict=True):
+            d.learner.update(b)
+        pop.update(_stack(row))
+
+
 @pytest.mark.parametrize("double", [False, True])
 @pytest.mark.parametrize("n_step", [False, True])
 def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_step: bool) -> None:
@@ -99,14 +112,7 @@ def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_ste
     twins = [_dqn([*m, *extra]) for m in MEMBERS]  # the same seeds: the same initial weights
     pop = stack_members(twins)
     assert pop.adam.lr == [1e-3, 3e-3, 1e-3] and pop.max_grad_norm[2] == float("inf")
-    for step, batches in enumerate(_batches(10, 3, seed=7, n_step=n_step)):
-        if step == 5:  # a target sync in the middle: hard for members 0 and 1, polyak (tau 0.3) for member 2
-            for d in solo:
-                d.learner.sync_target()
-            pop.sync_targets([0, 1, 2])
-        for d, b in zip(solo, batches, strict=True):
-            d.learner.update(b)
-        pop.update(_stack(batches))
+    _side_by_side(solo, pop, _batches(10, 3, seed=7, n_step=n_step))
     for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
         export_member(pop, i, twin)
         for a, b in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
@@ -206,14 +212,7 @@ def test_minatar_members_batched_updates_equal_their_solo_updates(double: bool) 
     assert all(d.learner.manual is not None for d in solo)  # the solo runs take the hand-written path the stack batches
     pop = stack_members(twins)
     assert pop.online.conv is not None and pop.online.conv.filters == 16
-    for step, batches in enumerate(_image_batches(10, 3, seed=11)):
-        if step == 5:
-            for d in solo:
-                d.learner.sync_target()
-            pop.sync_targets([0, 1, 2])
-        for d, b in zip(solo, batches, strict=True):
-            d.learner.update(b)
-        pop.update(_stack(batches))
+    _side_by_side(solo, pop, _image_batches(10, 3, seed=11))
     for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
         export_member(pop, i, twin)
         for net in ("online", "target"):
