@@ -37,6 +37,10 @@ CASES: dict[str, list[str]] = {
     "mlp64": ["env=cartpole", SEEDS16, "network.hidden=[64,64]"],
     "grid4x4": ["env=cartpole", "seed=0,1,2,3", "optimizer.lr=1e-3,2.5e-3,5e-3,1e-2"],
     "breakout8": ["env=minatar_breakout", "seed=" + ",".join(str(s) for s in range(8)), "total_steps=100000"],
+    # the batched autograd path (dqnrun/population/functional.py): C51 with a dueling head
+    "c51dueling8": ["env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "network=dueling_mlp",
+                    "learner.distributional=c51", "total_steps=30000"],
+    "seeds4": ["env=cartpole", "seed=0,1,2,3"],
 }
 LAUNCHERS = {
     "population": ["hydra/launcher=population"],

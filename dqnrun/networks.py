@@ -179,6 +179,9 @@ class QNetwork(nn.Module):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head={head!r} is not one of {' | '.join(HEADS)}")
+        if norm is not None and norm not in NORMS:
+            raise ValueError(f"network.norm={norm} is not one of {' | '.join(NORMS)}; use network.norm=layernorm "
+                             "or leave it null")
         self.conv, self.channels_last = conv, bool(channels_last)
         self.pixel_scale = None if pixel_scale is None else float(pixel_scale)
         self.torso: nn.Module | None = None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -263,6 +264,41 @@ def run_episodes(
     ``act(obs (E, *obs_shape)) -> actions (E,)`` chooses the actions; ``masked``: ``act(obs, mask)`` with the
     (E, A) legal actions of each observation (``env.action_mask``), for every env, finished ones included.
     """
+    return drive(episode_rounds(envs, n_episodes, seed, max_steps_per_round, masked), act, masked)
+
+
+def drive(rounds: Generator[ActQuery, np.ndarray, np.ndarray], act: Any, masked: bool = False) -> np.ndarray:
+    """Run an `episode_rounds` generator to its end with ``act`` choosing the actions; the episodes' returns."""
+    try:
+        query = next(rounds)
+        while True:
+            actions = act(query.obs, query.mask) if masked else act(query.obs)
+            query = rounds.send(actions)
+    except StopIteration as done:
+        return done.value
+
+
+@dataclass
+class ActQuery:
+    """What `episode_rounds` asks of its driver: actions for ``obs`` (E, *obs_shape); ``mask`` (E, A) the legal
+    actions (with ``masked``); ``active`` (E,) bool the envs whose episode still counts: the others' actions
+    change nothing that is returned, so a driver may act for them in any way that spends no random draws."""
+
+    obs: np.ndarray
+    mask: np.ndarray | None
+    active: np.ndarray
+
+
+def episode_rounds(
+    envs: gym.vector.VectorEnv,
+    n_episodes: int,
+    seed: int,
+    max_steps_per_round: int = 1_000_000,
+    masked: bool = False,
+) -> Generator[ActQuery, np.ndarray, np.ndarray]:
+    """`run_episodes` as a generator: it yields an `ActQuery` per env step, is sent the actions (E,), and
+    returns the episodes' returns. Several runs' evaluations step side by side this way, with one batched
+    forward choosing the actions of all of them (a population's members, `dqnrun.population.engine`)."""
     from dqnrun.envs.masks import vector_mask
 
     n_envs = envs.num_envs
@@ -275,7 +311,7 @@ def run_episodes(
         active = np.zeros(n_envs, dtype=bool)
         active[:need] = True
         for _ in range(max_steps_per_round):
-            actions = act(obs, vector_mask(info, n_envs)) if masked else act(obs)
+            actions = yield ActQuery(obs, vector_mask(info, n_envs) if masked else None, active)
             obs, reward, terminated, truncated, info = envs.step(actions)
             ep_ret[active] += reward[active]
             active &= ~(terminated | truncated)

@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 from dqnrun import builders
 from dqnrun.acting import epsilon_greedy
 from dqnrun.errors import EnvError, UsageError, write_failure
+from dqnrun.population.evaluation import evaluate_together
 from dqnrun.population.logs import MemberLogs
 from dqnrun.population.member import MemberAlgo, Slot, stack_members
 from dqnrun.population.stacked import PopulationLearner
@@ -98,6 +99,7 @@ class Member:
         self.results: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.left = False  # ended or failed; its row leaves the stacked tensors at the next compaction
+        self.eval_result: Any = None  # this step's evaluation, run with the others' (`evaluate_together`)
 
     @property
     def dqn(self) -> Any:
@@ -106,6 +108,19 @@ class Member:
     @property
     def training(self) -> bool:
         return self.slot.index is not None and not self.left
+
+
+def member_evaluation(m: Member) -> Any:
+    """The member's evaluate callable: the result `evaluate_together` left for this step, else its own."""
+    def evaluate() -> float:
+        result, m.eval_result = m.eval_result, None
+        if result is None:
+            return m.run.evaluate()  # type: ignore[union-attr]
+        faults.point("evaluate")
+        if isinstance(result, BaseException):
+            raise result
+        return float(result)
+    return evaluate
 
 
 class Population:
@@ -242,7 +257,8 @@ class Population:
                      len(self._live), self.name)
             m.session = run.session = Session(  # type: ignore[union-attr]
                 run.envs, run.cursor, run.state, cadence, run.rng, run.algo, run.logger,
-                run.evaluate if run.eval_envs is not None else None, run.save, run.stop, env_id=str(cfg.env.id))
+                member_evaluation(m) if run.eval_envs is not None else None, run.save, run.stop,
+                env_id=str(cfg.env.id))
 
     # --- the lockstep loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -284,6 +300,7 @@ class Population:
                 self._failed(m, exc)
         router.current = None
         self._learn(stepped)
+        self._evaluate(stepped)
         for m, t in stepped:
             if not m.training:
                 continue
@@ -296,6 +313,16 @@ class Population:
         router.current = None
         if stepped and stepped[0][0].training:
             self.watch.report(self.members, len(self._live), stepped[0][0], stepped[0][1].before)
+
+    def _evaluate(self, stepped: list[tuple[Member, Any]]) -> None:
+        """Every member whose evaluation is due after this step, evaluated side by side; each member's session
+        then takes its result as its own evaluation (`member_evaluation`)."""
+        due = [m for m, t in stepped if m.training and m.session.eval_due(t.before)]  # type: ignore[union-attr]
+        if not due:
+            return
+        results = evaluate_together(self.learner, [(m.slot.index, m.run) for m in due])  # type: ignore[arg-type]
+        for m in due:
+            m.eval_result = results[m.slot.index]  # type: ignore[index]
 
     def _act_and_store(self, m: Member, greedy: Any) -> Any:
         """Act (the member's own epsilon and draws), step its envs, store in its replay: DQN's loop, one member."""

@@ -24,10 +24,10 @@ MEMBER_KEYS = ("seed", "optimizer.lr", "learner.gamma", "learner.tau", "learner.
 # its length): these never touch the batched update either.
 RUN_KEYS = ("name", "tags", "objective", "eval", "checkpoint", "log", "total_steps", "stop_when_solved", "resume",
             "init_from", "torch_threads")
-MIN_SPLIT = 4  # a group is split for n_jobs only into populations of at least this many members
+MIN_SPLIT = 1  # a group is split for n_jobs into populations of at least this many members: every core busy
+# dqnrun's Q-networks: plain MLPs and MinAtar's torso take the hand-written stacked update
+# (`dqnrun.population.stacked`), every other head, torso and layer the batched autograd path (`.functional`)
 PLAIN_MLP = ("dqnrun.networks.MLP", "dqnrun.networks.QNetwork")
-STACKED_ACTIVATIONS = ("relu", "tanh")
-STACKED_TORSOS = ("minatar",)  # one convolution and a ReLU: a batched matrix product over image patches
 
 
 def eligibility(cfg: DictConfig) -> str | None:
@@ -41,21 +41,15 @@ def eligibility(cfg: DictConfig) -> str | None:
     net = cfg.network
     target = str(net.get("_target_", ""))
     if target not in PLAIN_MLP:
-        return f"network {target.rsplit('.', 1)[-1]}: the stacked update implements plain MLPs"
-    conv = net.get("conv")
-    if conv and conv not in STACKED_TORSOS:
-        return (f"network.conv={conv}: the stacked update has MinAtar's one-convolution torso, not this "
-                "convolutional torso")
-    for key, why in (("dueling", "a dueling head"), ("noisy", "NoisyNet layers"), ("norm", "a normalization layer")):
-        if net.get(key):
-            return f"network.{key}={net.get(key)}: {why} is not in the stacked update"
-    if net.get("activation", "relu") not in STACKED_ACTIVATIONS:
-        return f"network.activation={net.get('activation')}: the stacked update has relu and tanh"
-    if conv and net.get("activation", "relu") != "relu":
-        return f"network.activation={net.get('activation')}: the stacked update has relu after a convolution"
+        return f"network {target.rsplit('.', 1)[-1]}: populations stack dqnrun's own Q-networks"
+    if net.get("noisy"):
+        return ("network.noisy=true: NoisyNet layers draw their noise from the run's own torch stream, which "
+                "members cannot share")
     lc = cfg.learner
-    if lc.get("distributional", False) not in (False, None):
-        return f"learner.distributional={lc.get('distributional')}: its update is not batched"
+    head = lc.get("distributional", False)
+    if str(head).lower() == "iqn":
+        return ("learner.distributional=iqn: IQN draws its fractions from the run's own stream, which members "
+                "cannot share")
     if lc.get("munchausen", False):
         return "learner.munchausen=true: its target is not batched"
     if lc.get("loss", "huber") not in ("huber", "mse"):
@@ -120,12 +114,13 @@ class Plan:
 
 
 def plan(configs: Sequence[DictConfig], max_members: int, n_jobs: int = 1,
-         jobs: Sequence[int] | None = None) -> Plan:
+         jobs: Sequence[int] | None = None, others: int = 0) -> Plan:
     """Group jobs: eligible jobs with equal `group_key` form a group (in job order); a group larger than
     ``max_members`` becomes several populations of balanced sizes, and groups are split further (largest first)
     until there are ``n_jobs`` populations to run side by side, as long as each keeps `MIN_SPLIT` members. A group
     of one job is a population of one (its run is the same either way). ``jobs``: the job number of each config,
-    for the lines that say why groups were formed apart (default: the indices)."""
+    for the lines that say why groups were formed apart (default: the indices). ``others``: runs outside ``configs``
+    that take workers too (a sweep's jobs that stand alone)."""
     num = list(jobs) if jobs is not None else list(range(len(configs)))
     out = Plan()
     groups: dict[str, list[int]] = {}
@@ -141,9 +136,9 @@ def plan(configs: Sequence[DictConfig], max_members: int, n_jobs: int = 1,
         shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
         these, first = _jobs_of(groups[key], num), _jobs_of(groups[keys[0]], num)
         verb = "differs" if len(these) == 1 else "differ"
-        out.splits.append(f"{_jobs_word(these)} {span(these)} {verb} from {_jobs_word(first)} {span(first)} in {shown}")
+        out.splits.append(f"{jobs_word(these)} {span(these)} {verb} from {jobs_word(first)} {span(first)} in {shown}")
     chunks = {key: max(1, math.ceil(len(jobs) / max(1, max_members))) for key, jobs in groups.items()}
-    while sum(chunks.values()) < n_jobs:
+    while sum(chunks.values()) + len(out.alone) + others < n_jobs:  # jobs that stand alone keep workers busy too
         key = max(keys, key=lambda k: len(groups[k]) / chunks[k], default=None)
         if key is None or len(groups[key]) // (chunks[key] + 1) < MIN_SPLIT:
             break
@@ -157,7 +152,7 @@ def _jobs_of(members: Sequence[int], num: Sequence[int]) -> list[int]:
     return sorted({num[i] for i in members})
 
 
-def _jobs_word(jobs: Sequence[int]) -> str:
+def jobs_word(jobs: Sequence[int]) -> str:
     return "job" if len(jobs) == 1 else "jobs"
 
 

@@ -99,7 +99,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     alone_jobs = {j.num: grouping.eligibility(members[j.members[0]].spec.cfg) for j in jobs}
     eligible = [i for i, r in enumerate(members) if alone_jobs[jobs[r.job].num] is None]
     the_plan = grouping.plan([members[i].spec.cfg for i in eligible], opts.max_members, opts.n_jobs,
-                             jobs=[jobs[members[i].job].num for i in eligible])
+                             jobs=[jobs[members[i].job].num for i in eligible], others=len(members) - len(eligible))
     populations = [[eligible[i] for i in pop] for pop in the_plan.populations]
     say_plan(jobs, members, populations, alone_jobs, the_plan, opts)
     units: list[tuple[str, Any]] = [("population", [members[i].spec for i in pop]) for pop in populations]
@@ -246,7 +246,8 @@ def say_plan(jobs: list[JobSlot], members: list[MemberRecord], populations: list
     print(f"dqnrun train: {what} in {where}{alone_part if n_alone else ''}{side}", flush=True)
     for i, pop in enumerate(populations):
         nums = sorted({jobs[members[m].job].num for m in pop})
-        print(f"  population {i + 1}: {len(pop)} members (jobs {grouping.span(nums)})", flush=True)
+        print(f"  population {i + 1}: {len(pop)} member{'s' if len(pop) != 1 else ''} ({grouping.jobs_word(nums)} "
+              f"{grouping.span(nums)})", flush=True)
     for line in the_plan.splits:
         print(f"  separate populations: {line}", flush=True)
     for j in jobs:

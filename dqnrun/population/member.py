@@ -19,7 +19,8 @@ from torch import nn
 
 from dqnrun import metrics as M
 from dqnrun.algos.base import Algorithm
-from dqnrun.fastpath.mlp import single_conv
+from dqnrun.fastpath.mlp import single_conv, supports
+from dqnrun.population.functional import stack_functional
 from dqnrun.population.stacked import OneConv, PopulationLearner, StackedMLP
 
 if TYPE_CHECKING:
@@ -45,6 +46,13 @@ def _params(net: nn.Module) -> list[torch.Tensor]:
     return [p for wb in layers(net) for p in wb]
 
 
+def _params_of(learner: PopulationLearner, net: nn.Module) -> list[torch.Tensor]:
+    """``net``'s parameters in the order of ``learner``'s stack: the hand-written stack's layer order, or the
+    network's own (the batched autograd path, `FuncPopulationLearner.parameters_of`)."""
+    order = getattr(learner, "parameters_of", None)
+    return order(net) if order is not None else _params(net)
+
+
 def _into(dst: torch.Tensor, src: torch.Tensor) -> None:
     """Copy between a parameter and its stacked view (a conv's filters are (F, C, kh, kw) in the network and
     (F, C*kh*kw) in the stack)."""
@@ -63,11 +71,11 @@ def import_member(learner: PopulationLearner, slot: int, dqn: DQN) -> None:
     update count and metric sums (a resumed or initialized member continues from them)."""
     src = dqn.learner
     with torch.no_grad():
-        for dst, p in zip(learner.online.member_tensors(slot), _params(src.online), strict=True):
+        for dst, p in zip(learner.online.member_tensors(slot), _params_of(learner, src.online), strict=True):
             _into(dst, p)
-        for dst, p in zip(learner.target.member_tensors(slot), _params(src.target), strict=True):
+        for dst, p in zip(learner.target.member_tensors(slot), _params_of(learner, src.target), strict=True):
             _into(dst, p)
-        state = [src.optimizer.state.get(p) for p in _params(src.online)]
+        state = [src.optimizer.state.get(p) for p in _params_of(learner, src.online)]
         avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
         if all(s and "exp_avg" in s for s in state):
             for a, q, s in zip(avg.member_tensors(slot), sq.member_tensors(slot), state, strict=True):
@@ -89,17 +97,23 @@ def stack_members(dqns: list[DQN]) -> PopulationLearner:
     optimizer states, counters and per-member hyperparameters (lr, gamma, tau, gradient cap)."""
     first = dqns[0].learner
     opt = [d.learner.optimizer.param_groups[0] for d in dqns]
+    shared = {"gamma": [d.learner.gamma for d in dqns], "tau": [d.learner.tau for d in dqns],
+              "max_grad_norm": [math.inf if d.learner.max_grad_norm is None else d.learner.max_grad_norm
+                                for d in dqns],
+              "lr": [g["lr"] for g in opt], "betas": tuple(opt[0]["betas"]), "eps": opt[0]["eps"],
+              "weight_decay": opt[0]["weight_decay"]}
+    if first.head != "q" or not supports(first.online):  # the batched autograd path (`FuncPopulationLearner`)
+        learner: PopulationLearner = stack_functional([d.learner for d in dqns], **shared)
+        for i, dqn in enumerate(dqns):
+            import_member(learner, i, dqn)
+        return learner
     conv = _conv(first.online)
     torso = None if conv is None else OneConv(conv, first.online.channels_last, first.online.pixel_scale)
     online = StackedMLP.stack([layers(d.learner.online) for d in dqns], first.online.activation, torso)
     target = StackedMLP.stack([layers(d.learner.target) for d in dqns], first.online.activation, torso)
     obs_rank = 0 if first.online.n_obs_categories else 3 if torso is not None else 1
-    learner = PopulationLearner(
-        online, target, first.online.features,
-        gamma=[d.learner.gamma for d in dqns], tau=[d.learner.tau for d in dqns],
-        max_grad_norm=[math.inf if d.learner.max_grad_norm is None else d.learner.max_grad_norm for d in dqns],
-        lr=[g["lr"] for g in opt], betas=tuple(opt[0]["betas"]), eps=opt[0]["eps"],
-        weight_decay=opt[0]["weight_decay"], loss=first.loss_name, double=first.double, obs_rank=obs_rank)
+    learner = PopulationLearner(online, target, first.online.features, loss=first.loss_name, double=first.double,
+                                obs_rank=obs_rank, **shared)
     for i, dqn in enumerate(dqns):
         import_member(learner, i, dqn)
     return learner
@@ -110,11 +124,11 @@ def export_member(learner: PopulationLearner, slot: int, dqn: DQN, policy_only: 
     target weights, the optimizer's state (as ``torch.optim.Adam`` keeps it), updates and metric sums."""
     dst = dqn.learner
     with torch.no_grad():
-        for p, src in zip(_params(dst.online), learner.online.member_tensors(slot), strict=True):
+        for p, src in zip(_params_of(learner, dst.online), learner.online.member_tensors(slot), strict=True):
             _into(p, src)
         if policy_only:
             return
-        for p, src in zip(_params(dst.target), learner.target.member_tensors(slot), strict=True):
+        for p, src in zip(_params_of(learner, dst.target), learner.target.member_tensors(slot), strict=True):
             _into(p, src)
         step = learner.adam.steps[slot]
         opt = dst.optimizer
@@ -122,7 +136,8 @@ def export_member(learner: PopulationLearner, slot: int, dqn: DQN, policy_only: 
             opt.state.clear()  # never stepped: what a fresh Adam holds
         else:
             avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
-            for p, a, q in zip(_params(dst.online), avg.member_tensors(slot), sq.member_tensors(slot), strict=True):
+            for p, a, q in zip(_params_of(learner, dst.online), avg.member_tensors(slot), sq.member_tensors(slot),
+                               strict=True):
                 opt.state[p] = {"step": step.clone(), "exp_avg": a.reshape(p.shape).clone(),
                                 "exp_avg_sq": q.reshape(p.shape).clone()}
         dst.updates = int(learner.updates[slot])

@@ -29,6 +29,7 @@ import signal
 import socket
 import time
 import traceback
+from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from dqnrun import metrics as M
 from dqnrun.acting import greedy_actor
 from dqnrun.algos import name_of
 from dqnrun.config.rules import algorithm_module, validate_train_config
-from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_LIMIT, SEED_STRIDE, diagnose, run_episodes
+from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_LIMIT, SEED_STRIDE, ActQuery, diagnose, drive, episode_rounds
 from dqnrun.envs import state as env_state
 from dqnrun.envs.masks import vector_mask
 from dqnrun.errors import DqnrunError, EnvError, UsageError, WriteError, write_failure
@@ -362,17 +363,26 @@ class Run:
         """Greedy (``eval.epsilon``) mean return over ``eval.episodes`` episodes on the eval envs. Its own env
         and RNG, seeded from (seed, step): evaluating never perturbs the training streams."""
         cfg = self.cfg
-        eval_rng = np.random.default_rng([cfg.seed, self.state.step])
+        rounds, eval_rng = self.eval_rounds()
         policy = self.algo.policy
         act = greedy_actor(policy, cfg.eval.epsilon, eval_rng, self.spec.n_actions)
-        seed = IN_TRAINING_EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
         policy.eval()  # NoisyNet layers act on their mean weights when evaluated
         faults.point("evaluate")
         try:
-            return float(run_episodes(self.eval_envs, act, cfg.eval.episodes, seed,
-                                      masked=bool(cfg.env.get("action_mask", False))).mean())
+            return float(drive(rounds, act, masked=bool(cfg.env.get("action_mask", False))).mean())
         finally:
             policy.train()
+
+    def eval_rounds(self) -> tuple[Generator[ActQuery, np.ndarray, np.ndarray], np.random.Generator]:
+        """This step's evaluation, not yet run: its episodes (`dqnrun.envs.episode_rounds` on the eval envs, their
+        seeds this run's) and the generator of its epsilon draws. `evaluate` drives it with this run's policy; a
+        population drives its members' side by side (`dqnrun.population.engine`)."""
+        cfg = self.cfg
+        eval_rng = np.random.default_rng([cfg.seed, self.state.step])
+        seed = IN_TRAINING_EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
+        rounds = episode_rounds(self.eval_envs, cfg.eval.episodes, seed,
+                                masked=bool(cfg.env.get("action_mask", False)))
+        return rounds, eval_rng
 
     def save(self, kind: str) -> None:
         """``best`` -> best.pt; ``progress`` -> a results.json with status running; ``periodic`` and ``last``

@@ -265,8 +265,7 @@ class Session:
         s, state = self.cadence, self.state
         if crossings(before, state.step, s.log_every) or state.step >= s.total_steps:
             self._log(before)
-        do_eval = self.evaluate is not None and (crossings(before, state.step, s.eval_every)
-                                                 or state.step >= s.total_steps)
+        do_eval = self.eval_due(before)
         do_ckpt = crossings(before, state.step, s.checkpoint_every) > 0
         if not (do_eval or do_ckpt):
             return False
@@ -279,6 +278,11 @@ class Session:
             self.checkpoint("periodic")
         self._seg_start = time.perf_counter()
         return False
+
+    def eval_due(self, before: int) -> bool:
+        """Whether `after_step` evaluates after the step from ``before`` (an eval interval crossed, or the end)."""
+        s, step = self.cadence, self.state.step
+        return self.evaluate is not None and (crossings(before, step, s.eval_every) or step >= s.total_steps)
 
     def _log(self, before: int) -> None:
         """The only place that reads device-side metrics, so the only host sync."""

@@ -26,13 +26,14 @@ def replay_rows(run_dir: Path) -> dict:
 
 def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_cli(["train", "-m", "seed=0,1", "learner.distributional=false,true", *POP, *SHORT,
+    # C51 members: the batched autograd path (`dqnrun.population.functional`); NoisyNet jobs stand alone
+    proc = run_cli(["train", "-m", "seed=0,1", "network.noisy=false,true", "learner.distributional=c51", *POP, *SHORT,
                     f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "dqnrun train: 4 jobs in 1 population and 2 jobs on their own", lines[:4]
     assert lines[1] == "  population 1: 2 members (jobs 0, 2)"
-    assert "job 1 runs on its own: learner.distributional=True" in lines[2]
+    assert "job 1 runs on its own: network.noisy=true: NoisyNet layers" in lines[2], lines[2]
     assert "all 4 jobs finished" in proc.stdout
     for job in ("0", "1", "2", "3"):  # members and ordinary jobs alike: a solo sweep job's directory
         d = sweep / job
@@ -47,7 +48,8 @@ def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_pat
     # the member of seed 1 (job 2) against its solo twin: the same env seeds, exploration and replay indices,
     # so the same actions and observations, stored row for row; the first rows are before learning starts
     solo = tmp_path / "solo"
-    proc = run_cli(["train", "seed=1", "env=cartpole", *SHORT, f"hydra.run.dir={solo}"], tmp_path)
+    proc = run_cli(["train", "seed=1", "env=cartpole", "learner.distributional=c51", *SHORT,
+                    f"hydra.run.dir={solo}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     member, twin = replay_rows(sweep / "2"), replay_rows(solo)
     n = 400 // 4 * 4 - 8  # rows stored before learning starts (4 envs; the 3-step window holds some back)
@@ -68,13 +70,13 @@ def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_pat
     assert agent.act(np.zeros((3, 4), np.float32)).shape == (3,)
     rep = run_cli(["report", str(sweep)], tmp_path)
     assert rep.returncode == 0, rep.stderr
-    assert "learner.distributional" in rep.stdout and (sweep / "report.md").exists()
+    assert "network.noisy" in rep.stdout and (sweep / "report.md").exists()
 
 
 def test_a_member_whose_loss_goes_non_finite_fails_alone(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_cli(["train", "-m", "optimizer.lr=1e15,1e-3,3e-4", *POP, *TINY, "checkpoint.every=0",
-                    f"hydra.sweep.dir={sweep}"], tmp_path)
+                    "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "dqnrun train: 3 jobs in 1 population" in proc.stdout  # one population: lr differs per member
     assert "1 of 3 jobs failed" in proc.stderr
@@ -112,7 +114,8 @@ QUICK = [*POP, "algo.learning_starts=400", "eval.every=600", "eval.episodes=2", 
 
 
 def test_seeds_per_job_and_an_interrupted_population_resumes_bit_for_bit(tmp_path: Path) -> None:
-    grid = ["seed=3", "optimizer.lr=1e-3,3e-3", "hydra.launcher.seeds_per_job=2", "total_steps=1600", "eval.every=400",
+    grid = ["seed=3", "optimizer.lr=1e-3,3e-3", "hydra.launcher.seeds_per_job=2", "hydra.launcher.n_jobs=1",
+            "total_steps=1600", "eval.every=400",
             *(a for a in QUICK if not a.startswith("eval.every="))]
     cut, whole = tmp_path / "cut", tmp_path / "whole"
     # SIGTERM at env step 800: every member saves its last.pt at the same step boundary; the sweep says how to go on

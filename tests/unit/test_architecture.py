@@ -14,7 +14,8 @@ PKG = Path(__file__).resolve().parents[2] / "dqnrun"
 CONFIG_AWARE = ("dqnrun", "dqnrun.__main__", "dqnrun.api", "dqnrun.builders", "dqnrun.cli", "dqnrun.config",
                 "dqnrun.evaluate", "dqnrun.export", "dqnrun.policy", "dqnrun.run.lifecycle", "dqnrun.sweep",
                 # a population's launcher, grouping and engine: the lifecycle of many runs at once
-                "dqnrun.population.launch", "dqnrun.population.grouping", "dqnrun.population.engine")
+                "dqnrun.population.launch", "dqnrun.population.grouping", "dqnrun.population.engine",
+                "dqnrun.population.evaluation")
 # What a module below the builders must never import: the layers above it.
 UPPER = ("dqnrun.api", "dqnrun.builders", "dqnrun.cli", "dqnrun.config.compose", "dqnrun.config.preflight",
          "dqnrun.evaluate", "dqnrun.export", "dqnrun.policy", "dqnrun.report", "dqnrun.run.lifecycle", "dqnrun.sweep")

@@ -41,19 +41,31 @@ def test_a_different_network_splits_groups_and_says_which_key() -> None:
 
 
 def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
-    assert "distributional" in grouping.eligibility(compose_train(["env=cartpole", "learner.distributional=true"]))
-    assert "dueling" in grouping.eligibility(compose_train(["env=cartpole", "network=dueling_mlp"]))
-    assert "pqn" in grouping.eligibility(compose_train(["env=cartpole", "algo=pqn"]))
-    assert grouping.eligibility(compose_train(["env=cartpole", "learner.double=true", "replay=prioritized"])) is None
+    def why(*overrides: str) -> str | None:
+        return grouping.eligibility(compose_train(["env=cartpole", *overrides]))
+
+    assert "noisy" in why("network=noisy_mlp")
+    assert "iqn" in why("learner.distributional=iqn")
+    assert "munchausen" in why("learner.munchausen=true")
+    assert "pqn" in why("algo=pqn")
+    assert "rmsprop" in why("optimizer=rmsprop").lower()
+    # the hand-written stack and the batched autograd path between them take every other DQN switch
+    assert why("learner.double=true", "replay=prioritized") is None
+    for joins in (["network=dueling_mlp"], ["learner.distributional=c51"], ["learner.distributional=qr"],
+                  ["network.norm=layernorm", "network.activation=gelu"]):
+        assert why(*joins) is None, joins
 
 
 def test_max_members_cuts_a_group_into_balanced_populations() -> None:
     cfgs = [compose_train(["env=cartpole", f"seed={s}"]) for s in range(9)]
     assert grouping.plan(cfgs[:5], max_members=2).populations == [[0, 1], [2], [3, 4]]
-    # n_jobs: split for populations side by side, but never below 4 members each
-    assert grouping.plan(cfgs[:5], max_members=64, n_jobs=2).populations == [[0, 1, 2, 3, 4]]
+    # n_jobs: split into one population per worker, so that no core waits (4 jobs on 2 cores: two of 2 members
+    # took 19 s where one of 4 took 42 s and joblib 27 s, docs/benchmarks.md section 12)
+    assert grouping.plan(cfgs[:5], max_members=64, n_jobs=2).populations == [[0, 1], [2, 3, 4]]
     assert grouping.plan(cfgs, max_members=64, n_jobs=2).populations == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
-    assert grouping.plan(cfgs, max_members=64, n_jobs=4).populations == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert grouping.plan(cfgs[:3], max_members=64, n_jobs=4).populations == [[0], [1], [2]]
+    # a group cut by max_members is split further only where workers would otherwise wait
+    assert grouping.plan(cfgs, max_members=3, n_jobs=2).populations == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
 
 
 # --- statistics ---------------------------------------------------------------------------------------
@@ -237,10 +249,120 @@ def test_minatar_greedy_actions_of_the_stack_are_each_members_own() -> None:
         np.testing.assert_array_equal(got[i], q.argmax(1).numpy())
 
 
-def test_minatar_jobs_group_and_natures_cnn_stands_alone() -> None:
+def test_minatar_jobs_group_and_pixel_replays_stand_alone() -> None:
     cfgs = [compose_train(["env=minatar_breakout", f"seed={s}", f"optimizer.lr={lr}"])
             for s, lr in [(0, 1e-3), (1, 3e-4)]]
     assert grouping.eligibility(cfgs[0]) is None
     assert grouping.plan(cfgs, max_members=64).populations == [[0, 1]]
+    assert grouping.eligibility(compose_train(["env=minatar_breakout", "network=nature_cnn"])) is None
     why = grouping.eligibility(compose_train(["env=pong"]))
-    assert why is not None and "network.conv=nature" in why
+    assert why is not None and "replay.storage=frames" in why
+
+
+# --- evaluation side by side --------------------------------------------------------------------------
+class _EvalRun:
+    """What `evaluate_together` reads of a member's `Run`: its eval rounds, eval epsilon and action count."""
+
+    def __init__(self, seed: int, epsilon: float, episodes: int, n_envs: int) -> None:
+        from types import SimpleNamespace
+
+        from dqnrun.envs import make_vector_env
+
+        self.envs = make_vector_env("CartPole-v1", n_envs, evaluation=True)
+        self.seed, self.episodes = seed, episodes
+        self.cfg = SimpleNamespace(eval=SimpleNamespace(epsilon=epsilon))
+        self.spec = SimpleNamespace(n_actions=2)
+
+    def eval_rounds(self):
+        from dqnrun.envs import episode_rounds
+
+        return episode_rounds(self.envs, self.episodes, 1000 + self.seed), np.random.default_rng(self.seed)
+
+
+@pytest.mark.parametrize("n_envs", [6, 20])  # numpy's products act for few envs, torch's for many
+def test_members_evaluated_side_by_side_return_their_own_evaluations(n_envs: int) -> None:
+    from dqnrun.acting import greedy_actor
+    from dqnrun.envs import drive
+    from dqnrun.population.evaluation import evaluate_together
+
+    dqns = [_dqn(m) for m in MEMBERS]
+    pop = stack_members(dqns)
+    # 3 members, 1.5 rounds of episodes (the second round keeps half of its envs); one member explores
+    runs = [_EvalRun(seed=i, epsilon=0.3 if i == 1 else 0.0, episodes=n_envs * 3 // 2, n_envs=n_envs)
+            for i in range(len(dqns))]
+    got = evaluate_together(pop, [(1, runs[1]), (0, runs[0]), (2, runs[2])])
+    for i, (d, run) in enumerate(zip(dqns, runs, strict=True)):
+        rounds, rng = run.eval_rounds()
+        own = float(drive(rounds, greedy_actor(d.learner.online, run.cfg.eval.epsilon, rng, 2)).mean())
+        assert got[i] == own, (i, got[i], own)
+    assert len({got[0], got[1], got[2]}) > 1  # the members differ: each got its own weights' result
+
+    # a member whose env fails gets its exception; the others their returns
+    def broken(*_: object) -> None:
+        raise RuntimeError("physics exploded")
+
+    runs[2].envs.step = broken  # type: ignore[method-assign]
+    out = evaluate_together(pop, [(0, runs[0]), (2, runs[2])])
+    assert out[0] == got[0] and isinstance(out[2], RuntimeError)
+
+
+# --- the batched autograd path: networks and heads outside the hand-written stack ------------------------
+AUTOGRAD_VARIANTS = {
+    "dueling": ["network=dueling_mlp"],
+    "c51": ["learner.distributional=c51"],
+    "qr": ["learner.distributional=qr", "network.quantiles=8"],
+    "dueling_double_layernorm": ["network=dueling_mlp", "learner.double=true", "network.norm=layernorm"],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(AUTOGRAD_VARIANTS))
+def test_autograd_variants_batched_updates_equal_their_solo_updates(variant: str) -> None:
+    from dqnrun.population.functional import FuncPopulationLearner
+
+    extra = AUTOGRAD_VARIANTS[variant]
+    solo = [_dqn([*m, *extra]) for m in MEMBERS]
+    twins = [_dqn([*m, *extra]) for m in MEMBERS]
+    pop = stack_members(twins)
+    assert isinstance(pop, FuncPopulationLearner)
+    obs = np.random.default_rng(1).normal(size=(3, 16, 4)).astype(np.float32)
+    got = pop.greedy(obs)
+    for i, d in enumerate(solo):  # acting before any update: each member's own greedy actions
+        np.testing.assert_array_equal(got[i], d.learner.greedy_actions(obs[i]))
+    _side_by_side(solo, pop, _batches(10, 3, seed=7, n_step=True))
+    for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
+        export_member(pop, i, twin)
+        for a, b in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        for a, b in zip(d.learner.target.parameters(), twin.learner.target.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        assert twin.learner.updates == d.learner.updates == 10
+        assert twin.learner.read_metrics()["td_loss"] == pytest.approx(d.learner.read_metrics()["td_loss"], rel=1e-5)
+        # Adam's moments came back as a solo optimizer keeps them: a checkpoint of the member resumes solo
+        for p_solo, p_twin in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
+            torch.testing.assert_close(twin.learner.optimizer.state[p_twin]["exp_avg"],
+                                       d.learner.optimizer.state[p_solo]["exp_avg"], atol=1e-6, rtol=1e-4)
+    first = next(iter(solo[0].learner.online.parameters()))
+    other = next(iter(solo[2].learner.online.parameters()))
+    assert not torch.allclose(first, other)
+
+
+@pytest.mark.parametrize("extra", [["network.dueling=true"], ["learner.distributional=c51", "network.atoms=11"]],
+                         ids=["dueling", "c51"])
+def test_a_convolutional_torso_outside_the_stack_batches_through_autograd(extra: list[str]) -> None:
+    from dqnrun.population.functional import FuncPopulationLearner
+
+    solo = [_minatar_dqn([*m, *extra]) for m in MEMBERS]
+    twins = [_minatar_dqn([*m, *extra]) for m in MEMBERS]
+    assert all(d.learner.manual is None for d in solo)  # autograd in the solo runs too
+    pop = stack_members(twins)
+    assert isinstance(pop, FuncPopulationLearner)
+    obs = torch.rand(3, 5, 10, 10, 4).lt(0.1).numpy()
+    got = pop.greedy(obs)
+    for i, d in enumerate(solo):
+        np.testing.assert_array_equal(got[i], d.learner.greedy_actions(obs[i]))
+    _side_by_side(solo, pop, _image_batches(10, 3, seed=11))
+    for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
+        export_member(pop, i, twin)
+        for net in ("online", "target"):
+            for a, b in zip(getattr(d.learner, net).parameters(), getattr(twin.learner, net).parameters(), strict=True):
+                torch.testing.assert_close(b, a, atol=1e-5, rtol=0)

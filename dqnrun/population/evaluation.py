@@ -1,0 +1,62 @@
+"""The members' evaluations, run side by side: one batched forward acts for every member's eval envs.
+
+A solo run evaluates by driving its eval episodes (`dqnrun.envs.episode_rounds`) with its own policy, one forward
+of (E, obs) per env step (`dqnrun.run.lifecycle.Run.evaluate`). In lockstep, every member evaluates at the same
+env step, so a population drives all of their episode generators together: per env step one stacked forward
+(`PopulationLearner.greedy`) over the envs whose episode still counts, then each member's own epsilon draws from
+its own eval RNG and its own env step. Each member's result is what its solo evaluation returns: the same env
+seeds, draws and greedy actions (an env whose first episode has ended takes action 0, which its solo run would
+have chosen otherwise; nothing that is returned depends on it, `ActQuery.active`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dqnrun.acting import epsilon_greedy
+
+if TYPE_CHECKING:
+    from dqnrun.population.stacked import PopulationLearner
+    from dqnrun.run.lifecycle import Run
+
+
+def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, Run]]) -> dict[int, Any]:
+    """``members`` ``[(slot, run)]`` -> ``{slot: mean eval return}``, or the exception a member's evaluation
+    raised (its env failing), which is that member's alone."""
+    out: dict[int, Any] = {}
+    live: dict[int, tuple[Any, Any, np.random.Generator, float, int]] = {}
+    for slot, run in members:
+        rounds, rng = run.eval_rounds()
+        try:
+            query = next(rounds)
+        except Exception as exc:
+            out[slot] = exc
+            continue
+        live[slot] = (rounds, query, rng, float(run.cfg.eval.epsilon), int(run.spec.n_actions))
+    while live:
+        slots = list(live)
+        picks = [np.flatnonzero(live[s][1].active) for s in slots]
+        width = max(len(p) for p in picks)
+        first = live[slots[0]][1].obs
+        obs = np.zeros((len(slots), max(width, 1), *first.shape[1:]), dtype=first.dtype)
+        for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
+            obs[i, :len(p)] = live[s][1].obs[p]
+        greedy = learner.greedy(obs, rows=slots)
+        for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
+            rounds, query, rng, epsilon, n_actions = live[s]
+            actions = np.zeros(len(query.obs), dtype=np.int64)
+            actions[p] = greedy[i, :len(p)]
+            if epsilon > 0.0:  # the member's own draws, as `greedy_actor` makes them for its solo run
+                actions = epsilon_greedy(query.obs, lambda _, a=actions: a, epsilon, rng, n_actions)
+            try:
+                live[s] = (rounds, rounds.send(actions), rng, epsilon, n_actions)
+            except StopIteration as done:
+                out[s] = float(np.asarray(done.value).mean())
+                del live[s]
+            except Exception as exc:
+                out[s] = exc
+                del live[s]
+    return out

@@ -1,0 +1,190 @@
+"""The batched autograd path: any network of the DQN family that the hand-written stack does not cover.
+
+Dueling heads, C51 and QR-DQN's distributional heads, Nature's CNN and normalization layers take autograd in a
+solo run (`dqnrun.algos.dqn.learner.Learner`, its ``_loss_terms``). A population runs that same loss code, once
+for all its members: the members' parameters are stacked (``flat (K, P)``, as `StackedMLP` stacks plain MLPs, so
+the batched Adam, the gradient caps, the target syncs and members leaving are shared with it), and
+``torch.func.vmap(torch.func.grad(loss))`` runs member 0's modules, reparametrized with each member's row
+(``torch.func.functional_call``), over the member axis: one batched forward and backward for all of them, each
+member's loss the one its solo run computes (tests/unit/test_population.py checks 10 updates to 1e-5).
+
+What stays out (`dqnrun.population.grouping` says so): NoisyNet layers and IQN draw noise from a random stream
+their solo run owns, and Munchausen's target is computed outside the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from dqnrun.algos.dqn.targets import td_target
+from dqnrun.population.stacked import PopulationLearner
+from dqnrun.replay import Batch
+
+if TYPE_CHECKING:
+    from dqnrun.algos.dqn.learner import Learner
+
+
+class StackedParams:
+    """K copies of one network's parameters: ``flat (K, P)`` and a view ``(K, *shape)`` per named parameter, in
+    ``named_parameters()`` order (the layout of `StackedMLP` that the shared parts of a population read:
+    ``flat``, ``rows``, ``like``, ``keep``, ``member_tensors``)."""
+
+    conv = None
+
+    def __init__(self, flat: torch.Tensor, names: Sequence[str], shapes: Sequence[torch.Size]) -> None:
+        self.names, self.shapes = list(names), [torch.Size(s) for s in shapes]
+        self.size = sum(s.numel() for s in self.shapes)
+        if flat.dim() != 2 or flat.shape[1] != self.size:
+            raise ValueError(f"flat parameters must be (K, {self.size}), got {tuple(flat.shape)}")
+        self.flat = flat
+        self._bind()
+
+    @classmethod
+    def stack(cls, nets: Sequence[nn.Module]) -> StackedParams:
+        named = list(nets[0].named_parameters())
+        flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in net.parameters()]) for net in nets])
+        return cls(flat.contiguous(), [n for n, _ in named], [p.shape for _, p in named])
+
+    def _bind(self) -> None:
+        k, off = self.k, 0
+        self.views = []
+        for s in self.shapes:
+            self.views.append(self.flat[:, off:off + s.numel()].view(k, *s))
+            off += s.numel()
+        self.rows = [self.flat[m] for m in range(k)]
+
+    @property
+    def k(self) -> int:
+        return self.flat.shape[0]
+
+    def like(self, flat: torch.Tensor) -> StackedParams:
+        return StackedParams(flat, self.names, self.shapes)
+
+    def keep(self, members: Sequence[int]) -> None:
+        self.flat = self.flat[list(members)].contiguous()
+        self._bind()
+
+    def member_tensors(self, m: int) -> list[torch.Tensor]:
+        """Member ``m``'s parameters as views, in ``parameters()`` order and shapes."""
+        return [v[m] for v in self.views]
+
+    def params(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        return {prefix + n: v for n, v in zip(self.names, self.views, strict=True)}
+
+
+class _Pair(nn.Module):
+    """The solo learner's online and target networks as one module, so that one ``functional_call`` swaps both
+    for a member's rows while the learner's own loss code runs."""
+
+    def __init__(self, online: nn.Module, target: nn.Module) -> None:
+        super().__init__()
+        self.online, self.target = online, target
+
+    def forward(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+
+class FuncPopulationLearner(PopulationLearner):
+    """`PopulationLearner` for networks outside the hand-written stack: the update and acting are member 0's solo
+    `Learner` code under ``vmap``; everything else (Adam, caps, syncs, metrics, members leaving) is shared.
+
+    Args:
+        solo: member 0's learner; its modules are the templates every member's row runs through.
+        online, target: the members' parameters, stacked.
+        gamma, tau, max_grad_norm, lr, betas, eps, weight_decay: as `PopulationLearner`.
+    """
+
+    def __init__(self, solo: Learner, online: StackedParams, target: StackedParams, **kwargs: Any) -> None:
+        self.solo = solo
+        self.pair = _Pair(solo.online, solo.target)
+        super().__init__(online, target, features=lambda x: x, loss=solo.loss_name, double=solo.double,  # type: ignore[arg-type]
+                         **kwargs)
+
+    def _tensors(self) -> None:
+        self._gamma = torch.tensor(self.gamma, device=self.device)
+        self._cap = torch.tensor(self.max_grad_norm, device=self.device)
+        self._np_layers = None
+
+    @staticmethod
+    def parameters_of(net: nn.Module) -> list[torch.Tensor]:
+        """A member network's parameters in the stack's order (`dqnrun.population.member` copies by it)."""
+        return list(net.parameters())
+
+    # --- acting -----------------------------------------------------------------------------------------
+    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
+        """obs ``(K, E, *obs_shape)`` -> argmax_a Q ``(K, E)``, each member's Q its solo network's forward."""
+        params = self.online
+        if rows is not None and list(rows) != list(range(self.k)):
+            params = StackedParams(self.online.flat[list(rows)], params.names, params.shapes)
+        net = self.solo.online
+
+        def q(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(net, p, (x,))
+
+        with torch.inference_mode():
+            out = vmap(q)(params.params(), torch.as_tensor(obs, device=self.device))
+            return out.argmax(-1).cpu().numpy()
+
+    # --- learning ---------------------------------------------------------------------------------------
+    def targets(self, batch: Batch) -> torch.Tensor | None:
+        return None  # each member's loss computes its own target inside the batched step
+
+    def _member_loss(self, p: dict[str, torch.Tensor], p_target: dict[str, torch.Tensor], obs: torch.Tensor,
+                     action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
+                     gamma: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        solo = self.solo
+
+        def terms() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            y = None
+            if not solo.distributional:  # as `Learner.targets` (or, with double, its per-step target)
+                with torch.no_grad():
+                    y = td_target(reward, terminated, solo.target(next_obs), gamma,
+                                  solo.online(next_obs) if solo.double else None)
+            return solo._loss_terms(obs, action, reward, next_obs, terminated, gamma, weights, y)
+
+        loss, q_mean, td_abs = functional_call(self.pair, {**p, **p_target}, (terms,))
+        return loss, (loss.detach(), q_mean, td_abs)
+
+    @torch.no_grad()
+    def update(self, batch: Batch, active: Sequence[bool] | None = None) -> list[np.ndarray | None]:
+        """G gradient steps on a ``(K, G, B)`` burst for the ``active`` members; |TD error| (K, B) per step for
+        prioritized replay."""
+        k, g_steps, _ = batch.action.shape
+        act = [True] * k if active is None else list(active)
+        mask = torch.tensor(act, device=self.device)
+        step = vmap(grad(self._member_loss, has_aux=True),
+                    in_dims=(0, 0, 0, 0, 0, 0, 0, 0, None if batch.weights is None else 0))
+        out: list[np.ndarray | None] = []
+        for g in range(g_steps):
+            gamma = self._gamma if batch.discount is None else batch.discount[:, g]
+            weights = None if batch.weights is None else batch.weights[:, g]
+            with torch.enable_grad():
+                grads, (loss, q_mean, td_abs) = step(self.online.params("online."), self.target.params("target."),
+                                                     batch.obs[:, g], batch.action[:, g],
+                                                     batch.reward[:, g], batch.next_obs[:, g],
+                                                     batch.terminated[:, g], gamma, weights)
+            for view, name in zip(self.grad.views, self.grad.names, strict=True):  # type: ignore[attr-defined]
+                view.copy_(grads["online." + name])
+            self._clip()
+            self.adam.step(self.online.rows, self.grad.rows, act)
+            self.loss_sum += torch.where(mask, loss, 0.0)
+            self.q_sum += torch.where(mask, q_mean, 0.0)
+            on = np.asarray(act, dtype=np.int64)
+            self.n += on
+            self.updates += on
+            out.append(td_abs.cpu().numpy() if weights is not None else None)
+        return out
+
+
+def stack_functional(learners: Sequence[Learner], **kwargs: Any) -> FuncPopulationLearner:
+    """The members' learners (built or restored) -> one `FuncPopulationLearner`, member i in row i (weights only:
+    `dqnrun.population.member.import_member` brings in the rest)."""
+    online = StackedParams.stack([ln.online for ln in learners])
+    target = StackedParams.stack([ln.target for ln in learners])
+    return FuncPopulationLearner(learners[0], online, target, **kwargs)
