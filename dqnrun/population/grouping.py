@@ -28,10 +28,38 @@ MIN_SPLIT = 1  # a group is split for n_jobs into populations of at least this m
 # dqnrun's Q-networks: plain MLPs and MinAtar's torso take the hand-written stacked update
 # (`dqnrun.population.stacked`), every other head, torso and layer the batched autograd path (`.functional`)
 PLAIN_MLP = ("dqnrun.networks.MLP", "dqnrun.networks.QNetwork")
+STACKED_ACTIVATIONS = ("relu", "tanh")  # what the hand-written stack's backward is written for
+STACKED_TORSOS = (None, "minatar")  # no torso, or MinAtar's one convolution and a ReLU
+# The batched autograd path on a CPU, measured (docs/benchmarks.md, section 12): 8 CartPole seeds of C51 with a
+# dueling head took 102 s as populations and 83 s with joblib; the update costs per member what a solo one does
+# (vmap batches no arithmetic on a CPU core) plus functorch's own overhead. So by default it runs where a GPU is.
+AUTOGRAD_ON_CPU = ("the batched autograd path runs slower than separate runs on a CPU (0.81x joblib, "
+                   "docs/benchmarks.md section 12); hydra.launcher.autograd=true batches it anyway")
 
 
-def eligibility(cfg: DictConfig) -> str | None:
-    """None if a job can be a population member, else why it stands alone (one phrase)."""
+def autograd_key(cfg: DictConfig) -> str | None:
+    """The first setting that puts a job on the batched autograd path (``key=value``), or None: the stacked
+    update takes it (`dqnrun.fastpath.supports`, decided here from the config)."""
+    net, lc = cfg.network, cfg.learner
+    for key in ("dueling", "norm"):
+        if net.get(key):
+            return f"network.{key}={net.get(key)}"
+    head = lc.get("distributional", False)
+    if head not in (False, None, "false", "q"):
+        return f"learner.distributional={head}"
+    if net.get("conv") not in STACKED_TORSOS:
+        return f"network.conv={net.get('conv')}"
+    act = net.get("activation", "relu")
+    if act not in STACKED_ACTIVATIONS or (net.get("conv") and act != "relu"):
+        return f"network.activation={act}"
+    if not lc.get("fast_mlp", True):
+        return "learner.fast_mlp=false"
+    return None
+
+
+def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
+    """None if a job can be a population member, else why it stands alone (one phrase). ``autograd``: whether jobs
+    on the batched autograd path join (``auto``: where CUDA is, `AUTOGRAD_ON_CPU`)."""
     algo = str(OmegaConf.select(cfg, "algo._target_", default=""))
     if algo == "dqnrun.algos.pqn.PQN":
         return ("algo=pqn: its update (RAdam with a decaying learning rate over Q(lambda) rollouts, LayerNorm "
@@ -68,7 +96,16 @@ def eligibility(cfg: DictConfig) -> str | None:
         return "env.action_mask=true: a population acts without masks"
     if str(cfg.get("device", "auto")) not in ("auto", "cpu"):
         return f"device={cfg.device}: populations run on the CPU so far"
+    key = autograd_key(cfg)
+    if key is not None and autograd is not True and (autograd is False or not _gpu()):
+        return f"{key}: {AUTOGRAD_ON_CPU}"
     return None
+
+
+def _gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _strip(tree: Any, keys: Sequence[str]) -> Any:
@@ -114,18 +151,18 @@ class Plan:
 
 
 def plan(configs: Sequence[DictConfig], max_members: int, n_jobs: int = 1,
-         jobs: Sequence[int] | None = None, others: int = 0) -> Plan:
+         jobs: Sequence[int] | None = None, others: int = 0, autograd: Any = "auto") -> Plan:
     """Group jobs: eligible jobs with equal `group_key` form a group (in job order); a group larger than
     ``max_members`` becomes several populations of balanced sizes, and groups are split further (largest first)
     until there are ``n_jobs`` populations to run side by side, as long as each keeps `MIN_SPLIT` members. A group
     of one job is a population of one (its run is the same either way). ``jobs``: the job number of each config,
     for the lines that say why groups were formed apart (default: the indices). ``others``: runs outside ``configs``
-    that take workers too (a sweep's jobs that stand alone)."""
+    that take workers too (a sweep's jobs that stand alone). ``autograd``: as for `eligibility`."""
     num = list(jobs) if jobs is not None else list(range(len(configs)))
     out = Plan()
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(configs):
-        why = eligibility(cfg)
+        why = eligibility(cfg, autograd)
         if why is not None:
             out.alone[i] = why
             continue

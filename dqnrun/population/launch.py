@@ -52,6 +52,7 @@ class Options:
     seeds_per_job: int = 1
     torch_threads: int | None = None
     submitit: dict[str, Any] | None = None
+    autograd: Any = "auto"  # the batched autograd path: auto (where a GPU is) | true | false
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Options:
@@ -63,6 +64,10 @@ class Options:
         out = cls(**known)
         if int(out.n_jobs) < 0:  # joblib's convention: -1 = one population per core, -2 = all cores but one
             out.n_jobs = max(1, available_cores() + 1 + int(out.n_jobs))
+        flag = str(out.autograd).lower()
+        if flag not in ("auto", "true", "false"):
+            raise ValueError(f"hydra.launcher.autograd={out.autograd} must be auto, true or false")
+        out.autograd = flag if flag == "auto" else flag == "true"
         for name in ("max_members", "n_jobs", "seeds_per_job"):
             if int(getattr(out, name)) < 1:
                 raise ValueError(f"hydra.launcher.{name}={getattr(out, name)} must be at least 1")
@@ -96,10 +101,13 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     jobs, members = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, 1)
-    alone_jobs = {j.num: grouping.eligibility(members[j.members[0]].spec.cfg) for j in jobs}
+    alone_jobs = {j.num: grouping.eligibility(members[j.members[0]].spec.cfg, opts.autograd) for j in jobs}
     eligible = [i for i, r in enumerate(members) if alone_jobs[jobs[r.job].num] is None]
     the_plan = grouping.plan([members[i].spec.cfg for i in eligible], opts.max_members, opts.n_jobs,
-                             jobs=[jobs[members[i].job].num for i in eligible], others=len(members) - len(eligible))
+                             jobs=[jobs[members[i].job].num for i in eligible], others=len(members) - len(eligible),
+                             autograd=opts.autograd)
+    if the_plan.alone:  # `eligibility` said yes above: the plan must not drop a job it refuses
+        raise RuntimeError(f"population plan refused jobs the launcher accepted: {the_plan.alone}")
     populations = [[eligible[i] for i in pop] for pop in the_plan.populations]
     say_plan(jobs, members, populations, alone_jobs, the_plan, opts)
     units: list[tuple[str, Any]] = [("population", [members[i].spec for i in pop]) for pop in populations]
@@ -243,7 +251,10 @@ def say_plan(jobs: list[JobSlot], members: list[MemberRecord], populations: list
     side = f", {opts.n_jobs} at a time" if opts.n_jobs > 1 and len(populations) > 1 else ""
     if opts.submitit:
         side = f", each a submitit job ({opts.submitit.get('cluster', 'local')})"
-    print(f"dqnrun train: {what} in {where}{alone_part if n_alone else ''}{side}", flush=True)
+    if not populations:  # every job stands alone: no population to speak of
+        print(f"dqnrun train: {what}, no population: {'each' if n_alone != 1 else 'it'} runs on its own", flush=True)
+    else:
+        print(f"dqnrun train: {what} in {where}{alone_part if n_alone else ''}{side}", flush=True)
     for i, pop in enumerate(populations):
         nums = sorted({jobs[members[m].job].num for m in pop})
         print(f"  population {i + 1}: {len(pop)} member{'s' if len(pop) != 1 else ''} ({grouping.jobs_word(nums)} "

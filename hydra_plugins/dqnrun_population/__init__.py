@@ -55,6 +55,7 @@ class PopulationLauncherConf:
     seeds_per_job: int = 1  # each job trained as this many seeds (seed .. seed+S-1); its value: their IQM
     torch_threads: int | None = None  # the batched update's threads; default: members' torch_threads within the share
     submitit: Any | None = None  # {cluster: local|slurm, <submitit parameters>}: each population one job
+    autograd: Any = "auto"  # batch dueling, C51, Nature CNN...: auto (where a GPU is) | true | false
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf,

@@ -28,7 +28,7 @@ def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_pat
     sweep = tmp_path / "sweep"
     # C51 members: the batched autograd path (`dqnrun.population.functional`); NoisyNet jobs stand alone
     proc = run_cli(["train", "-m", "seed=0,1", "network.noisy=false,true", "learner.distributional=c51", *POP, *SHORT,
-                    f"hydra.sweep.dir={sweep}"], tmp_path)
+                    "hydra.launcher.autograd=true", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "dqnrun train: 4 jobs in 1 population and 2 jobs on their own", lines[:4]

@@ -51,9 +51,20 @@ def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
     assert "rmsprop" in why("optimizer=rmsprop").lower()
     # the hand-written stack and the batched autograd path between them take every other DQN switch
     assert why("learner.double=true", "replay=prioritized") is None
-    for joins in (["network=dueling_mlp"], ["learner.distributional=c51"], ["learner.distributional=qr"],
-                  ["network.norm=layernorm", "network.activation=gelu"]):
-        assert why(*joins) is None, joins
+    for joins, key in ((["network=dueling_mlp"], "network.dueling=True"),
+                       (["learner.distributional=c51"], "learner.distributional=c51"),
+                       (["learner.distributional=qr"], "learner.distributional=qr"),
+                       (["network.activation=gelu"], "network.activation=gelu"),
+                       (["learner.fast_mlp=false"], "learner.fast_mlp=false")):
+        cfg = compose_train(["env=cartpole", *joins])
+        assert grouping.eligibility(cfg, autograd=True) is None, joins
+        assert grouping.autograd_key(cfg) == key
+        # the autograd path is slower than separate runs on a CPU: there it joins only when asked to
+        refused = grouping.eligibility(cfg, autograd=False)
+        assert refused is not None and refused.startswith(key) and "hydra.launcher.autograd=true" in refused
+        if not torch.cuda.is_available():
+            assert grouping.eligibility(cfg) == refused
+    assert grouping.autograd_key(compose_train(["env=minatar_breakout"])) is None  # the stacked update's
 
 
 def test_max_members_cuts_a_group_into_balanced_populations() -> None:
@@ -189,6 +200,9 @@ def test_bad_launcher_options_are_named() -> None:
     with pytest.raises(ValueError, match="unknown option.*bogus.*it takes max_members"):
         Options.of({"bogus": 1})
     assert Options.of({"n_jobs": -1}).n_jobs >= 1  # joblib's convention: one per core
+    with pytest.raises(ValueError, match="hydra.launcher.autograd=maybe must be auto, true or false"):
+        Options.of({"autograd": "maybe"})
+    assert [Options.of({"autograd": v}).autograd for v in (True, "false", "auto")] == [True, False, "auto"]
 
 
 # --- MinAtar's network: its one convolution batched as a matrix product over image patches ---------------
@@ -254,7 +268,7 @@ def test_minatar_jobs_group_and_pixel_replays_stand_alone() -> None:
             for s, lr in [(0, 1e-3), (1, 3e-4)]]
     assert grouping.eligibility(cfgs[0]) is None
     assert grouping.plan(cfgs, max_members=64).populations == [[0, 1]]
-    assert grouping.eligibility(compose_train(["env=minatar_breakout", "network=nature_cnn"])) is None
+    assert grouping.eligibility(compose_train(["env=minatar_breakout", "network=nature_cnn"]), autograd=True) is None
     why = grouping.eligibility(compose_train(["env=pong"]))
     assert why is not None and "replay.storage=frames" in why
 
@@ -366,3 +380,19 @@ def test_a_convolutional_torso_outside_the_stack_batches_through_autograd(extra:
         for net in ("online", "target"):
             for a, b in zip(getattr(d.learner, net).parameters(), getattr(twin.learner, net).parameters(), strict=True):
                 torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+def test_the_autograd_path_weighs_samples_and_returns_priorities_as_prioritized_replay_needs() -> None:
+    solo = [_dqn([*m, "learner.distributional=c51"]) for m in MEMBERS]
+    pop = stack_members([_dqn([*m, "learner.distributional=c51"]) for m in MEMBERS])
+    gen = torch.Generator().manual_seed(3)
+    for row in _batches(3, 3, seed=5, n_step=False):
+        row = [b._replace(weights=torch.rand(1, 32, generator=gen) + 0.1, indices=np.arange(32)[None]) for b in row]
+        got = pop.update(_stack(row))
+        for i, (d, b) in enumerate(zip(solo, row, strict=True)):
+            (_, td_abs), = d.learner.update(b)  # the solo learner's (rows, |TD|) for its priorities
+            np.testing.assert_allclose(got[0][i], td_abs, rtol=1e-4, atol=1e-5)
+    twin = _dqn([*MEMBERS[1], "learner.distributional=c51"])
+    export_member(pop, 1, twin)
+    for a, b in zip(solo[1].learner.online.parameters(), twin.learner.online.parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
