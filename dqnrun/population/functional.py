@@ -8,8 +8,9 @@ the batched Adam, the gradient caps, the target syncs and members leaving are sh
 (``torch.func.functional_call``), over the member axis: one batched forward and backward for all of them, each
 member's loss the one its solo run computes (tests/unit/test_population.py checks 10 updates to 1e-5).
 
-What stays out (`dqnrun.population.grouping` says so): NoisyNet layers and IQN draw noise from a random stream
-their solo run owns, and Munchausen's target is computed outside the loss.
+IQN's fractions are drawn outside the batched step, each member's from its own generator, as its solo step draws
+them. What stays out (`dqnrun.population.grouping` says so): NoisyNet layers draw their noise from the global torch
+stream of their solo run, which members cannot share.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from dqnrun.algos.dqn.targets import td_target
+from dqnrun.algos.dqn.targets import munchausen_target, td_target
 from dqnrun.population.stacked import PopulationLearner
 from dqnrun.replay import Batch
 
@@ -95,13 +96,15 @@ class FuncPopulationLearner(PopulationLearner):
     `Learner` code under ``vmap``; everything else (Adam, caps, syncs, metrics, members leaving) is shared.
 
     Args:
-        solo: member 0's learner; its modules are the templates every member's row runs through.
+        learners: the members' own learners; member 0's modules are the templates every member's row runs through.
         online, target: the members' parameters, stacked.
         gamma, tau, max_grad_norm, lr, betas, eps, weight_decay: as `PopulationLearner`.
     """
 
-    def __init__(self, solo: Learner, online: StackedParams, target: StackedParams, **kwargs: Any) -> None:
-        self.solo = solo
+    def __init__(self, learners: Sequence[Learner], online: StackedParams, target: StackedParams,
+                 **kwargs: Any) -> None:
+        self.members = list(learners)  # each member's own learner, for what it draws from its own streams (IQN)
+        self.solo = solo = learners[0]
         self.pair = _Pair(solo.online, solo.target)
         super().__init__(online, target, features=lambda x: x, loss=solo.loss_name, double=solo.double,  # type: ignore[arg-type]
                          **kwargs)
@@ -132,21 +135,39 @@ class FuncPopulationLearner(PopulationLearner):
             return out.argmax(-1).cpu().numpy()
 
     # --- learning ---------------------------------------------------------------------------------------
+    def _taus(self, b: int, active: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """IQN's fractions for this step, (K, B, N) and (K, B, N'): each updating member's drawn from its own
+        generator (its solo learner's ``tau_gen``, saved in its checkpoints), as its solo step draws them; a member
+        not updating draws nothing (zeros)."""
+        drawn = [ln._sample_taus(b) if on else None for ln, on in zip(self.members, active, strict=True)]
+        ref = next(d for d in drawn if d is not None)
+        return tuple(torch.stack([d[i] if d is not None else torch.zeros_like(ref[i]) for d in drawn])  # type: ignore[return-value]
+                     for i in (0, 1))
+
+    def keep(self, members: Sequence[int]) -> None:
+        self.members = [self.members[m] for m in members]
+        super().keep(members)
+
     def targets(self, batch: Batch) -> torch.Tensor | None:
         return None  # each member's loss computes its own target inside the batched step
 
     def _member_loss(self, p: dict[str, torch.Tensor], p_target: dict[str, torch.Tensor], obs: torch.Tensor,
                      action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
-                     gamma: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, tuple[Any, ...]]:
+                     gamma: torch.Tensor, weights: torch.Tensor | None,
+                     taus: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[Any, ...]]:
         solo = self.solo
 
         def terms() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             y = None
             if not solo.distributional:  # as `Learner.targets` (or, with double, its per-step target)
                 with torch.no_grad():
-                    y = td_target(reward, terminated, solo.target(next_obs), gamma,
-                                  solo.online(next_obs) if solo.double else None)
-            return solo._loss_terms(obs, action, reward, next_obs, terminated, gamma, weights, y)
+                    next_q = solo.target(next_obs)
+                    if solo.munchausen is not None:
+                        y = munchausen_target(reward, terminated, gamma, solo.target(obs), action, next_q,
+                                              *solo.munchausen)
+                    else:
+                        y = td_target(reward, terminated, next_q, gamma, solo.online(next_obs) if solo.double else None)
+            return solo._loss_terms(obs, action, reward, next_obs, terminated, gamma, weights, y, taus)
 
         loss, q_mean, td_abs = functional_call(self.pair, {**p, **p_target}, (terms,))
         return loss, (loss.detach(), q_mean, td_abs)
@@ -158,17 +179,19 @@ class FuncPopulationLearner(PopulationLearner):
         k, g_steps, _ = batch.action.shape
         act = [True] * k if active is None else list(active)
         mask = torch.tensor(act, device=self.device)
+        iqn = self.solo.tau_gen is not None
         step = vmap(grad(self._member_loss, has_aux=True),
-                    in_dims=(0, 0, 0, 0, 0, 0, 0, 0, None if batch.weights is None else 0))
+                    in_dims=(0, 0, 0, 0, 0, 0, 0, 0, None if batch.weights is None else 0, 0 if iqn else None))
         out: list[np.ndarray | None] = []
         for g in range(g_steps):
             gamma = self._gamma if batch.discount is None else batch.discount[:, g]
             weights = None if batch.weights is None else batch.weights[:, g]
+            taus = self._taus(batch.action.shape[2], act) if iqn else None
             with torch.enable_grad():
                 grads, (loss, q_mean, td_abs) = step(self.online.params("online."), self.target.params("target."),
                                                      batch.obs[:, g], batch.action[:, g],
                                                      batch.reward[:, g], batch.next_obs[:, g],
-                                                     batch.terminated[:, g], gamma, weights)
+                                                     batch.terminated[:, g], gamma, weights, taus)
             for view, name in zip(self.grad.views, self.grad.names, strict=True):  # type: ignore[attr-defined]
                 view.copy_(grads["online." + name])
             self._clip()
@@ -187,4 +210,4 @@ def stack_functional(learners: Sequence[Learner], **kwargs: Any) -> FuncPopulati
     `dqnrun.population.member.import_member` brings in the rest)."""
     online = StackedParams.stack([ln.online for ln in learners])
     target = StackedParams.stack([ln.target for ln in learners])
-    return FuncPopulationLearner(learners[0], online, target, **kwargs)
+    return FuncPopulationLearner(learners, online, target, **kwargs)

@@ -47,6 +47,8 @@ def autograd_key(cfg: DictConfig) -> str | None:
     head = lc.get("distributional", False)
     if head not in (False, None, "false", "q"):
         return f"learner.distributional={head}"
+    if lc.get("munchausen", False):
+        return "learner.munchausen=true"
     if net.get("conv") not in STACKED_TORSOS:
         return f"network.conv={net.get('conv')}"
     act = net.get("activation", "relu")
@@ -74,12 +76,6 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
         return ("network.noisy=true: NoisyNet layers draw their noise from the run's own torch stream, which "
                 "members cannot share")
     lc = cfg.learner
-    head = lc.get("distributional", False)
-    if str(head).lower() == "iqn":
-        return ("learner.distributional=iqn: IQN draws its fractions from the run's own stream, which members "
-                "cannot share")
-    if lc.get("munchausen", False):
-        return "learner.munchausen=true: its target is not batched"
     if lc.get("loss", "huber") not in ("huber", "mse"):
         return f"learner.loss={lc.get('loss')}: the stacked update has huber and mse"
     if cfg.get("compile", False):
@@ -90,8 +86,6 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
     replay = cfg.get("replay") or {}
     if replay.get("latest", False):
         return "replay=latest: online learning without history stands alone"
-    if replay.get("storage", "transitions") != "transitions":
-        return f"replay.storage={replay.get('storage')}: pixel replays stand alone"
     if cfg.env.get("action_mask", False):
         return "env.action_mask=true: a population acts without masks"
     if str(cfg.get("device", "auto")) not in ("auto", "cpu"):

@@ -102,7 +102,7 @@ def stack_members(dqns: list[DQN]) -> PopulationLearner:
                                 for d in dqns],
               "lr": [g["lr"] for g in opt], "betas": tuple(opt[0]["betas"]), "eps": opt[0]["eps"],
               "weight_decay": opt[0]["weight_decay"]}
-    if first.head != "q" or not supports(first.online):  # the batched autograd path (`FuncPopulationLearner`)
+    if first.head != "q" or first.munchausen is not None or not supports(first.online):  # the batched autograd path
         learner: PopulationLearner = stack_functional([d.learner for d in dqns], **shared)
         for i, dqn in enumerate(dqns):
             import_member(learner, i, dqn)

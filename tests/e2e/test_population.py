@@ -257,3 +257,27 @@ def test_a_minatar_population_member_trains_as_its_solo_twin(tmp_path: Path) -> 
         assert member[key] == twin[key], key
     a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True)["policy"] for d in (sweep / "1", solo))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+@pytest.mark.thorough
+def test_a_pong_population_member_trains_as_its_solo_twin(tmp_path: Path) -> None:
+    """Nature's CNN over a replay of frames, on the batched autograd path (`hydra.launcher.autograd=true`): a
+    member's 150 updates land where its solo twin's do."""
+    short = ["env=pong", "total_steps=1200", "algo.learning_starts=600", "replay.capacity=2000", "eval.every=1200",
+             "eval.episodes=1", "eval.max_envs=1", "env.kwargs.max_num_frames_per_episode=400", "log.progress=false"]
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "seed=0,1", *short, "hydra/launcher=population", "hydra.launcher.n_jobs=1",
+                    "hydra.launcher.autograd=true", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "dqnrun train: 2 jobs in 1 population", proc.stdout
+    solo = tmp_path / "solo"
+    proc = run_cli(["train", "seed=1", *short, f"hydra.run.dir={solo}"], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    member, twin = results(sweep / "1"), results(solo)
+    for key in ("steps", "updates", "eval_history"):
+        assert member[key] == twin[key], key
+    assert member["updates"] == 150
+    a = torch.load(sweep / "1" / "checkpoints" / "last.pt", weights_only=False)["policy"]
+    b = torch.load(solo / "checkpoints" / "last.pt", weights_only=False)["policy"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)

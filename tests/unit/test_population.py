@@ -45,8 +45,6 @@ def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
         return grouping.eligibility(compose_train(["env=cartpole", *overrides]))
 
     assert "noisy" in why("network=noisy_mlp")
-    assert "iqn" in why("learner.distributional=iqn")
-    assert "munchausen" in why("learner.munchausen=true")
     assert "pqn" in why("algo=pqn")
     assert "rmsprop" in why("optimizer=rmsprop").lower()
     # the hand-written stack and the batched autograd path between them take every other DQN switch
@@ -54,6 +52,8 @@ def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
     for joins, key in ((["network=dueling_mlp"], "network.dueling=True"),
                        (["learner.distributional=c51"], "learner.distributional=c51"),
                        (["learner.distributional=qr"], "learner.distributional=qr"),
+                       (["learner.distributional=iqn"], "learner.distributional=iqn"),
+                       (["learner.munchausen=true"], "learner.munchausen=true"),
                        (["network.activation=gelu"], "network.activation=gelu"),
                        (["learner.fast_mlp=false"], "learner.fast_mlp=false")):
         cfg = compose_train(["env=cartpole", *joins])
@@ -263,14 +263,15 @@ def test_minatar_greedy_actions_of_the_stack_are_each_members_own() -> None:
         np.testing.assert_array_equal(got[i], q.argmax(1).numpy())
 
 
-def test_minatar_jobs_group_and_pixel_replays_stand_alone() -> None:
+def test_minatar_jobs_group_and_pixel_jobs_join_through_autograd() -> None:
     cfgs = [compose_train(["env=minatar_breakout", f"seed={s}", f"optimizer.lr={lr}"])
             for s, lr in [(0, 1e-3), (1, 3e-4)]]
     assert grouping.eligibility(cfgs[0]) is None
     assert grouping.plan(cfgs, max_members=64).populations == [[0, 1]]
     assert grouping.eligibility(compose_train(["env=minatar_breakout", "network=nature_cnn"]), autograd=True) is None
-    why = grouping.eligibility(compose_train(["env=pong"]))
-    assert why is not None and "replay.storage=frames" in why
+    pong = compose_train(["env=pong"])  # Nature's CNN over a replay of frames: the batched autograd path
+    assert grouping.eligibility(pong, autograd=True) is None
+    assert grouping.eligibility(pong, autograd=False).startswith("network.conv=nature")
 
 
 # --- evaluation side by side --------------------------------------------------------------------------
@@ -326,6 +327,11 @@ AUTOGRAD_VARIANTS = {
     "c51": ["learner.distributional=c51"],
     "qr": ["learner.distributional=qr", "network.quantiles=8"],
     "dueling_double_layernorm": ["network=dueling_mlp", "learner.double=true", "network.norm=layernorm"],
+    # IQN's fractions: each member's from its own generator, as its solo run draws them
+    "iqn": ["learner.distributional=iqn", "learner.iqn_n=8", "learner.iqn_n_prime=8", "learner.iqn_k=8"],
+    "munchausen": ["learner.munchausen=true"],
+    "iqn_munchausen": ["learner.distributional=iqn", "learner.munchausen=true", "learner.iqn_n=8",
+                       "learner.iqn_n_prime=8", "learner.iqn_k=8"],
 }
 
 
