@@ -402,3 +402,24 @@ def test_the_autograd_path_weighs_samples_and_returns_priorities_as_prioritized_
     export_member(pop, 1, twin)
     for a, b in zip(solo[1].learner.online.parameters(), twin.learner.online.parameters(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+def test_an_iqn_member_that_leaves_keeps_the_others_draws_and_rows() -> None:
+    """After member 1 leaves, members 0 and 2 (now slots 0 and 1) go on with their own weights, Adam state and
+    fraction generators: their next updates still equal their solo runs'."""
+    extra = AUTOGRAD_VARIANTS["iqn"]
+    solo = [_dqn([*m, *extra]) for m in MEMBERS]
+    twins = [_dqn([*m, *extra]) for m in MEMBERS]
+    pop = stack_members(twins)
+    batches = _batches(6, 3, seed=9, n_step=True)
+    _side_by_side(solo, pop, batches[:3])
+    pop.keep([0, 2])
+    for row in batches[3:]:
+        for i in (0, 2):
+            solo[i].learner.update(row[i])
+        pop.update(_stack([row[0], row[2]]))
+    for slot, i in enumerate((0, 2)):
+        export_member(pop, slot, twins[i])
+        for a, b in zip(solo[i].learner.online.parameters(), twins[i].learner.online.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        assert torch.equal(twins[i].learner.tau_gen.get_state(), solo[i].learner.tau_gen.get_state())
