@@ -243,6 +243,10 @@ class BatchedAdam:
 # From this many rows per member (an evaluation's envs), torch's batched products beat numpy's on the CPU
 # (measured for [128, 128]: 530 vs 391 us at 100 rows, 64 vs 98 us at 4); below it numpy's lower call cost wins.
 TORCH_ACTING_ROWS = 16
+# A layer this narrow on its input side (CartPole's 4 observations into 128 units) gets its weight gradient as
+# (x^T dq)^T: batched (K, 128, B) @ (K, B, 4) took 216 us here against 42 us for (K, 4, B) @ (K, B, 128) and a
+# transposed copy (K = 8, B = 128, one thread); wider inputs measured no gain, or a loss, that way.
+NARROW_INPUT = 16
 
 
 class PopulationLearner:
@@ -424,7 +428,11 @@ class PopulationLearner:
         dq = torch.zeros_like(q).scatter_(2, idx, grad_q.unsqueeze(2))
         online, grads = self.online, self.grad
         for i in range(len(online.weights) - 1, -1, -1):
-            torch.bmm(dq.transpose(1, 2), acts[i], out=grads.weights[i])
+            out_f, in_f = online.shapes[i]
+            if in_f <= NARROW_INPUT and out_f >= 4 * in_f:  # x^T dq, transposed: 5x faster for CartPole's 4 -> 128
+                grads.weights[i].copy_(torch.bmm(acts[i].transpose(1, 2), dq).transpose(1, 2))
+            else:
+                torch.bmm(dq.transpose(1, 2), acts[i], out=grads.weights[i])
             torch.sum(dq, 1, out=grads.biases[i])
             if i > 0:
                 dq = self.derivative(torch.bmm(dq, online.weights[i]), acts[i])
