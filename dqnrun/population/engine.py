@@ -251,6 +251,7 @@ class Population:
         earlier = sorted(p.name for p in (run.run_dir / "tb").glob("*") if p.is_dir()) if run.ckpt else []
         if earlier:
             label = earlier[0]
+        run.population_members = len(self._live)  # type: ignore[union-attr]  # its results.json says so
         with self.router.member(m.key):
             run.logger = builders.build_logger(cfg, run.run_dir, label, purge)  # type: ignore[union-attr]
             log.info("training in %s (pid %d), one of %d members of %s", run.run_dir, os.getpid(),

@@ -241,8 +241,20 @@ def _few_seeds_note(summaries: Sequence[Summary]) -> str | None:
             f"{FEW_SEEDS} finished runs: bootstrap CIs from so few seeds understate the uncertainty")
 
 
+def _population_note(summaries: Sequence[Summary]) -> str | None:
+    # A population member's SPS is its own steps over the population's wall clock, which K members shared:
+    # beside a solo run's it would read as K times slower.
+    pops = [s for s in summaries if (s.get("population_members") or 0) > 1]
+    if not pops:
+        return None
+    most = max(s["population_members"] for s in pops)
+    return (f"{', '.join('#' + str(s['rank']) for s in pops)} trained as population members (up to {most} per "
+            f"population): their SPS is each member's env steps over its population's wall clock, which the "
+            f"members shared")
+
+
 def notes(summaries: Sequence[Summary], sort: str) -> list[str]:
-    return [n for n in (_best_note(summaries, sort), _few_seeds_note(summaries)) if n]
+    return [n for n in (_best_note(summaries, sort), _few_seeds_note(summaries), _population_note(summaries)) if n]
 
 
 def _verdict(x: str, y: str, lo: float, hi: float) -> str:

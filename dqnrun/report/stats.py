@@ -181,6 +181,8 @@ def summarize(group: Sequence[Run], label: str = "", reps: int = DEFAULT_REPS, s
     out["median_steps_to_solve"] = float(np.median(solve_steps)) if solve_steps else None
     sps = _finite_values(finished, "sps")
     out["median_sps"] = float(np.median(sps)) if sps else None
+    members = _finite_values(finished, "population_members")
+    out["population_members"] = int(max(members)) if members else None  # SPS is then each member's share
     return out
 
 

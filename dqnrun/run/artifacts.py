@@ -39,7 +39,8 @@ RESULT_FIELDS = (
     "status", "stop_reason", "error", "algo", "env_id", "seed", "name", "tags", "overrides", "steps", "total_steps",
     "updates", "episodes", "train_seconds", "sps", "final_eval_return", "best_eval_return", "solved_score",
     "solved_at_step", "solved_at_seconds", "recent_train_return", "resumed_from_step", "init_from",
-    "eval_history", "run_dir", "device", "torch_threads", "cpu_share", "dqnrun_version", "pid", "sweep_id",
+    "eval_history", "run_dir", "device", "torch_threads", "cpu_share", "population_members", "dqnrun_version", "pid",
+    "sweep_id",
     "updated_at", "objective",
 )
 

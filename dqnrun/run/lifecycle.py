@@ -224,6 +224,7 @@ class Run:
         self.started = time.time()
         self.restored = ckpt is None  # a resumed run's record is its own again once its restore succeeded
         self.session: Session | None = None
+        self.population_members: int | None = None  # set when the run trains as a member of a population
 
     # 1. prepare ---------------------------------------------------------------------------------------
     @classmethod
@@ -530,6 +531,7 @@ def results_record(run: Run, status: str, stop_reason: str | None, error: str | 
         "device": str(run.algo.device) if run.algo is not None else None,
         "torch_threads": torch.get_num_threads(),
         "cpu_share": run.job.cpu_share,
+        "population_members": run.population_members,
         "dqnrun_version": __version__,
         "pid": os.getpid(),
         "host": socket.gethostname(),

@@ -71,6 +71,9 @@ def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_pat
     rep = run_cli(["report", str(sweep)], tmp_path)
     assert rep.returncode == 0, rep.stderr
     assert "network.noisy" in rep.stdout and (sweep / "report.md").exists()
+    # a member's SPS is its steps over the population's wall clock: the record and the report say so
+    assert results(sweep / "2")["population_members"] == 2 and results(sweep / "1")["population_members"] is None
+    assert "trained as population members (up to 2 per population)" in " ".join(rep.stdout.split())
 
 
 def test_a_member_whose_loss_goes_non_finite_fails_alone(tmp_path: Path) -> None:
