@@ -24,14 +24,7 @@ BUDGET_S=${BUDGET_S:-420}           # ~7 minutes of training, as the issue plans
 OUT=${OUT:-/tmp/pong_gpu_out}
 DEVICE=${DEVICE:-cuda}              # DEVICE=cpu BUDGET_S=30 bash bench/pong_gpu.sh: a dry run of the mechanics here
 export OUT BUDGET_S DEVICE
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+source "$(dirname "$0")/_gpu_env.sh"
 ${PYTHON:-python3} - <<'EOF'
 import json, os, time, signal, threading, sys
 from pathlib import Path

@@ -23,14 +23,7 @@ SEEDS=${SEEDS:-16}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/population_gpu_out}
 export OUT BUDGET_S SEEDS DEVICE
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+source "$(dirname "$0")/_gpu_env.sh"
 ${PYTHON:-python3} - <<'EOF'
 import json, os, signal, subprocess, sys, time
 from pathlib import Path

@@ -109,11 +109,6 @@ class FuncPopulationLearner(PopulationLearner):
         super().__init__(online, target, features=lambda x: x, loss=solo.loss_name, double=solo.double,  # type: ignore[arg-type]
                          **kwargs)
 
-    def _tensors(self) -> None:
-        self._gamma = torch.tensor(self.gamma, device=self.device)
-        self._cap = torch.tensor(self.max_grad_norm, device=self.device)
-        self._np_layers = None
-
     @staticmethod
     def parameters_of(net: nn.Module) -> list[torch.Tensor]:
         """A member network's parameters in the stack's order (`dqnrun.population.member` copies by it)."""
@@ -122,9 +117,8 @@ class FuncPopulationLearner(PopulationLearner):
     # --- acting -----------------------------------------------------------------------------------------
     def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
         """obs ``(K, E, *obs_shape)`` -> argmax_a Q ``(K, E)``, each member's Q its solo network's forward."""
-        params = self.online
-        if rows is not None and list(rows) != list(range(self.k)):
-            params = StackedParams(self.online.flat[list(rows)], params.names, params.shapes)
+        subset = self._subset(rows)
+        params = self.online if subset is None else self.online.like(self.online.flat[subset])
         net = self.solo.online
 
         def q(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +178,7 @@ class FuncPopulationLearner(PopulationLearner):
                     in_dims=(0, 0, 0, 0, 0, 0, 0, 0, None if batch.weights is None else 0, 0 if iqn else None))
         out: list[np.ndarray | None] = []
         for g in range(g_steps):
-            gamma = self._gamma if batch.discount is None else batch.discount[:, g]
+            gamma = self._gamma.view(-1) if batch.discount is None else batch.discount[:, g]
             weights = None if batch.weights is None else batch.weights[:, g]
             taus = self._taus(batch.action.shape[2], act) if iqn else None
             with torch.enable_grad():
@@ -194,13 +188,7 @@ class FuncPopulationLearner(PopulationLearner):
                                                      batch.terminated[:, g], gamma, weights, taus)
             for view, name in zip(self.grad.views, self.grad.names, strict=True):  # type: ignore[attr-defined]
                 view.copy_(grads["online." + name])
-            self._clip()
-            self.adam.step(self.online.rows, self.grad.rows, act)
-            self.loss_sum += torch.where(mask, loss, 0.0)
-            self.q_sum += torch.where(mask, q_mean, 0.0)
-            on = np.asarray(act, dtype=np.int64)
-            self.n += on
-            self.updates += on
+            self._step(loss, q_mean, act, mask)
             out.append(td_abs.cpu().numpy() if weights is not None else None)
         return out
 

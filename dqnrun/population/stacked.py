@@ -289,7 +289,8 @@ class PopulationLearner:
         """Per-member constants as tensors (rebuilt when members leave)."""
         self._gamma = torch.tensor(self.gamma, device=self.device).view(-1, 1, 1)
         self._cap = torch.tensor(self.max_grad_norm, device=self.device)
-        self._np_layers = self.online.numpy_layers() if self.device.type == "cpu" else None
+        cpu_stack = self.device.type == "cpu" and isinstance(self.online, StackedMLP)  # numpy acting
+        self._np_layers = self.online.numpy_layers() if cpu_stack else None
 
     @property
     def k(self) -> int:
@@ -308,22 +309,24 @@ class PopulationLearner:
         self._tensors()
 
     # --- acting -----------------------------------------------------------------------------------------
+    def _subset(self, rows: Sequence[int] | None) -> list[int] | None:
+        """``rows`` (slots) as a list where they are not every member in slot order, else None."""
+        return None if rows is None or list(rows) == list(range(self.k)) else list(rows)
+
     def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
         """obs ``(K, E, *obs_shape)`` -> argmax_a Q ``(K, E)`` int64. On the CPU in numpy on views of the live
         weights, the same products per member as a solo run's `dqnrun.fastpath.NumpyGreedyActor`. With ``rows``
         (slots), obs is ``(len(rows), E, ...)`` and only those members act."""
         k, e = obs.shape[:2]
+        subset = self._subset(rows)
         if self._np_layers is None or e >= TORCH_ACTING_ROWS:
-            net = self.online
-            if rows is not None and list(rows) != list(range(self.k)):
-                net = StackedMLP(net.flat[list(rows)], net.shapes, net.activation, net.conv)
+            net = self.online if subset is None else self.online.like(self.online.flat[subset])
             with torch.inference_mode():
                 q = net.forward(self._feats(torch.as_tensor(obs, device=self.device)))
                 return q.argmax(2).cpu().numpy()
         layers = self._np_layers
-        if rows is not None and list(rows) != list(range(self.k)):
-            idx = list(rows)
-            layers = [(w_t[idx], b[idx]) for w_t, b in layers]
+        if subset is not None:
+            layers = [(w_t[subset], b[subset]) for w_t, b in layers]
         conv = self.online.conv
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged member: its finite check reports it
             if conv is not None:
@@ -393,15 +396,20 @@ class PopulationLearner:
                               self.online.forward(nf))  # type: ignore[arg-type]
             weights = None if batch.weights is None else batch.weights[:, g]
             loss, q_mean, diff = self._gradient(self._feats(obs), action, y, weights)
-            self._clip()
-            self.adam.step(self.online.rows, self.grad.rows, act)
-            self.loss_sum += torch.where(mask, loss, 0.0)
-            self.q_sum += torch.where(mask, q_mean, 0.0)
-            on = np.asarray(act, dtype=np.int64)
-            self.n += on
-            self.updates += on
+            self._step(loss, q_mean, act, mask)
             out.append(diff.abs().cpu().numpy() if weights is not None else None)
         return out
+
+    def _step(self, loss: torch.Tensor, q_mean: torch.Tensor, act: list[bool], mask: torch.Tensor) -> None:
+        """With the gradient in ``self.grad``: cap it per member, step the active members' Adam, count their
+        update and add their loss and mean Q to the sums read at logging time."""
+        self._clip()
+        self.adam.step(self.online.rows, self.grad.rows, act)
+        self.loss_sum += torch.where(mask, loss, 0.0)
+        self.q_sum += torch.where(mask, q_mean, 0.0)
+        on = np.asarray(act, dtype=np.int64)
+        self.n += on
+        self.updates += on
 
     def _gradient(self, x: torch.Tensor, action: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -127,6 +127,19 @@ def _side_by_side(solo: list, pop, batches: list[list[Batch]]) -> None:
         pop.update(_stack(row))
 
 
+def _members_equal_solo(solo: list, twins: list, pop) -> None:
+    """Each member exported from ``pop`` into its twin holds its solo run's online and target weights (to 1e-5),
+    its 10 updates and its mean loss."""
+    for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
+        export_member(pop, i, twin)
+        for a, b in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        for a, b in zip(d.learner.target.parameters(), twin.learner.target.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        assert twin.learner.updates == d.learner.updates == 10
+        assert twin.learner.read_metrics()["td_loss"] == pytest.approx(d.learner.read_metrics()["td_loss"], rel=1e-5)
+
+
 @pytest.mark.parametrize("double", [False, True])
 @pytest.mark.parametrize("n_step", [False, True])
 def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_step: bool) -> None:
@@ -136,14 +149,7 @@ def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_ste
     pop = stack_members(twins)
     assert pop.adam.lr == [1e-3, 3e-3, 1e-3] and pop.max_grad_norm[2] == float("inf")
     _side_by_side(solo, pop, _batches(10, 3, seed=7, n_step=n_step))
-    for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
-        export_member(pop, i, twin)
-        for a, b in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-        for a, b in zip(d.learner.target.parameters(), twin.learner.target.parameters(), strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-        assert twin.learner.updates == d.learner.updates == 10
-        assert twin.learner.read_metrics()["td_loss"] == pytest.approx(d.learner.read_metrics()["td_loss"], rel=1e-5)
+    _members_equal_solo(solo, twins, pop)
     # and the members really learned different things (per-member lr, gamma, cap): not one shared update
     assert not torch.allclose(solo[0].learner.online.linears[0].weight, solo[2].learner.online.linears[0].weight)
 
@@ -349,14 +355,8 @@ def test_autograd_variants_batched_updates_equal_their_solo_updates(variant: str
     for i, d in enumerate(solo):  # acting before any update: each member's own greedy actions
         np.testing.assert_array_equal(got[i], d.learner.greedy_actions(obs[i]))
     _side_by_side(solo, pop, _batches(10, 3, seed=7, n_step=True))
-    for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
-        export_member(pop, i, twin)
-        for a, b in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-        for a, b in zip(d.learner.target.parameters(), twin.learner.target.parameters(), strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-        assert twin.learner.updates == d.learner.updates == 10
-        assert twin.learner.read_metrics()["td_loss"] == pytest.approx(d.learner.read_metrics()["td_loss"], rel=1e-5)
+    _members_equal_solo(solo, twins, pop)
+    for d, twin in zip(solo, twins, strict=True):
         # Adam's moments came back as a solo optimizer keeps them: a checkpoint of the member resumes solo
         for p_solo, p_twin in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
             torch.testing.assert_close(twin.learner.optimizer.state[p_twin]["exp_avg"],

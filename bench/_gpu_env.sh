@@ -1,0 +1,10 @@
+# Sourced by bench/pong_gpu.sh and bench/population_gpu.sh on the device machine (its header says how to bring
+# the wheels it lacks in .whl/): makes $OUT, installs those wheels into /tmp/site, sets PYTHONPATH, names the GPU.
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
