@@ -237,6 +237,14 @@ def make_vector_env(
     )
 
 
+def steps_in_two_halves(envs: gym.vector.VectorEnv) -> bool:
+    """True if ``envs.step(a)`` is exactly ``envs.send(a)`` then ``envs.recv()``, and the games run in the env's own
+    threads in between: ale_py's C++ vector env, bare or under `dqnrun.envs.atari.GameOverInfo`."""
+    if getattr(type(envs), "STEPS_IN_TWO_HALVES", False):
+        return True
+    return type(envs).__name__ == "AtariVectorEnv" and type(envs).__module__.startswith("ale_py")
+
+
 def shares_obs_buffer(envs: gym.vector.VectorEnv) -> bool:
     """True if ``step``/``reset`` return an observation buffer that the next call overwrites."""
     return getattr(envs, "copy", True) is False

@@ -103,8 +103,17 @@ class GameOverInfo(gym.vector.VectorWrapper):
     """Adds ``info[GAME_OVER]``: a game ends at a truncation, or at a termination that took the last life
     (``lives == 0``; games without lives, such as Pong, always report 0, so their terminations end games)."""
 
+    STEPS_IN_TWO_HALVES = True  # `dqnrun.envs.steps_in_two_halves`: send, then recv, as the C++ env does
+
     def step(self, actions: np.ndarray) -> tuple[Any, ...]:
-        obs, reward, terminated, truncated, info = self.env.step(actions)
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        self.env.send(actions)  # type: ignore[attr-defined]
+
+    def recv(self) -> tuple[Any, ...]:
+        obs, reward, terminated, truncated, info = self.env.recv()  # type: ignore[attr-defined]
         info[GAME_OVER] = truncated | (terminated & (info["lives"] == 0))
         return obs, reward, terminated, truncated, info
 

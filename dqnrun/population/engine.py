@@ -8,7 +8,8 @@ training loop with one loop for all of them, which reads as DQN's does (`dqnrun.
     while members remain:
         act       one forward for every member's envs (numpy, stacked weights), each member's own
                   epsilon-greedy draws from its own RNG
-        step      each member's own vector env through its own `Session` (autoreset, episodes, counting)
+        step      each member's own vector env through its own `Session` (autoreset, episodes, counting);
+                  every member's actions go out before any step comes back, so Atari's C++ envs play side by side
         store     each member's own replay buffer (its own sampling RNG: the solo run's replay indices)
         learn     target syncs at each member's own interval, then one batched update of every member
                   whose burst is due (`PopulationLearner`)
@@ -291,12 +292,20 @@ class Population:
                 return cache[0][slot]
             return greedy
 
-        stepped: list[tuple[Member, Any]] = []
+        sent: list[Member] = []
         router = self.router
-        for i, m in enumerate(live):
+        for i, m in enumerate(live):  # every member's actions go out before any member's step comes back:
+            router.current = m.key      # envs that step in their own threads (Atari's) play side by side
+            try:
+                act(m, greedy_of(i))
+                sent.append(m)
+            except Exception as exc:
+                self._failed(m, exc)
+        stepped: list[tuple[Member, Any]] = []
+        for m in sent:
             router.current = m.key
             try:
-                stepped.append((m, self._act_and_store(m, greedy_of(i))))
+                stepped.append((m, receive_and_store(m)))
             except Exception as exc:
                 self._failed(m, exc)
         router.current = None
@@ -324,18 +333,6 @@ class Population:
         results = evaluate_together(self.learner, [(m.slot.index, m.run) for m in due])  # type: ignore[arg-type]
         for m in due:
             m.eval_result = results[m.slot.index]  # type: ignore[index]
-
-    def _act_and_store(self, m: Member, greedy: Any) -> Any:
-        """Act (the member's own epsilon and draws), step its envs, store in its replay: DQN's loop, one member."""
-        dqn, session = m.dqn, m.session
-        step = session.step
-        epsilon = 1.0 if step < dqn.learning_starts else dqn.schedule(step)
-        actions = epsilon_greedy(session.cursor.obs, greedy, epsilon, session.rng, dqn.n_actions)
-        t = session.env_step(actions)
-        clip = dqn.reward_clip
-        reward = t.reward if clip is None else np.clip(t.reward, -clip, clip)
-        dqn.replay.add(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated, t.valid)
-        return t
 
     def _learn(self, stepped: list[tuple[Member, Any]]) -> None:
         """Target syncs at each member's own interval, then one batched update per burst size (one in lockstep)."""
@@ -420,6 +417,26 @@ class Population:
                 m.slot.index = None
         for i, m in enumerate(self._live):
             m.slot.index = i
+
+
+def act(m: Member, greedy: Any) -> None:
+    """Act (the member's own epsilon and draws) and send the actions to its envs: DQN's loop, one member."""
+    dqn, session = m.dqn, m.session
+    assert session is not None
+    step = session.step
+    epsilon = 1.0 if step < dqn.learning_starts else dqn.schedule(step)
+    session.env_send(epsilon_greedy(session.cursor.obs, greedy, epsilon, session.rng, dqn.n_actions))
+
+
+def receive_and_store(m: Member) -> Any:
+    """The member's env step comes back; store it in its replay."""
+    dqn, session = m.dqn, m.session
+    assert session is not None
+    t = session.env_recv()
+    clip = dqn.reward_clip
+    reward = t.reward if clip is None else np.clip(t.reward, -clip, clip)
+    dqn.replay.add(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated, t.valid)
+    return t
 
 
 def stack_batches(batches: dict[int, Batch], k: int) -> Batch:

@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 
 from dqnrun import metrics as M
-from dqnrun.envs import GAME_OVER, shares_obs_buffer
+from dqnrun.envs import GAME_OVER, shares_obs_buffer, steps_in_two_halves
 from dqnrun.envs.masks import vector_mask
 from dqnrun.errors import EnvError, TrainingError
 from dqnrun.loggers import Logger
@@ -199,6 +199,8 @@ class Session:
         self.n_actions = int(envs.single_action_space.n)
         self.reason = "completed"
         self._shared_obs = shares_obs_buffer(envs)  # the env overwrites its obs array in place on every step
+        self._two_halves = steps_in_two_halves(envs)
+        self._sent: np.ndarray | None = None
         if self._shared_obs:
             cursor.obs = cursor.obs.copy()
         self._pending: list[tuple[int, float, int]] = []
@@ -229,10 +231,29 @@ class Session:
 
     def env_step(self, actions: np.ndarray) -> Transition:
         """Step the vector env with ``actions`` (E,), keep the episode statistics, count the steps."""
-        c, state = self.cursor, self.state
+        self.env_send(actions)
+        return self.env_recv()
+
+    def env_send(self, actions: np.ndarray) -> None:
+        """The first half of `env_step`: an env that steps in its own threads (ale_py's C++ vector env) starts
+        on ``actions`` and runs while the caller goes on (a population sends every member's actions before it
+        receives any); any other env steps in `env_recv`."""
+        self._sent = actions
+        if self._two_halves:
+            try:
+                self.envs.send(actions)  # type: ignore[attr-defined]
+            except Exception as exc:
+                raise EnvError(f"step() raised {type(exc).__name__}: {exc}", "step", exc) from exc
+
+    def env_recv(self) -> Transition:
+        """The second half of `env_step`: the step's results, the episode statistics, the count."""
+        c, state, actions = self.cursor, self.state, self._sent
         obs = c.obs
         try:
-            next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+            if self._two_halves:
+                next_obs, reward, terminated, truncated, info = self.envs.recv()  # type: ignore[attr-defined]
+            else:
+                next_obs, reward, terminated, truncated, info = self.envs.step(actions)
         except Exception as exc:  # the env's own bug: named by the lifecycle (`dqnrun.envs.diagnose`)
             raise EnvError(f"step() raised {type(exc).__name__}: {exc}", "step", exc) from exc
         valid = ~c.autoreset

@@ -143,6 +143,35 @@ def test_ale_vector_env_loses_lives_without_resetting_and_marks_game_over_at_the
     assert losses >= 4 and overs >= 1 and losses >= 4 * overs
 
 
+@pytest.mark.parametrize("evaluation", [False, True])
+def test_atari_envs_sent_together_step_as_each_does_alone(evaluation: bool) -> None:
+    """A population sends every member's actions before it receives any (`Session.env_send`): three games
+    playing side by side in their C++ threads return what each returns stepped on its own."""
+    from dqnrun.envs import steps_in_two_halves
+    from dqnrun.envs.atari import make_vector_env
+
+    def games() -> list[Any]:
+        envs = [make_vector_env({"game": "breakout"}, 2, threads=1, evaluation=evaluation) for _ in range(3)]
+        for i, e in enumerate(envs):
+            e.reset(seed=10 * i)
+        return envs
+
+    together, alone = games(), games()
+    assert all(steps_in_two_halves(e) for e in together)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        actions = [rng.integers(0, 4, 2) for _ in together]
+        for e, a in zip(together, actions, strict=True):
+            e.send(a)
+        for e, f, a in zip(together, alone, actions, strict=True):
+            got, want = e.recv(), f.step(a)
+            for x, y in zip(got[:4], want[:4], strict=True):
+                assert np.array_equal(x, y)
+            assert set(got[4]) == set(want[4]) and all(np.array_equal(got[4][k], want[4][k]) for k in want[4])
+    for e in together + alone:
+        e.close()
+
+
 def _learner(net: QNetwork, **kw: Any) -> Learner:
     return Learner(net, copy.deepcopy(net), torch.optim.Adam(net.parameters(), lr=1e-4), **kw)
 
