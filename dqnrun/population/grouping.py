@@ -88,15 +88,19 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
         return "replay=latest: online learning without history stands alone"
     if cfg.env.get("action_mask", False):
         return "env.action_mask=true: a population acts without masks"
-    if str(cfg.get("device", "auto")) not in ("auto", "cpu"):
-        return f"device={cfg.device}: populations run on the CPU so far"
+    device = str(cfg.get("device", "auto"))
+    if device not in ("auto", "cpu") and device.split(":")[0] != "cuda":
+        return f"device={device}: populations run on the CPU or on CUDA"
     key = autograd_key(cfg)
-    if key is not None and autograd is not True and (autograd is False or not _gpu()):
+    if key is not None and autograd is not True and (autograd is False or not _on_gpu(device)):
         return f"{key}: {AUTOGRAD_ON_CPU}"
     return None
 
 
-def _gpu() -> bool:
+def _on_gpu(device: str) -> bool:
+    """Whether a job with this ``device`` setting trains on CUDA (``auto``: where CUDA is)."""
+    if device != "auto":
+        return device.startswith("cuda")
     import torch
 
     return torch.cuda.is_available()

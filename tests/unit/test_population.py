@@ -67,6 +67,23 @@ def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
     assert grouping.autograd_key(compose_train(["env=minatar_breakout"])) is None  # the stacked update's
 
 
+def test_where_a_job_trains_decides_whether_the_autograd_path_joins_by_default(monkeypatch) -> None:
+    """``hydra.launcher.autograd=auto``: a job on CUDA joins through the batched autograd path, one that trains on the
+    CPU does not, on any machine; ``device=cuda`` populations are as welcome as ``device=auto`` ones (an H200 run
+    of bench/population_gpu.sh found every Pong job refused under ``device=cuda``)."""
+    def why(*overrides: str) -> str | None:
+        return grouping.eligibility(compose_train(["env=cartpole", *overrides]))
+
+    for cuda_here in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda here=cuda_here: here)
+        assert why("device=cuda") is None and why("device=cuda:1") is None  # the stacked MLP update
+        assert why("device=cuda", "network=dueling_mlp") is None
+        assert why("device=cpu", "network=dueling_mlp").startswith("network.dueling=True")
+        auto = why("network=dueling_mlp")
+        assert (auto is None) if cuda_here else auto.startswith("network.dueling=True")
+        assert why("device=mps") == "device=mps: populations run on the CPU or on CUDA"
+
+
 def test_max_members_cuts_a_group_into_balanced_populations() -> None:
     cfgs = [compose_train(["env=cartpole", f"seed={s}"]) for s in range(9)]
     assert grouping.plan(cfgs[:5], max_members=2).populations == [[0, 1], [2], [3, 4]]
