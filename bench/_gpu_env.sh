@@ -1,7 +1,10 @@
 # Sourced by bench/pong_gpu.sh and bench/population_gpu.sh on the device machine (its header says how to bring
 # the wheels it lacks in .whl/): makes $OUT, installs those wheels into /tmp/site, sets PYTHONPATH, names the GPU.
 mkdir -p "$OUT"
-if [ -d .whl ]; then
+if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then  # NO_WHEELS=1: a dry run here, where pip has them
+  # dqnrun runs there from this checkout, not installed: its configs ship inside the package as dqnrun.conf
+  # (pyproject.toml maps conf/ there), so the checkout there gets that name as a link
+  [ -e dqnrun/conf ] || ln -s ../conf dqnrun/conf
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 else

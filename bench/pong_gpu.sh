@@ -22,7 +22,7 @@
 set -euo pipefail
 BUDGET_S=${BUDGET_S:-420}           # ~7 minutes of training, as the issue plans
 OUT=${OUT:-/tmp/pong_gpu_out}
-DEVICE=${DEVICE:-cuda}              # DEVICE=cpu BUDGET_S=30 bash bench/pong_gpu.sh: a dry run of the mechanics here
+DEVICE=${DEVICE:-cuda}              # NO_WHEELS=1 DEVICE=cpu BUDGET_S=30 PYTHON=.venv/bin/python bash bench/pong_gpu.sh: a dry run here
 export OUT BUDGET_S DEVICE
 source "$(dirname "$0")/_gpu_env.sh"
 ${PYTHON:-python3} - <<'EOF'

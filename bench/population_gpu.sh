@@ -1,43 +1,58 @@
 #!/usr/bin/env bash
 # 16 Pong seeds in one process (hydra/launcher=population) against one seed, on one GPU: env steps/s in all.
 #
-# The issue's GPU row: aim for at least 8x the env steps/s of one seed. Each way trains for BUDGET_S seconds after
-# its start (process start, Hydra and building included), then gets a SIGTERM, saves and ends; the script reads
-# every run's results.json and reports env steps per second of wall clock, summed over the runs, and each way's
-# steps per train-second. Pong's members take the batched autograd path (Nature's CNN), which a population uses
-# by default where CUDA is present (hydra.launcher.autograd=auto).
+# The issue's GPU row: aim for at least 8x the env steps/s of one seed. Three parts, in one call:
+#   1. bench/population_parts.py: one lockstep round's parts (acting, the batched update, the members' envs) for
+#      SEEDS members against one, timed alone: why the ratio below is what it is.
+#   2. bench/population_twin.py: a member of a 2-seed population against its solo twin on this device (150
+#      updates): the same steps, updates, episodes and evaluations, and how far apart their weights end.
+#   3. Each way trains for BUDGET_S seconds after its start (process start, Hydra and building included), then gets
+#      a SIGTERM, saves and ends; the script reads every run's results.json and reports env steps per second of
+#      wall clock, summed over the runs, and each way's steps per train-second. Pong's members take the batched
+#      autograd path (Nature's CNN), which a population uses by default where CUDA is present.
 #
 # Prepared for the device tool's H200 machine, as bench/pong_gpu.sh is (its header says how to bring the wheels in
 # .whl/ that machine lacks). There, in one call with room for a rerun:
 #
-#   run(command="bash bench/population_gpu.sh", carry=[".whl"], timeout_s=560)
+#   run(command="bash bench/population_gpu.sh", carry=[".whl"], timeout_s=540)
 #
 # Here, a dry run of the mechanics on the CPU (its numbers mean nothing):
 #
-#   DEVICE=cpu SEEDS=2 BUDGET_S=40 PYTHON=.venv/bin/python bash bench/population_gpu.sh
+#   NO_WHEELS=1 DEVICE=cpu SEEDS=2 BUDGET_S=40 REPS=5 PYTHON=.venv/bin/python bash bench/population_gpu.sh
 #
-# It writes $OUT/population_gpu.json and each way's stdout/stderr.
+# $OUT gets population_gpu.json, parts.json, twin.log and each way's stdout/stderr; the runs themselves go to
+# $RUNS (their checkpoints are too large to bring back).
 set -euo pipefail
-BUDGET_S=${BUDGET_S:-200}
+BUDGET_S=${BUDGET_S:-140}
 SEEDS=${SEEDS:-16}
 DEVICE=${DEVICE:-cuda}
+REPS=${REPS:-30}
 OUT=${OUT:-/tmp/population_gpu_out}
-export OUT BUDGET_S SEEDS DEVICE
+RUNS=${RUNS:-/tmp/population_gpu_runs}
+PY=${PYTHON:-python3}
+export OUT RUNS BUDGET_S SEEDS DEVICE PYTHONUNBUFFERED=1
 source "$(dirname "$0")/_gpu_env.sh"
-${PYTHON:-python3} - <<'EOF'
+rm -rf "$RUNS" && mkdir -p "$RUNS"
+timeout 240 $PY bench/population_parts.py --device "$DEVICE" --k "$SEEDS" --reps "$REPS" --out "$OUT/parts.json" \
+  || echo "population_parts.py failed"
+timeout 240 $PY bench/population_twin.py --device "$DEVICE" --out "$RUNS" > "$OUT/twin.log" 2>&1 \
+  || echo "population_twin.py failed"
+tail -n 20 "$OUT/twin.log"
+$PY - <<'EOF'
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
-out = Path(os.environ["OUT"])
+out, runs = Path(os.environ["OUT"]), Path(os.environ["RUNS"])
 budget, seeds, device = float(os.environ["BUDGET_S"]), int(os.environ["SEEDS"]), os.environ["DEVICE"]
-# the Pong preset, a replay small enough for 16 members on one machine, no checkpoints but the last
+# the Pong preset, a replay small enough for 16 members on one machine, no checkpoints but the last; learning
+# from 2,000 steps, so that both ways spend their budget where a run spends nearly all of its time
 common = ["env=pong", f"device={device}", "total_steps=10000000", "replay.capacity=100000",
-          "algo.learning_starts=20000", "eval.every=0", "checkpoint.every=0", "checkpoint.save_replay=false",
+          "algo.learning_starts=2000", "eval.every=0", "checkpoint.every=0", "checkpoint.save_replay=false",
           "log.progress=false"]
 ways = {
-    "solo": ["train", *common, "seed=0", f"hydra.run.dir={out / 'solo'}"],
+    "solo": ["train", *common, "seed=0", f"hydra.run.dir={runs / 'solo'}"],
     "population": ["train", "-m", *common, "seed=" + ",".join(str(s) for s in range(seeds)),
-                   "hydra/launcher=population", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={out / 'population'}"],
+                   "hydra/launcher=population", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={runs / 'population'}"],
 }
 if device == "cpu":  # the batched autograd path joins on a CPU only when asked
     ways["population"].append("hydra.launcher.autograd=true")
@@ -52,14 +67,14 @@ for name, args in ways.items():
             proc.send_signal(signal.SIGTERM)  # every run saves at its next step boundary and records itself
             proc.wait(timeout=300)
     wall = time.time() - t0
-    runs = [json.loads(p.read_text()) for p in sorted((out / name).rglob("results.json"))]
-    steps = sum(r.get("steps") or 0 for r in runs)
-    train_s = max((r.get("train_seconds") or 0.0 for r in runs), default=0.0)
-    report[name] = {"runs": len(runs), "env_steps": steps, "wall_s": round(wall, 1),
+    records = [json.loads(p.read_text()) for p in sorted((runs / name).rglob("results.json"))]
+    steps = sum(r.get("steps") or 0 for r in records)
+    train_s = max((r.get("train_seconds") or 0.0 for r in records), default=0.0)
+    report[name] = {"runs": len(records), "env_steps": steps, "wall_s": round(wall, 1),
                     "env_steps_per_wall_s": round(steps / wall, 1),
                     "env_steps_per_train_s": round(steps / train_s, 1) if train_s else None,
-                    "updates": sum(r.get("updates") or 0 for r in runs), "returncode": proc.returncode,
-                    "statuses": sorted({r.get("status") for r in runs})}
+                    "updates": sum(r.get("updates") or 0 for r in records), "returncode": proc.returncode,
+                    "statuses": sorted({r.get("status") for r in records})}
     print(name, json.dumps(report[name]), flush=True)
 s, p = report["solo"], report["population"]
 report["ratio_wall"] = round(p["env_steps_per_wall_s"] / max(s["env_steps_per_wall_s"], 1e-9), 2)
