@@ -41,7 +41,12 @@ CASES: dict[str, list[str]] = {
     "c51dueling8": ["env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "network=dueling_mlp",
                     "learner.distributional=c51", "total_steps=30000"],
     "seeds4": ["env=cartpole", "seed=0,1,2,3"],
+    # PQN populations (dqnrun/population/pqn.py): CartPole's PQN preset, 8 seeds, a fifth of its 500k steps
+    "pqn8": ["algo=pqn", "env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "total_steps=100000"],
+    "pqnbreakout4": ["algo=pqn", "env=minatar_breakout", "seed=0,1,2,3", "total_steps=100000"],
 }
+# cases whose population takes the batched autograd path, which joins on a CPU only when asked
+AUTOGRAD = {"c51dueling8", "pqn8", "pqnbreakout4"}
 LAUNCHERS = {
     "population": ["hydra/launcher=population"],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
@@ -68,6 +73,8 @@ def timed(args: list[str], cwd: Path) -> tuple[float, int, subprocess.CompletedP
 def sweep(case: str, launcher: str, steps: int | None, tmp: Path, keep: Path | None = None) -> dict:
     sweep_dir = tmp / f"{case}-{launcher}-{time.time_ns()}"
     extra = [f"total_steps={steps}"] if steps else []
+    if launcher == "population" and case in AUTOGRAD:
+        extra.append("hydra.launcher.autograd=true")
     args = [sys.executable, "-m", "dqnrun", "train", "-m", *CASES[case], *COMMON, *extra, *LAUNCHERS[launcher],
             f"hydra.sweep.dir={sweep_dir}"]
     before = load()

@@ -15,9 +15,10 @@ training loop with one loop for all of them, which reads as DQN's does (`dqnrun.
                   whose burst is due (`PopulationLearner`)
         after     each member's own logging, evaluation and checkpoints (`Session.after_step`)
 
-A member that fails (a non-finite loss, an env that raises, a full disk) is recorded as failed by its own
-lifecycle and leaves the batch; the others go on. A signal stops every member at the same step boundary and
-each saves its last.pt: a population resumes member by member, exactly.
+PQN members run PQN's loop on this same lifecycle (`dqnrun.population.pqn.PQNPopulation` overrides the acting,
+storing and learning). A member that fails (a non-finite loss, an env that raises, a full disk) is recorded as
+failed by its own lifecycle and leaves the batch; the others go on. A signal stops every member at the same step
+boundary and each saves its last.pt: a population resumes member by member, exactly.
 """
 
 from __future__ import annotations
@@ -280,6 +281,26 @@ class Population:
                 self._compact()
 
     def _step(self) -> None:
+        stepped = self._act_and_step()
+        self._learn(stepped)
+        self._evaluate(stepped)
+        router = self.router
+        for m, t in stepped:
+            if not m.training:
+                continue
+            router.current = m.key
+            try:
+                if m.session.after_step(t.before):  # type: ignore[union-attr]
+                    self._end(m)
+            except Exception as exc:
+                self._failed(m, exc)
+        router.current = None
+        if stepped and stepped[0][0].training:
+            self.watch.report(self.members, len(self._live), stepped[0][0], stepped[0][1].before)
+
+    def _act_and_step(self) -> list[tuple[Member, Any]]:
+        """Every member acts (one forward for all), its envs step and its replay stores: ``[(member, transition)]``
+        of the members that moved (one that failed has left)."""
         live, learner = self._live, self.learner
         assert learner is not None
         obs = [m.session.cursor.obs for m in live]  # type: ignore[union-attr]
@@ -309,20 +330,7 @@ class Population:
             except Exception as exc:
                 self._failed(m, exc)
         router.current = None
-        self._learn(stepped)
-        self._evaluate(stepped)
-        for m, t in stepped:
-            if not m.training:
-                continue
-            router.current = m.key
-            try:
-                if m.session.after_step(t.before):  # type: ignore[union-attr]
-                    self._end(m)
-            except Exception as exc:
-                self._failed(m, exc)
-        router.current = None
-        if stepped and stepped[0][0].training:
-            self.watch.report(self.members, len(self._live), stepped[0][0], stepped[0][1].before)
+        return stepped
 
     def _evaluate(self, stepped: list[tuple[Member, Any]]) -> None:
         """Every member whose evaluation is due after this step, evaluated side by side; each member's session

@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 # What may differ inside a population, per member: the batched update holds each of these per member.
 MEMBER_KEYS = ("seed", "optimizer.lr", "learner.gamma", "learner.tau", "learner.max_grad_norm",
-               "algo.target_update_interval", "schedule")
+               "algo.target_update_interval", "schedule", "algo.q_lambda", "algo.lr_decay_steps")
 # What each member's own run keeps to itself (its record, its cadences of evaluation, logging and checkpoints,
 # its length): these never touch the batched update either.
 RUN_KEYS = ("name", "tags", "objective", "eval", "checkpoint", "log", "total_steps", "stop_when_solved", "resume",
             "init_from", "torch_threads")
+PQN = "dqnrun.algos.pqn.PQN"
 MIN_SPLIT = 1  # a group is split for n_jobs into populations of at least this many members: every core busy
 # dqnrun's Q-networks: plain MLPs and MinAtar's torso take the hand-written stacked update
 # (`dqnrun.population.stacked`), every other head, torso and layer the batched autograd path (`.functional`)
@@ -33,13 +34,15 @@ STACKED_TORSOS = (None, "minatar")  # no torso, or MinAtar's one convolution and
 # The batched autograd path on a CPU, measured (docs/benchmarks.md, section 12): 8 CartPole seeds of C51 with a
 # dueling head took 102 s as populations and 83 s with joblib; the update costs per member what a solo one does
 # (vmap batches no arithmetic on a CPU core) plus functorch's own overhead. So by default it runs where a GPU is.
-AUTOGRAD_ON_CPU = ("the batched autograd path runs slower than separate runs on a CPU (0.81x joblib, "
+AUTOGRAD_ON_CPU = ("the batched autograd path runs slower than separate runs on a CPU (0.79-0.81x joblib, "
                    "docs/benchmarks.md section 12); hydra.launcher.autograd=true batches it anyway")
 
 
 def autograd_key(cfg: DictConfig) -> str | None:
     """The first setting that puts a job on the batched autograd path (``key=value``), or None: the stacked
     update takes it (`dqnrun.fastpath.supports`, decided here from the config)."""
+    if OmegaConf.select(cfg, "algo._target_", default="") == PQN:
+        return "algo=pqn"  # its update runs under vmap (`dqnrun.population.pqn`)
     net, lc = cfg.network, cfg.learner
     for key in ("dueling", "norm"):
         if net.get(key):
@@ -63,11 +66,9 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
     """None if a job can be a population member, else why it stands alone (one phrase). ``autograd``: whether jobs
     on the batched autograd path join (``auto``: where CUDA is, `AUTOGRAD_ON_CPU`)."""
     algo = str(OmegaConf.select(cfg, "algo._target_", default=""))
-    if algo == "dqnrun.algos.pqn.PQN":
-        return ("algo=pqn: its update (RAdam with a decaying learning rate over Q(lambda) rollouts, LayerNorm "
-                "networks) is not in the population's stacked update")
-    if algo != "dqnrun.algos.dqn.DQN":
-        return f"algo={algo.rsplit('.', 1)[-1].lower() or '?'}: populations batch DQN's update only"
+    pqn = algo == PQN
+    if algo != "dqnrun.algos.dqn.DQN" and not pqn:
+        return f"algo={algo.rsplit('.', 1)[-1].lower() or '?'}: populations batch DQN's and PQN's updates only"
     net = cfg.network
     target = str(net.get("_target_", ""))
     if target not in PLAIN_MLP:
@@ -81,7 +82,9 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
     if cfg.get("compile", False):
         return "compile=true: a population runs its own batched update"
     opt = str(cfg.optimizer.get("_target_", ""))
-    if opt != "torch.optim.Adam" or cfg.optimizer.get("amsgrad", False):
+    if pqn and (opt != "torch.optim.RAdam" or cfg.optimizer.get("decoupled_weight_decay", False)):
+        return f"optimizer {opt.rsplit('.', 1)[-1]}: a PQN population steps RAdam"
+    if not pqn and (opt != "torch.optim.Adam" or cfg.optimizer.get("amsgrad", False)):
         return f"optimizer {opt.rsplit('.', 1)[-1]}: a population steps Adam"
     replay = cfg.get("replay") or {}
     if replay.get("latest", False):
@@ -92,9 +95,16 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
     if device not in ("auto", "cpu") and device.split(":")[0] != "cuda":
         return f"device={device}: populations run on the CPU or on CUDA"
     key = autograd_key(cfg)
-    if key is not None and autograd is not True and (autograd is False or not _on_gpu(device)):
+    if key is not None and autograd is not True and (autograd is False or not (_on_gpu(device) or _gains_on_cpu(cfg))):
         return f"{key}: {AUTOGRAD_ON_CPU}"
     return None
+
+
+def _gains_on_cpu(cfg: DictConfig) -> bool:
+    """Jobs whose population measured faster than separate runs on this CPU although their update runs under
+    vmap: PQN over an MLP, whose acting (a forward every step) is what batches (1.16x and 1.28x joblib for 8
+    CartPole seeds; over MinAtar's CNN 0.79x: docs/benchmarks.md section 12)."""
+    return autograd_key(cfg) == "algo=pqn" and not cfg.network.get("conv")
 
 
 def _on_gpu(device: str) -> bool:

@@ -374,6 +374,15 @@ class Unit:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def population_class(specs: list[MemberSpec]) -> type[Population]:
+    """The engine for these members' algorithm (a population holds one algorithm: `grouping.group_key`)."""
+    if str(OmegaConf.select(specs[0].cfg, "algo._target_", default="")) == "dqnrun.algos.pqn.PQN":
+        from dqnrun.population.pqn import PQNPopulation
+
+        return PQNPopulation
+    return Population
+
+
 def run_population(specs: list[MemberSpec], sweep_dir: Path, threads: int | None, share: int,
                    name: str = "population") -> list[dict[str, Any]]:
     """Train one population in this process: signals stop every member at one step boundary (each saves its
@@ -387,7 +396,7 @@ def run_population(specs: list[MemberSpec], sweep_dir: Path, threads: int | None
     stop = StopFlag().install()
     try:
         with routed(MemberLogs()) as router:
-            results = Population(specs, stop, router, aggregate_root=sweep_dir, progress=progress,
+            results = population_class(specs)(specs, stop, router, aggregate_root=sweep_dir, progress=progress,
                                  threads=threads, name=name).run()
     finally:
         stop.uninstall()

@@ -24,6 +24,7 @@ from tests.conftest import REPO
 
 BUDGET = ["total_steps=1200", "algo.learning_starts=400", "eval.every=600", "eval.episodes=2",
           "log.progress=false", "replay.capacity=2000", "checkpoint.every=600"]
+PQN_BUDGET = ["total_steps=1024", "eval.every=512", "eval.episodes=2", "log.progress=false", "checkpoint.every=512"]
 CFG_ONLY = ("env=pong", "env=atari", "LunarLander", "hydra/launcher=slurm", "postgresql://", "my_pkg",
             # trained for real by their own e2e tests (test_pixel_runs, test_variants_smoke, test_user_envs,
             # test_loggers, test_lifecycle): here they only have to compose and validate as written
@@ -82,7 +83,7 @@ def test_every_tour_command_runs_as_written(tmp_path: Path) -> None:
             if sub == "train" and any(c in command for c in CFG_ONLY):
                 args += ["--cfg", "job"]
             elif sub == "train" and not any(a.startswith("--") for a in args):
-                args += BUDGET
+                args += PQN_BUDGET if "algo=pqn" in args else BUDGET
                 if "hparams_search=" in command:
                     args += ["hydra.sweeper.n_trials=2", "total_steps=1500", "algo.learning_starts=500",
                              "eval.every=500"]

@@ -45,7 +45,7 @@ def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
         return grouping.eligibility(compose_train(["env=cartpole", *overrides]))
 
     assert "noisy" in why("network=noisy_mlp")
-    assert "pqn" in why("algo=pqn")
+    assert why("algo=pqn") is None  # PQN over an MLP joins (tests/unit/test_population_pqn.py)
     assert "rmsprop" in why("optimizer=rmsprop").lower()
     # the hand-written stack and the batched autograd path between them take every other DQN switch
     assert why("learner.double=true", "replay=prioritized") is None
