@@ -67,3 +67,17 @@ def test_a_pqn_member_whose_loss_goes_non_finite_fails_alone(tmp_path: Path) -> 
     assert failed["status"] == "failed" and failed["error"].startswith("non-finite loss or Q-value")
     other = results(sweep / "1")
     assert other["status"] == "completed" and other["steps"] == 4096 and other["objective"]["value"] is not None
+
+
+def test_pqn_members_that_end_first_leave_and_the_others_stay_their_solo_twins(tmp_path: Path) -> None:
+    sweep, solo = tmp_path / "sweep", tmp_path / "solo"
+    base = [a for a in PQN if not a.startswith("total_steps=")]
+    proc = run_cli(["train", "-m", "seed=0,1", "total_steps=2048,4096", *base, *POP, f"hydra.sweep.dir={sweep}"],
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [results(sweep / j)["steps"] for j in "0123"] == [2048, 4096, 2048, 4096]
+    proc = run_cli(["train", "seed=1", "total_steps=4096", *base, f"hydra.run.dir={solo}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    member, twin = results(sweep / "3"), results(solo)
+    for key in ("steps", "updates", "episodes", "eval_history"):
+        assert member[key] == twin[key], key
