@@ -20,6 +20,8 @@
 #
 #   NO_WHEELS=1 DEVICE=cpu SEEDS=2 BUDGET_S=40 REPS=5 PYTHON=.venv/bin/python bash bench/population_gpu.sh
 #
+# PQN populations, the JAX tools' showcase, the same way (part 3 only): ALGO=pqn ENV=minatar_breakout (or pong).
+#
 # $OUT gets population_gpu.json, parts.json, twin.log and each way's stdout/stderr; the runs themselves go to
 # $RUNS (their checkpoints are too large to bring back).
 set -euo pipefail
@@ -30,25 +32,31 @@ REPS=${REPS:-30}
 OUT=${OUT:-/tmp/population_gpu_out}
 RUNS=${RUNS:-/tmp/population_gpu_runs}
 PY=${PYTHON:-python3}
-export OUT RUNS BUDGET_S SEEDS DEVICE PYTHONUNBUFFERED=1
+ALGO=${ALGO:-dqn}                   # ALGO=pqn ENV=minatar_breakout: PQN's preset for that env instead (parts 3 only)
+ENV=${ENV:-pong}
+export OUT RUNS BUDGET_S SEEDS DEVICE ALGO ENV PYTHONUNBUFFERED=1
 source "$(dirname "$0")/_gpu_env.sh"
 rm -rf "$RUNS" && mkdir -p "$RUNS"
-timeout 240 $PY bench/population_parts.py --device "$DEVICE" --k "$SEEDS" --reps "$REPS" --out "$OUT/parts.json" \
-  || echo "population_parts.py failed"
-timeout 240 $PY bench/population_twin.py --device "$DEVICE" --out "$RUNS" > "$OUT/twin.log" 2>&1 \
-  || echo "population_twin.py failed"
-tail -n 20 "$OUT/twin.log"
+if [ "$ALGO" = dqn ]; then
+  timeout 240 $PY bench/population_parts.py --env "$ENV" --device "$DEVICE" --k "$SEEDS" --reps "$REPS" \
+    --out "$OUT/parts.json" || echo "population_parts.py failed"
+  timeout 240 $PY bench/population_twin.py --device "$DEVICE" --out "$RUNS" > "$OUT/twin.log" 2>&1 \
+    || echo "population_twin.py failed"
+  tail -n 20 "$OUT/twin.log"
+fi
 $PY - <<'EOF'
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 out, runs = Path(os.environ["OUT"]), Path(os.environ["RUNS"])
 budget, seeds, device = float(os.environ["BUDGET_S"]), int(os.environ["SEEDS"]), os.environ["DEVICE"]
-# the Pong preset, a replay small enough for 16 members on one machine, no checkpoints but the last; learning
-# from 2,000 steps, so that both ways spend their budget where a run spends nearly all of its time
-common = ["env=pong", f"device={device}", "total_steps=10000000", "replay.capacity=100000",
-          "algo.learning_starts=2000", "eval.every=0", "checkpoint.every=0", "checkpoint.save_replay=false",
-          "log.progress=false"]
+algo, env = os.environ["ALGO"], os.environ["ENV"]
+# the env's preset, no checkpoints but the last; DQN: a replay small enough for 16 members on one machine and
+# learning from 2,000 steps, so that both ways spend their budget where a run spends nearly all of its time
+common = [f"algo={algo}", f"env={env}", f"device={device}", "total_steps=10000000", "eval.every=0",
+          "checkpoint.every=0", "checkpoint.save_replay=false", "log.progress=false"]
+if algo == "dqn":
+    common += ["replay.capacity=100000", "algo.learning_starts=2000"]
 ways = {
     "solo": ["train", *common, "seed=0", f"hydra.run.dir={runs / 'solo'}"],
     "population": ["train", "-m", *common, "seed=" + ",".join(str(s) for s in range(seeds)),
@@ -56,7 +64,7 @@ ways = {
 }
 if device == "cpu":  # the batched autograd path joins on a CPU only when asked
     ways["population"].append("hydra.launcher.autograd=true")
-report = {"budget_s": budget, "seeds": seeds, "device": device}
+report = {"budget_s": budget, "seeds": seeds, "device": device, "algo": algo, "env": env}
 for name, args in ways.items():
     t0 = time.time()
     with open(out / f"{name}.stdout", "w") as so, open(out / f"{name}.stderr", "w") as se:

@@ -34,7 +34,7 @@ from dqnrun.acting import epsilon_greedy
 from dqnrun.algos.base import Algorithm
 from dqnrun.algos.pqn import LOSSES, q_lambda_returns
 from dqnrun.population.engine import Member, Population
-from dqnrun.population.functional import StackedParams
+from dqnrun.population.functional import StackedParams, StackedQ, q_of
 
 if TYPE_CHECKING:
     from dqnrun.algos.pqn import PQN
@@ -108,6 +108,7 @@ class PQNPopulationLearner:
         self.members = list(pqns)
         first = pqns[0]
         self.net = first.policy
+        self._stacked_q = StackedQ.of(first.policy)
         self.online = StackedParams.stack([p.policy for p in pqns])
         self.device = self.online.flat.device
         group = first.optimizer.param_groups[0]
@@ -145,13 +146,8 @@ class PQNPopulationLearner:
         ``rows`` (slots) only those members, in that order."""
         full = rows is None or list(rows) == list(range(self.k))
         params = self.online if full else self.online.like(self.online.flat[list(rows)])  # type: ignore[arg-type]
-        net = self.net
-
-        def q(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return functional_call(net, p, (x,))
-
         with torch.inference_mode():
-            return vmap(q)(params.params(), torch.as_tensor(obs, device=self.device)).float().cpu().numpy()
+            return q_of(self.net, self._stacked_q, params, obs, self.device).float().cpu().numpy()
 
     def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
         """argmax_a Q ``(K, E)``: what evaluations act on (`dqnrun.population.evaluation`)."""

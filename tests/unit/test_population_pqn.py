@@ -106,3 +106,25 @@ def test_batched_radam_steps_each_active_member_as_torch_radam_does() -> None:
         radam.step(flat, grads, [1e-2, 1e-3, 3e-2], active)
     torch.testing.assert_close(flat, torch.stack([p.detach() for p in params]), atol=1e-6, rtol=0)
     assert list(radam.steps) == [12, 8, 12]
+
+
+@pytest.mark.parametrize("extra", [[], ["network.activation=tanh"], ["env=custom", "env.id=FrozenLake-v1"]])
+def test_members_q_values_are_each_members_own_forward(extra: list[str]) -> None:
+    """`StackedQ` (batched products over LayerNorm MLPs) gives each member what its own network gives; networks it
+    does not cover act through vmap."""
+    from dqnrun.networks import QNetwork
+    from dqnrun.population.functional import StackedQ
+
+    pqns = [_pqn(m, extra) for m in MEMBERS]
+    pop = PQNPopulationLearner([copy.deepcopy(p) for p in pqns])
+    assert pop._stacked_q is not None
+    categorical = "env.id=FrozenLake-v1" in extra
+    gen = np.random.default_rng(0)
+    obs = gen.integers(0, 16, (3, 5)) if categorical else gen.normal(size=(3, 5, 4)).astype(np.float32)
+    q = pop.q_values(obs)
+    for i, p in enumerate(pqns):
+        np.testing.assert_allclose(q[i], p.q_values(obs[i]), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(pop.q_values(obs[[2, 0]], rows=[2, 0]), q[[2, 0]])
+    for other in ({"dueling": True}, {"noisy": True}, {"head": "c51", "atoms": 11}):
+        kw = {"obs_shape": (4,), "n_actions": 2, "hidden": [8], **other}
+        assert StackedQ.of(QNetwork(**kw)) is None, other
