@@ -125,6 +125,19 @@ def member_evaluation(m: Member) -> Any:
     return evaluate
 
 
+def prepare_failed(m: Member, exc: Exception) -> None:
+    """As `lifecycle.execute`: a job whose config or resume point is bad gets a failed results.json."""
+    spec = m.spec
+    message = _log_failure(exc)
+    m.error = exc
+    m.results = {"status": A.FAILED, "stop_reason": "failed", "error": message,
+                 "overrides": list(spec.job.overrides), "seed": spec.cfg.get("seed"),
+                 "run_dir": str(spec.job.run_dir), "eval_history": [],
+                 "objective": {"name": spec.cfg.get("objective", "auc"), "value": None}}
+    if spec.job.run_dir.exists() and not A.results_path(spec.job.run_dir).exists():
+        A.write_results(spec.job.run_dir, m.results)
+
+
 class Population:
     """Trains ``specs`` together; `run` returns each member's results (results.json's contents), in order.
 
@@ -195,7 +208,7 @@ class Population:
             try:
                 m.run = Run.prepare(spec.cfg, spec.job)
             except Exception as exc:
-                self._prepare_failed(m, exc)
+                prepare_failed(m, exc)
                 return
             run = m.run
             run.stop = MemberStop(self.stop)  # type: ignore[assignment]
@@ -215,18 +228,6 @@ class Population:
                 self._failed(m, exc, joined=False)
                 return
         self._live.append(m)
-
-    def _prepare_failed(self, m: Member, exc: Exception) -> None:
-        """As `lifecycle.execute`: a job whose config or resume point is bad gets a failed results.json."""
-        spec = m.spec
-        message = _log_failure(exc)
-        m.error = exc
-        m.results = {"status": A.FAILED, "stop_reason": "failed", "error": message,
-                     "overrides": list(spec.job.overrides), "seed": spec.cfg.get("seed"),
-                     "run_dir": str(spec.job.run_dir), "eval_history": [],
-                     "objective": {"name": spec.cfg.get("objective", "auc"), "value": None}}
-        if spec.job.run_dir.exists() and not A.results_path(spec.job.run_dir).exists():
-            A.write_results(spec.job.run_dir, m.results)
 
     def _stack(self) -> None:
         """The members' weights, optimizer states and counters into one `PopulationLearner`."""
@@ -277,7 +278,11 @@ class Population:
                     self._end(m)
             self._compact()
             if self._live:
-                self._step()
+                try:
+                    self._step()
+                except Exception as exc:  # the batched forward or update itself failed (CUDA out of memory, say):
+                    for m in list(self._live):  # every member in it is recorded as failed, with the error
+                        self._failed(m, exc)
                 self._compact()
 
     def _step(self) -> None:
@@ -315,8 +320,9 @@ class Population:
 
         sent: list[Member] = []
         router = self.router
-        for i, m in enumerate(live):  # every member's actions go out before any member's step comes back:
-            router.current = m.key      # envs that step in their own threads (Atari's) play side by side
+        for i, m in enumerate(list(live)):  # every member's actions go out before any member's step comes back:
+            router.current = m.key            # envs that step in their own threads (Atari's) play side by side;
+            # over a copy: a member failing here leaves ``live``, and row i stays the i-th member's
             try:
                 act(m, greedy_of(i))
                 sent.append(m)
@@ -362,6 +368,7 @@ class Population:
         for n, members in due.items():
             batches = {m.slot.index: m.dqn.replay.sample(n_batches=n, step=m.session.step) for m in members}
             active = [s in batches for s in range(learner.k)]
+            faults.point("learn")
             out = learner.update(stack_batches(batches, learner.k), active)
             for m in members:
                 b = batches[m.slot.index]
@@ -391,7 +398,10 @@ class Population:
         run = m.run
         with self.router.member(m.key):
             if joined and m.training:
-                run.algo.export()  # type: ignore[union-attr]
+                try:
+                    run.algo.export()  # type: ignore[union-attr]
+                except Exception as second:  # the stack itself is broken: its record still says why it failed
+                    log.error("%s: could not copy its weights out of the population: %s", m.spec.label, second)
             if m.session is not None:
                 run.state, _ = m.session.finish()  # type: ignore[union-attr]
             if isinstance(exc, EnvError):
@@ -429,6 +439,7 @@ class Population:
 
 def act(m: Member, greedy: Any) -> None:
     """Act (the member's own epsilon and draws) and send the actions to its envs: DQN's loop, one member."""
+    faults.point("act")
     dqn, session = m.dqn, m.session
     assert session is not None
     step = session.step

@@ -82,10 +82,11 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
     if cfg.get("compile", False):
         return "compile=true: a population runs its own batched update"
     opt = str(cfg.optimizer.get("_target_", ""))
-    if pqn and (opt != "torch.optim.RAdam" or cfg.optimizer.get("decoupled_weight_decay", False)):
-        return f"optimizer {opt.rsplit('.', 1)[-1]}: a PQN population steps RAdam"
-    if not pqn and (opt != "torch.optim.Adam" or cfg.optimizer.get("amsgrad", False)):
-        return f"optimizer {opt.rsplit('.', 1)[-1]}: a population steps Adam"
+    unusual = any(cfg.optimizer.get(k, False) for k in ("maximize", "differentiable", "capturable"))
+    if pqn and (opt != "torch.optim.RAdam" or cfg.optimizer.get("decoupled_weight_decay", False) or unusual):
+        return f"optimizer {opt.rsplit('.', 1)[-1]}: a PQN population steps RAdam (L2 weight decay, minimizing)"
+    if not pqn and (opt != "torch.optim.Adam" or cfg.optimizer.get("amsgrad", False) or unusual):
+        return f"optimizer {opt.rsplit('.', 1)[-1]}: a population steps Adam (no amsgrad, minimizing)"
     replay = cfg.get("replay") or {}
     if replay.get("latest", False):
         return "replay=latest: online learning without history stands alone"

@@ -166,6 +166,7 @@ class MemberAlgo(Algorithm):
 
     def act(self, obs: np.ndarray, step: int, rng: np.random.Generator,
             mask: np.ndarray | None = None) -> np.ndarray:
+        self.policy  # noqa: B018  # the member's current weights into its own network first
         return self.dqn.act(obs, step, rng)
 
     def train(self, session: Session) -> None:

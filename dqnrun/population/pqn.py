@@ -35,6 +35,7 @@ from dqnrun.algos.base import Algorithm
 from dqnrun.algos.pqn import LOSSES, q_lambda_returns
 from dqnrun.population.engine import Member, Population
 from dqnrun.population.functional import StackedParams, StackedQ, q_of
+from dqnrun.run import faults
 
 if TYPE_CHECKING:
     from dqnrun.algos.pqn import PQN
@@ -233,7 +234,7 @@ class PQNPopulationLearner:
             n = len(o)
             obs[s, :n], action[s, :n], target[s, :n] = o, a, y
             weight[s, :n] = 1.0
-            count[s] = max(n, 1)
+            count[s] = n  # an empty minibatch: 0 / 0, the NaN its solo run's mean over nothing gives (it fails)
         return obs, action, target, weight, count
 
     # --- metrics ----------------------------------------------------------------------------------------
@@ -314,6 +315,7 @@ class PQNMember(Algorithm):
 
     def act(self, obs: np.ndarray, step: int, rng: np.random.Generator,
             mask: np.ndarray | None = None) -> np.ndarray:
+        self.policy  # noqa: B018  # the member's current weights into its own network first
         return self.pqn.act(obs, step, rng, mask)
 
     def train(self, session: Session) -> None:
@@ -360,6 +362,7 @@ class PQNMember(Algorithm):
 def act_and_send(pqn: PQN, session: Session, q: np.ndarray) -> np.ndarray:
     """`PQN.train`'s acting for one member from its Q-values ``q`` (E, A): its own epsilon draws; the actions go
     to its envs. Returns max_a Q of the greedy actions (what its returns are computed from)."""
+    faults.point("act")
     greedy = q.argmax(-1)
     actions = epsilon_greedy(session.cursor.obs, lambda _o, _m=None, g=greedy: g, pqn.schedule(session.step),
                              session.rng, pqn.n_actions)
@@ -395,8 +398,8 @@ class PQNPopulation(Population):
         live, learner, router = self._live, self.learner, self.router
         q = learner.q_values(np.stack([m.session.cursor.obs for m in live]))  # type: ignore[union-attr]
         sent: list[tuple[Member, np.ndarray]] = []
-        for i, m in enumerate(live):  # every member's actions go out before any member's step comes back
-            router.current = m.key
+        for i, m in enumerate(list(live)):  # every member's actions go out before any member's step comes back;
+            router.current = m.key            # over a copy: a member failing here leaves ``live``
             try:
                 sent.append((m, act_and_send(m.run.algo.pqn, m.session, q[i])))  # type: ignore[union-attr]
             except Exception as exc:
@@ -416,4 +419,5 @@ class PQNPopulation(Population):
         full = [(m.slot.index, m.session) for m, _ in stepped
                 if m.training and m.run.algo.pqn.rollout.full]  # type: ignore[union-attr]
         if full:
+            faults.point("learn")
             self.learner.learn(full)  # type: ignore[union-attr,arg-type]

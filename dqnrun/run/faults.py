@@ -8,7 +8,9 @@ disk full / read-only filesystem, raised where the write is). Points:
 - ``<file>:written`` and ``<file>:replaced``: an atomic write's temp file is complete / has replaced ``<file>``
   (``last.pt``, ``last.replay.pt``, ``last.env.pt``, ``best.pt``, ``step_<n>.pt``, ``results.json``);
 - ``<file>:writing``: inside the write of ``<file>``'s temp file (an I/O error there leaves a partial temp file);
-- ``build``, ``restore``, ``evaluate``: a run's stages.
+- ``build``, ``restore``, ``evaluate``: a run's stages;
+- ``act``: a population member about to act (counted over the members of the process, in slot order);
+  ``learn``: a population about to make a batched update.
 
 Unset (always, outside tests) it costs one dictionary lookup per point.
 """

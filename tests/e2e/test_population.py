@@ -284,3 +284,45 @@ def test_a_pong_population_member_trains_as_its_solo_twin(tmp_path: Path) -> Non
     b = torch.load(solo / "checkpoints" / "last.pt", weights_only=False)["policy"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("algo", ["dqn", "pqn"])
+def test_a_member_failing_as_it_acts_leaves_the_others_acting_on_their_own_rows(tmp_path: Path, algo: str) -> None:
+    """A member that fails before its actions go out (an injected I/O error at its `act`, after learning started)
+    leaves the batch mid-step; the members after it still act on their own Q-values: each ends bit for bit where
+    it ends in a population where nobody failed."""
+    if algo == "dqn":  # 8 members x 4 envs per loop step: act #1202 is member 1 at env step 600
+        args = ["env=cartpole", *TINY, "schedule.decay_steps=600", "checkpoint.every=0"]
+        fault = "act#1202@enospc"
+    else:  # PQN: 4 envs x 128 steps a rollout; act #602 is member 1 at env step 300, in the first rollout
+        args = ["algo=pqn", "env=cartpole", "total_steps=1024", "eval.every=512", "eval.episodes=2",
+                "log.progress=false", "checkpoint.every=0"]
+        fault = "act#602@enospc"
+    grid = ["train", "-m", "seed=range(8)", *args, "hydra/launcher=population", "hydra.launcher.n_jobs=1"]
+    broken, clean = tmp_path / "broken", tmp_path / "clean"
+    proc = run_cli([*grid, f"hydra.sweep.dir={broken}"], tmp_path, env={"DQNRUN_TEST_FAULT": fault})
+    assert proc.returncode == 1 and "1 of 8 jobs failed" in proc.stderr, proc.stderr
+    assert results(broken / "1")["status"] == "failed"
+    assert run_cli([*grid, f"hydra.sweep.dir={clean}"], tmp_path).returncode == 0
+    for job in ("0", "2", "3", "4", "5", "6", "7"):
+        assert results(broken / job)["eval_history"] == results(clean / job)["eval_history"], job
+        ours, theirs = (_ckpt_tensors(d / job / "checkpoints" / "last.pt") for d in (broken, clean))
+        worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours if isinstance(ours[k], torch.Tensor)
+                    and ours[k].is_floating_point())
+        assert worst < 1e-4, (job, worst)  # the batched products over 7 members round differently from over 8
+
+
+@pytest.mark.parametrize("algo", ["dqn", "pqn"])
+def test_a_failing_batched_update_records_every_member_in_it_as_failed(tmp_path: Path, algo: str) -> None:
+    """What no one member owns (the batched update raising: CUDA out of memory, say) fails every member in it, each
+    recorded as a failed solo run is, with the error; none is left reading "running"."""
+    args = ["env=cartpole", *TINY] if algo == "dqn" else ["algo=pqn", "env=cartpole", "total_steps=1024",
+                                                          "eval.every=512", "log.progress=false"]
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "seed=0,1", *args, "hydra/launcher=population", "hydra.launcher.n_jobs=1",
+                    f"hydra.sweep.dir={sweep}"], tmp_path, env={"DQNRUN_TEST_FAULT": "learn@enospc"})
+    assert proc.returncode == 1 and "2 of 2 jobs failed" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for job in ("0", "1"):
+        r = results(sweep / job)
+        assert r["status"] == "failed" and "No space left on device" in r["error"], r
