@@ -103,8 +103,8 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
 
 def _gains_on_cpu(cfg: DictConfig) -> bool:
     """Jobs whose population measured faster than separate runs on this CPU although their update runs under
-    vmap: PQN over an MLP, whose acting (a forward every step) is what batches (1.16x and 1.28x joblib for 8
-    CartPole seeds; over MinAtar's CNN 0.79x: docs/benchmarks.md section 12)."""
+    vmap: PQN over an MLP, whose acting (a forward every step) is what batches (1.36x joblib for 8 CartPole
+    seeds; over MinAtar's CNN 0.79-0.84x: docs/benchmarks.md section 12)."""
     return autograd_key(cfg) == "algo=pqn" and not cfg.network.get("conv")
 
 

@@ -14,7 +14,7 @@ member keeps its own envs, RNG, rollout, returns and minibatch shuffles (its sol
 A member's checkpoint is its solo run's (`PQNMember` exports weights, RAdam's state, the learning rate, counters
 and metric sums into its own PQN before the lifecycle reads it). On a CPU core the vmapped update costs per member
 what a solo one does, but PQN acts with a forward on every env step, and that batches: over an MLP a population
-measured 1.16-1.28x faster than joblib and joins by default; over MinAtar's CNN 0.79x, so there it joins on a CPU
+measured 1.36x faster than joblib and joins by default; over MinAtar's CNN 0.79-0.84x, so there it joins on a CPU
 only with ``hydra.launcher.autograd=true`` (`dqnrun.population.grouping`). On a GPU the batched update is the point.
 """
 
