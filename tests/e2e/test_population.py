@@ -286,7 +286,7 @@ def test_a_pong_population_member_trains_as_its_solo_twin(tmp_path: Path) -> Non
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("algo", ["dqn", "pqn"])
+@pytest.mark.parametrize("algo", [pytest.param("dqn", marks=pytest.mark.slow), "pqn"])  # pqn: the more sensitive
 def test_a_member_failing_as_it_acts_leaves_the_others_acting_on_their_own_rows(tmp_path: Path, algo: str) -> None:
     """A member that fails before its actions go out (an injected I/O error at its `act`, after learning started)
     leaves the batch mid-step; the members after it still act on their own Q-values: each ends bit for bit where

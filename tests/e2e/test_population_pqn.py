@@ -82,6 +82,7 @@ def test_a_pqn_member_whose_loss_goes_non_finite_fails_alone(tmp_path: Path) -> 
     assert other["status"] == "completed" and other["steps"] == 4096 and other["objective"]["value"] is not None
 
 
+@pytest.mark.slow
 def test_pqn_members_that_end_first_leave_and_the_others_stay_their_solo_twins(tmp_path: Path) -> None:
     sweep, solo = tmp_path / "sweep", tmp_path / "solo"
     base = [a for a in PQN if not a.startswith("total_steps=")]
