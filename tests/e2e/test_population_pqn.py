@@ -12,8 +12,8 @@ from tests.e2e.test_population import _ckpt_tensors, _same_bits, results
 
 # 4 envs x 128 steps per rollout (CartPole's PQN preset), 4 epochs x 4 minibatches; over an MLP a PQN population
 # forms on a CPU by default
-PQN = ["algo=pqn", "env=cartpole", "total_steps=4096", "eval.every=2048", "eval.episodes=3", "log.every=1024",
-       "log.progress=false", "checkpoint.every=0", "algo.lr_decay_steps=4096", "schedule.decay_steps=2048"]
+PQN = ["algo=pqn", "env=cartpole", "total_steps=2048", "eval.every=1024", "eval.episodes=3", "log.every=512",
+       "log.progress=false", "checkpoint.every=0", "algo.lr_decay_steps=2048", "schedule.decay_steps=1024"]
 POP = ["hydra/launcher=population", "hydra.launcher.n_jobs=1"]
 
 
@@ -29,7 +29,7 @@ def test_a_pqn_member_trains_as_its_solo_twin(tmp_path: Path) -> None:
     assert member["population_members"] == 4
     for key in ("steps", "updates", "episodes", "eval_history", "status"):
         assert member[key] == twin[key], key
-    assert member["updates"] == 8 * 16  # 8 rollouts x 4 epochs x 4 minibatches
+    assert member["updates"] == 4 * 16  # 4 rollouts x 4 epochs x 4 minibatches
     _close(sweep / "3", solo)
 
 
@@ -66,7 +66,7 @@ def test_an_interrupted_pqn_population_resumes_bit_for_bit(tmp_path: Path) -> No
         assert r["status"] == "completed" and r["resumed_from_step"] == 1200
         assert r["eval_history"] == results(whole / job)["eval_history"]
         ours = _ckpt_tensors(cut / job / "checkpoints" / "last.pt")
-        assert ours[".step"] == 4096 and not _same_bits(ours, _ckpt_tensors(whole / job / "checkpoints" / "last.pt"))
+        assert ours[".step"] == 2048 and not _same_bits(ours, _ckpt_tensors(whole / job / "checkpoints" / "last.pt"))
 
 
 def test_a_pqn_member_whose_loss_goes_non_finite_fails_alone(tmp_path: Path) -> None:
@@ -79,18 +79,18 @@ def test_a_pqn_member_whose_loss_goes_non_finite_fails_alone(tmp_path: Path) -> 
     failed = results(sweep / "0")
     assert failed["status"] == "failed" and failed["error"].startswith("non-finite loss or Q-value")
     other = results(sweep / "1")
-    assert other["status"] == "completed" and other["steps"] == 4096 and other["objective"]["value"] is not None
+    assert other["status"] == "completed" and other["steps"] == 2048 and other["objective"]["value"] is not None
 
 
 @pytest.mark.slow
 def test_pqn_members_that_end_first_leave_and_the_others_stay_their_solo_twins(tmp_path: Path) -> None:
     sweep, solo = tmp_path / "sweep", tmp_path / "solo"
     base = [a for a in PQN if not a.startswith("total_steps=")]
-    proc = run_cli(["train", "-m", "seed=0,1", "total_steps=2048,4096", *base, *POP, f"hydra.sweep.dir={sweep}"],
+    proc = run_cli(["train", "-m", "seed=0,1", "total_steps=1024,2048", *base, *POP, f"hydra.sweep.dir={sweep}"],
                    tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert [results(sweep / j)["steps"] for j in "0123"] == [2048, 4096, 2048, 4096]
-    proc = run_cli(["train", "seed=1", "total_steps=4096", *base, f"hydra.run.dir={solo}"], tmp_path)
+    assert [results(sweep / j)["steps"] for j in "0123"] == [1024, 2048, 1024, 2048]
+    proc = run_cli(["train", "seed=1", "total_steps=2048", *base, f"hydra.run.dir={solo}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     member, twin = results(sweep / "3"), results(solo)
     for key in ("steps", "updates", "episodes", "eval_history"):
