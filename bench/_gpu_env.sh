@@ -1,5 +1,5 @@
-# Sourced by bench/pong_gpu.sh and bench/population_gpu.sh on the device machine (its header says how to bring
-# the wheels it lacks in .whl/): makes $OUT, installs those wheels into /tmp/site, sets PYTHONPATH, names the GPU.
+# Sourced by bench/pong_gpu.sh and bench/population_gpu.sh on the device machine (bench/gpu_wheels.sh brings
+# the wheels it lacks into .whl/): makes $OUT, installs those wheels into /tmp/site, sets PYTHONPATH, names the GPU.
 mkdir -p "$OUT"
 if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then  # NO_WHEELS=1: a dry run here, where pip has them
   # dqnrun runs there from this checkout, not installed: its configs ship inside the package as dqnrun.conf

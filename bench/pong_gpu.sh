@@ -4,14 +4,7 @@
 # Prepared for the device tool's H200 machine (Python 3.12 with torch, tensorboard and opencv, but no gymnasium,
 # ale-py, hydra-core or omegaconf): those travel as cp312 wheels in .whl/ (at most 64 MiB per call). Once, here:
 #
-#   echo /.whl/ >> .git/info/exclude
-#   for w in gymnasium==1.4.0 ale-py==0.12.1 hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 \
-#            farama-notifications==0.0.4 cloudpickle==3.1.1 tqdm; do
-#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       --platform manylinux1_x86_64 -d .whl "$w"
-#   done
-#   python3 -m pip download --no-deps --no-binary=:none: -d .whl antlr4-python3-runtime==4.9.3  # pure Python
+#   bash bench/gpu_wheels.sh
 #
 # Then run it there, in one call, with a timeout that leaves room for a rerun (the command itself stops training
 # after BUDGET_S seconds and evaluates):

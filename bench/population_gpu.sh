@@ -11,8 +11,8 @@
 #      wall clock, summed over the runs, and each way's steps per train-second. Pong's members take the batched
 #      autograd path (Nature's CNN), which a population uses by default where CUDA is present.
 #
-# Prepared for the device tool's H200 machine, as bench/pong_gpu.sh is (its header says how to bring the wheels in
-# .whl/ that machine lacks). There, in one call with room for a rerun:
+# Prepared for the device tool's H200 machine, as bench/pong_gpu.sh is: `bash bench/gpu_wheels.sh` once, here, brings
+# the wheels that machine lacks into .whl/. There, in one call with room for a rerun:
 #
 #   run(command="bash bench/population_gpu.sh", carry=[".whl"], timeout_s=540)
 #
