@@ -312,7 +312,7 @@ def test_a_member_failing_as_it_acts_leaves_the_others_acting_on_their_own_rows(
         assert worst < 1e-4, (job, worst)  # the batched products over 7 members round differently from over 8
 
 
-@pytest.mark.parametrize("algo", ["dqn", "pqn"])
+@pytest.mark.parametrize("algo", [pytest.param("dqn", marks=pytest.mark.slow), "pqn"])
 def test_a_failing_batched_update_records_every_member_in_it_as_failed(tmp_path: Path, algo: str) -> None:
     """What no one member owns (the batched update raising: CUDA out of memory, say) fails every member in it, each
     recorded as a failed solo run is, with the error; none is left reading "running"."""

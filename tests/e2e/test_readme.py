@@ -29,6 +29,7 @@ CFG_ONLY = ("env=pong", "env=atari", "LunarLander", "hydra/launcher=slurm", "pos
             # trained for real by their own e2e tests (test_pixel_runs, test_variants_smoke, test_user_envs,
             # test_loggers, test_lifecycle): here they only have to compose and validate as written
             "env=acrobot", "env=minatar_breakout", "env=frozenlake", "env.wrappers", "logger=", "stop_when_solved",
+            "algo=pqn env=cartpole 'seed=range(8)'",  # PQN populations: tests/e2e/test_population_pqn.py
             "name=lr-test")
 
 
