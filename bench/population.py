@@ -11,6 +11,7 @@ Cases (each 16 runs):
 - ``mlp64``: the same with ``network.hidden=[64,64]`` (a smaller update: the batched update gains more);
 - ``grid4x4``: 4 learning rates x 4 seeds of the preset;
 - ``breakout8``: 8 seeds of the MinAtar Breakout preset at 100k steps (its network batched: one convolution);
+- ``frozenlake16``: 16 seeds of FrozenLake's tabular preset (Q-tables, SGD, ``replay=latest``, 200k steps);
 - ``solo``: one run of the preset, for the peak RSS of one run.
 
 For each command: wall seconds, peak RSS of the process tree (``/usr/bin/time``'s maximum resident set size of the
@@ -44,6 +45,8 @@ CASES: dict[str, list[str]] = {
     # PQN populations (dqnrun/population/pqn.py): CartPole's PQN preset, 8 seeds, a fifth of its 500k steps
     "pqn8": ["algo=pqn", "env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "total_steps=100000"],
     "pqnbreakout4": ["algo=pqn", "env=minatar_breakout", "seed=0,1,2,3", "total_steps=100000"],
+    # Q-table populations (dqnrun/population/table.py): FrozenLake's tabular preset (200k steps), 16 seeds
+    "frozenlake16": ["env=frozenlake", SEEDS16],
 }
 # cases whose population takes the batched autograd path, which joins on a CPU only when asked
 AUTOGRAD = {"c51dueling8", "pqn8", "pqnbreakout4"}

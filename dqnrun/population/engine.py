@@ -367,9 +367,8 @@ class Population:
             learner.sync_targets(syncs)
         for n, members in due.items():
             batches = {m.slot.index: m.dqn.replay.sample(n_batches=n, step=m.session.step) for m in members}
-            active = [s in batches for s in range(learner.k)]
             faults.point("learn")
-            out = learner.update(stack_batches(batches, learner.k), active)
+            out = update_together(learner, batches)
             for m in members:
                 b = batches[m.slot.index]
                 for g, td_abs in enumerate(out):
@@ -458,16 +457,42 @@ def receive_and_store(m: Member) -> Any:
     return t
 
 
+def update_together(learner: PopulationLearner, batches: dict[int, Batch]) -> list[np.ndarray | None]:
+    """One batched update of the members that have a batch (by slot); what `PopulationLearner.update` returns. A
+    member whose batch has no rows (``latest`` replay after a reset-only vector step) learns nothing, as its solo
+    run; members' batches of different widths (``latest`` again) go in padded, with each member's own width."""
+    batches = {s: b for s, b in batches.items() if b.action.shape[-1]}
+    if not batches:
+        return []
+    active = [s in batches for s in range(learner.k)]
+    widths = [batches[s].action.shape[-1] if s in batches else 0 for s in range(learner.k)]
+    stacked = stack_batches(batches, learner.k)
+    if len({widths[s] for s in batches}) > 1:
+        return learner.update(stacked, active, widths=widths)  # type: ignore[call-arg]
+    return learner.update(stacked, active)
+
+
 def stack_batches(batches: dict[int, Batch], k: int) -> Batch:
     """Members' batches ``(G, B, ...)`` by slot -> one ``(K, G, B, ...)`` batch; a slot without one (a member not
-    due to learn) gets zeros, and its update is masked out."""
-    ref = next(iter(batches.values()))
+    due to learn) gets zeros, and its update is masked out. Batches narrower than the widest (``latest`` replay)
+    are padded with zeros after their own rows."""
+    width = max(b.action.shape[1] for b in batches.values())
     fields = {}
     for name in ("obs", "action", "reward", "next_obs", "terminated", "discount", "weights"):
-        first = getattr(ref, name)
-        if first is None:
+        present = [getattr(b, name) for b in batches.values()]
+        if present[0] is None:
             fields[name] = None
             continue
-        fields[name] = torch.stack([getattr(batches[s], name) if s in batches else torch.zeros_like(first)
-                                    for s in range(k)])
+        ref = present[0]
+        shape = (ref.shape[0], width, *ref.shape[2:])
+        rows = []
+        for s in range(k):
+            x = getattr(batches[s], name) if s in batches else None
+            if x is None or x.shape[1] != width:
+                pad = ref.new_zeros(shape)
+                if x is not None:
+                    pad[:, :x.shape[1]] = x
+                x = pad
+            rows.append(x)
+        fields[name] = torch.stack(rows)
     return Batch(**fields)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ MIN_SPLIT = 1  # a group is split for n_jobs into populations of at least this m
 # dqnrun's Q-networks: plain MLPs and MinAtar's torso take the hand-written stacked update
 # (`dqnrun.population.stacked`), every other head, torso and layer the batched autograd path (`.functional`)
 PLAIN_MLP = ("dqnrun.networks.MLP", "dqnrun.networks.QNetwork")
+TABLE = "dqnrun.networks.QTable"  # the Q-table: its own stacked update (`dqnrun.population.table`), SGD
 STACKED_ACTIVATIONS = ("relu", "tanh")  # what the hand-written stack's backward is written for
 STACKED_TORSOS = (None, "minatar")  # no torso, or MinAtar's one convolution and a ReLU
 # The batched autograd path on a CPU, measured (docs/benchmarks.md, section 12): 8 CartPole seeds of C51 with a
@@ -43,6 +44,8 @@ def autograd_key(cfg: DictConfig) -> str | None:
     update takes it (`dqnrun.fastpath.supports`, decided here from the config)."""
     if OmegaConf.select(cfg, "algo._target_", default="") == PQN:
         return "algo=pqn"  # its update runs under vmap (`dqnrun.population.pqn`)
+    if str(cfg.network.get("_target_", "")) == TABLE:
+        return None  # the stacked tables' own update
     net, lc = cfg.network, cfg.learner
     for key in ("dueling", "norm"):
         if net.get(key):
@@ -71,6 +74,8 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
         return f"algo={algo.rsplit('.', 1)[-1].lower() or '?'}: populations batch DQN's and PQN's updates only"
     net = cfg.network
     target = str(net.get("_target_", ""))
+    if target == TABLE and not pqn:
+        return _table_eligibility(cfg)
     if target not in PLAIN_MLP:
         return f"network {target.rsplit('.', 1)[-1]}: populations stack dqnrun's own Q-networks"
     if net.get("noisy"):
@@ -79,8 +84,6 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
     lc = cfg.learner
     if lc.get("loss", "huber") not in ("huber", "mse"):
         return f"learner.loss={lc.get('loss')}: the stacked update has huber and mse"
-    if cfg.get("compile", False):
-        return "compile=true: a population runs its own batched update"
     opt = str(cfg.optimizer.get("_target_", ""))
     unusual = any(cfg.optimizer.get(k, False) for k in ("maximize", "differentiable", "capturable"))
     if pqn and (opt != "torch.optim.RAdam" or cfg.optimizer.get("decoupled_weight_decay", False) or unusual):
@@ -90,14 +93,40 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
     replay = cfg.get("replay") or {}
     if replay.get("latest", False):
         return "replay=latest: online learning without history stands alone"
-    if cfg.env.get("action_mask", False):
-        return "env.action_mask=true: a population acts without masks"
+    why = _anywhere(cfg)
+    if why is not None:
+        return why
     device = str(cfg.get("device", "auto"))
-    if device not in ("auto", "cpu") and device.split(":")[0] != "cuda":
-        return f"device={device}: populations run on the CPU or on CUDA"
     key = autograd_key(cfg)
     if key is not None and autograd is not True and (autograd is False or not (_on_gpu(device) or _gains_on_cpu(cfg))):
         return f"{key}: {AUTOGRAD_ON_CPU}"
+    return None
+
+
+def _table_eligibility(cfg: DictConfig) -> str | None:
+    """Why a Q-table job (``network=tabular``) stands alone, or None: its population steps SGD without momentum
+    over the tables (`dqnrun.population.table`), with any replay and loss ``half_sse``, ``huber`` or ``mse``."""
+    opt = cfg.optimizer
+    target = str(opt.get("_target_", ""))
+    if target != "torch.optim.SGD" or opt.get("momentum", 0.0) or opt.get("nesterov", False) or any(
+            opt.get(k, False) for k in ("maximize", "differentiable")):
+        return f"optimizer {target.rsplit('.', 1)[-1]}: a Q-table population steps SGD (no momentum, minimizing)"
+    if cfg.learner.get("loss", "huber") not in ("half_sse", "huber", "mse"):
+        return f"learner.loss={cfg.learner.get('loss')}: the stacked tables' update has half_sse, huber and mse"
+    if cfg.learner.get("munchausen", False):
+        return "learner.munchausen=true: the stacked tables' update has the plain TD target"
+    return _anywhere(cfg)
+
+
+def _anywhere(cfg: DictConfig) -> str | None:
+    """What keeps any job out of a population, whatever its network."""
+    if cfg.env.get("action_mask", False):
+        return "env.action_mask=true: a population acts without masks"
+    if cfg.get("compile", False):
+        return "compile=true: a population runs its own batched update"
+    device = str(cfg.get("device", "auto"))
+    if device not in ("auto", "cpu") and device.split(":")[0] != "cuda":
+        return f"device={device}: populations run on the CPU or on CUDA"
     return None
 
 

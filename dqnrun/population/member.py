@@ -20,8 +20,10 @@ from torch import nn
 from dqnrun import metrics as M
 from dqnrun.algos.base import Algorithm
 from dqnrun.fastpath.mlp import single_conv, supports
+from dqnrun.networks import QTable
 from dqnrun.population.functional import stack_functional
 from dqnrun.population.stacked import OneConv, PopulationLearner, StackedMLP
+from dqnrun.population.table import stack_tables
 
 if TYPE_CHECKING:
     from dqnrun.algos.dqn import DQN
@@ -75,21 +77,25 @@ def import_member(learner: PopulationLearner, slot: int, dqn: DQN) -> None:
             _into(dst, p)
         for dst, p in zip(learner.target.member_tensors(slot), _params_of(learner, src.target), strict=True):
             _into(dst, p)
-        state = [src.optimizer.state.get(p) for p in _params_of(learner, src.online)]
-        avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
-        if all(s and "exp_avg" in s for s in state):
-            for a, q, s in zip(avg.member_tensors(slot), sq.member_tensors(slot), state, strict=True):
-                _into(a, s["exp_avg"])
-                _into(q, s["exp_avg_sq"])
-            learner.adam.steps[slot].fill_(float(state[0]["step"]))
-        else:
-            avg.flat[slot].zero_()
-            sq.flat[slot].zero_()
-            learner.adam.steps[slot].zero_()
+        if learner.adam.has_state:  # Adam's moments and step (SGD without momentum, the Q-table's, keeps none)
+            _import_adam(learner, slot, [src.optimizer.state.get(p) for p in _params_of(learner, src.online)])
         learner.updates[slot] = src.updates
         learner.loss_sum[slot] = src._loss_sum
         learner.q_sum[slot] = src._q_sum
         learner.n[slot] = src._n
+
+
+def _import_adam(learner: PopulationLearner, slot: int, state: list[dict | None]) -> None:
+    avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
+    if all(s and "exp_avg" in s for s in state):
+        for a, q, s in zip(avg.member_tensors(slot), sq.member_tensors(slot), state, strict=True):
+            _into(a, s["exp_avg"])  # type: ignore[index]
+            _into(q, s["exp_avg_sq"])  # type: ignore[index]
+        learner.adam.steps[slot].fill_(float(state[0]["step"]))  # type: ignore[index]
+    else:
+        avg.flat[slot].zero_()
+        sq.flat[slot].zero_()
+        learner.adam.steps[slot].zero_()
 
 
 def stack_members(dqns: list[DQN]) -> PopulationLearner:
@@ -100,8 +106,13 @@ def stack_members(dqns: list[DQN]) -> PopulationLearner:
     shared = {"gamma": [d.learner.gamma for d in dqns], "tau": [d.learner.tau for d in dqns],
               "max_grad_norm": [math.inf if d.learner.max_grad_norm is None else d.learner.max_grad_norm
                                 for d in dqns],
-              "lr": [g["lr"] for g in opt], "betas": tuple(opt[0]["betas"]), "eps": opt[0]["eps"],
-              "weight_decay": opt[0]["weight_decay"]}
+              "lr": [g["lr"] for g in opt], "weight_decay": opt[0]["weight_decay"]}
+    if isinstance(first.online, QTable):  # SGD over the members' tables
+        table = stack_tables([d.learner for d in dqns], **shared)
+        for i, dqn in enumerate(dqns):
+            import_member(table, i, dqn)
+        return table
+    shared.update(betas=tuple(opt[0]["betas"]), eps=opt[0]["eps"])
     if first.head != "q" or first.munchausen is not None or not supports(first.online):  # the batched autograd path
         learner: PopulationLearner = stack_functional([d.learner for d in dqns], **shared)
         for i, dqn in enumerate(dqns):
@@ -130,9 +141,11 @@ def export_member(learner: PopulationLearner, slot: int, dqn: DQN, policy_only: 
             return
         for p, src in zip(_params_of(learner, dst.target), learner.target.member_tensors(slot), strict=True):
             _into(p, src)
-        step = learner.adam.steps[slot]
         opt = dst.optimizer
-        if float(step) == 0.0:
+        step = learner.adam.steps[slot] if learner.adam.has_state else None
+        if step is None:
+            pass  # SGD without momentum keeps no state
+        elif float(step) == 0.0:
             opt.state.clear()  # never stepped: what a fresh Adam holds
         else:
             avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
@@ -191,7 +204,8 @@ class MemberAlgo(Algorithm):
         self.dqn.load_data_state(state, step)
 
     def read_metrics(self, step: int) -> dict[str, float]:
-        out = {M.EPSILON: self.dqn.schedule(step)}
+        out = {M.EPSILON: self.dqn.schedule(step),  # as the solo loop logs them
+               M.LEARNING_RATE: float(self.dqn.learner.optimizer.param_groups[0]["lr"])}
         if self.slot.index is None:
             learned = self.dqn.learner.read_metrics()
         else:

@@ -201,6 +201,8 @@ class BatchedAdam:
     keeps it). A member that has not stepped yet has zeros everywhere, which is what a fresh Adam starts from.
     """
 
+    has_state = True  # per-member moments and steps, which a member's checkpoint carries
+
     def __init__(self, k: int, size: int, lr: Sequence[float], betas: tuple[float, float], eps: float,
                  weight_decay: float, device: torch.device) -> None:
         self.exp_avg = torch.zeros(k, size, device=device)
@@ -267,8 +269,8 @@ class PopulationLearner:
                  gamma: Sequence[float], tau: Sequence[float], max_grad_norm: Sequence[float], lr: Sequence[float],
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  loss: str = "huber", double: bool = False, obs_rank: int = 1) -> None:
-        if loss not in ("huber", "mse"):
-            raise ValueError(f"a population's update takes loss huber or mse, got {loss!r}")
+        if loss not in self.LOSSES:
+            raise ValueError(f"a population's update takes loss {' or '.join(self.LOSSES)}, got {loss!r}")
         self.online, self.target, self.features = online, target, features
         self.device = online.flat.device
         self.loss, self.double, self.obs_rank = loss, bool(double), int(obs_rank)
@@ -277,13 +279,20 @@ class PopulationLearner:
         self.gamma = list(map(float, gamma))
         self.tau = list(map(float, tau))
         self.max_grad_norm = list(map(float, max_grad_norm))
-        self.adam = BatchedAdam(k, online.size, lr, betas, eps, weight_decay, self.device)
+        self.adam = self._optimizer(lr, betas, eps, weight_decay)
         self.grad = online.like(torch.zeros(k, online.size, device=self.device))
         self.updates = np.zeros(k, dtype=np.int64)
         self.loss_sum = torch.zeros(k, device=self.device)
         self.q_sum = torch.zeros(k, device=self.device)
         self.n = np.zeros(k, dtype=np.int64)
         self._tensors()
+
+    LOSSES = ("huber", "mse")
+
+    def _optimizer(self, lr: Sequence[float], betas: tuple[float, float], eps: float,
+                   weight_decay: float) -> BatchedAdam:
+        """The members' optimizer over their (P,) rows: Adam (`BatchedAdam`)."""
+        return BatchedAdam(self.online.k, self.online.size, lr, betas, eps, weight_decay, self.device)
 
     def _tensors(self) -> None:
         """Per-member constants as tensors (rebuilt when members leave)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -326,3 +327,34 @@ def test_a_failing_batched_update_records_every_member_in_it_as_failed(tmp_path:
     for job in ("0", "1"):
         r = results(sweep / job)
         assert r["status"] == "failed" and "No space left on device" in r["error"], r
+
+
+def test_a_q_table_population_equals_its_solo_twins_and_resumes_bit_for_bit(tmp_path: Path) -> None:
+    """``network=tabular`` (FrozenLake's preset: SGD, ``replay=latest``, batches of different widths per member):
+    each member's last.pt equals its solo run's bit for bit, and a population cut by SIGTERM and resumed equals one
+    run straight through."""
+    grid = ["env=frozenlake", "seed=0,1", "optimizer.lr=0.05,0.2", "total_steps=4000", "eval.every=2000",
+            "eval.episodes=20", "log.every=1000", "log.progress=false", "checkpoint.every=0"]
+    pop = [*grid, "hydra/launcher=population", "hydra.launcher.n_jobs=1"]
+    whole, cut, solo = tmp_path / "whole", tmp_path / "cut", tmp_path / "solo"
+    proc = run_cli(["train", "-m", *pop, f"hydra.sweep.dir={whole}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:2] == ["dqnrun train: 4 jobs in 1 population",
+                                            "  population 1: 4 members (jobs 0-3)"]
+    assert run_cli(["train", "-m", *grid, f"hydra.sweep.dir={solo}"], tmp_path).returncode == 0
+    proc = run_cli(["train", "-m", *pop, f"hydra.sweep.dir={cut}"], tmp_path,
+                   env={"DQNRUN_TEST_SIGNAL_AT_STEP": "1600"})
+    assert proc.returncode == 128 + 15, proc.stderr
+    assert run_cli(["train", "-m", *pop, f"resume={cut}"], tmp_path).returncode == 0
+    for job in ("0", "1", "2", "3"):
+        ours = _ckpt_tensors(whole / job / "checkpoints" / "last.pt")
+        assert ours[".step"] == 4000 and ours[".algo_state.updates"] == 500
+        assert not _same_bits(ours, _ckpt_tensors(solo / job / "checkpoints" / "last.pt")), job
+        assert not _same_bits(ours, _ckpt_tensors(cut / job / "checkpoints" / "last.pt")), job
+        assert results(whole / job)["eval_history"] == results(solo / job)["eval_history"]
+        assert results(cut / job)["resumed_from_step"] == 1600
+    ev = run_cli(["eval", f"ckpt={whole / '3'}", "episodes=5"], tmp_path)
+    assert ev.returncode == 0 and "mean return" in ev.stdout, ev.stderr
+    import dqnrun
+
+    assert dqnrun.load(whole / "3").q_values(np.arange(16)).shape == (16, 4)
