@@ -51,8 +51,14 @@ class NoisyLinear(nn.Module):
 
     @torch.no_grad()
     def reset_noise(self) -> None:
-        self.eps_in.copy_(self._f(torch.randn(self.in_features, device=self.eps_in.device)))
-        self.eps_out.copy_(self._f(torch.randn(self.out_features, device=self.eps_out.device)))
+        self.eps_in.copy_(self.noise(self.in_features, self.eps_in.device))
+        self.eps_out.copy_(self.noise(self.out_features, self.eps_out.device))
+
+    @classmethod
+    def noise(cls, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """f(x) of n standard normal draws: one factor of the noise (from the global torch stream without a
+        ``generator``; a population draws each member's from its own, `dqnrun.population.functional`)."""
+        return cls._f(torch.randn(n, device=device, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

@@ -40,7 +40,7 @@ from dqnrun.acting import epsilon_greedy
 from dqnrun.errors import EnvError, UsageError, write_failure
 from dqnrun.population.evaluation import evaluate_together
 from dqnrun.population.logs import MemberLogs
-from dqnrun.population.member import MemberAlgo, Slot, stack_members
+from dqnrun.population.member import MemberAlgo, Slot, stack_members, torch_stream
 from dqnrun.population.stacked import PopulationLearner
 from dqnrun.population.watch import Watch
 from dqnrun.replay import Batch
@@ -102,6 +102,7 @@ class Member:
         self.error: BaseException | None = None
         self.left = False  # ended or failed; its row leaves the stacked tensors at the next compaction
         self.eval_result: Any = None  # this step's evaluation, run with the others' (`evaluate_together`)
+        self.stream: torch.Tensor | None = None  # its torch RNG state once built or restored (`torch_stream`)
 
     @property
     def dqn(self) -> Any:
@@ -219,6 +220,7 @@ class Population:
                 run.build()
                 faults.point("restore")
                 run.restore()
+                m.stream = torch_stream(run.algo.device)  # its torch RNG as its solo run has it now (NoisyNet's)
                 if run.ckpt is not None:
                     if self.stop.requested:
                         m.results = run.left_as_it_was()
@@ -235,7 +237,7 @@ class Population:
         if not live:
             return
         dqns = [m.run.algo for m in live]  # type: ignore[union-attr]
-        self.learner = learner = stack_members(dqns)
+        self.learner = learner = stack_members(dqns, [m.stream for m in live])
         for i, (m, dqn) in enumerate(zip(live, dqns, strict=True)):
             m.slot.index = i
             m.run.algo = MemberAlgo(dqn, learner, m.slot)  # type: ignore[union-attr]

@@ -44,7 +44,8 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
         obs = np.zeros((len(slots), max(width, 1), *first.shape[1:]), dtype=first.dtype)
         for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
             obs[i, :len(p)] = live[s][1].obs[p]
-        greedy = learner.greedy(obs, rows=slots)
+        with learner.evaluation():  # NoisyNet layers on their mean weights, as a solo evaluation acts
+            greedy = learner.greedy(obs, rows=slots)
         for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
             rounds, query, rng, epsilon, n_actions = live[s]
             actions = np.zeros(len(query.obs), dtype=np.int64)

@@ -9,13 +9,16 @@ the batched Adam, the gradient caps, the target syncs and members leaving are sh
 member's loss the one its solo run computes (tests/unit/test_population.py checks 10 updates to 1e-5).
 
 IQN's fractions are drawn outside the batched step, each member's from its own generator, as its solo step draws
-them. What stays out (`dqnrun.population.grouping` says so): NoisyNet layers draw their noise from the global torch
-stream of their solo run, which members cannot share.
+them. NoisyNet layers draw their noise from the global torch stream in a solo run; in a population each member draws
+from a generator holding that member's own stream (its state when the member was built or restored, written back
+into its checkpoints), into stacked noise buffers, at the points of the update where its solo run draws: every
+gradient step, online layers then target layers, after the burst's targets where a solo run computes those first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +27,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from dqnrun.algos.dqn.targets import munchausen_target, td_target
+from dqnrun.networks import NoisyLinear
 from dqnrun.population.stacked import PopulationLearner
 from dqnrun.replay import Batch
 
@@ -51,6 +55,18 @@ class StackedParams:
         named = list(nets[0].named_parameters())
         flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in net.parameters()]) for net in nets])
         return cls(flat.contiguous(), [n for n, _ in named], [p.shape for _, p in named])
+
+    @classmethod
+    def noise_of(cls, nets: Sequence[nn.Module]) -> StackedParams | None:
+        """The members' NoisyNet factors, stacked: each `NoisyLinear`'s ``eps_in`` and ``eps_out``, in ``modules()``
+        order (the order ``reset_noise`` draws them); None for a network without noise."""
+        names = [f"{n}.{b}" for n, m in nets[0].named_modules() if isinstance(m, NoisyLinear)
+                 for b in ("eps_in", "eps_out")]
+        if not names:
+            return None
+        rows = [[net.get_buffer(n) for n in names] for net in nets]
+        flat = torch.stack([torch.cat([t.detach().reshape(-1) for t in row]) for row in rows])
+        return cls(flat.contiguous(), names, [t.shape for t in rows[0]])
 
     def _bind(self) -> None:
         k, off = self.k, 0
@@ -150,11 +166,18 @@ class FuncPopulationLearner(PopulationLearner):
     """
 
     def __init__(self, learners: Sequence[Learner], online: StackedParams, target: StackedParams,
-                 **kwargs: Any) -> None:
+                 generators: Sequence[torch.Generator] | None = None, **kwargs: Any) -> None:
         self.members = list(learners)  # each member's own learner, for what it draws from its own streams (IQN)
         self.solo = solo = learners[0]
         self.pair = _Pair(solo.online, solo.target)
         self._stacked_q = StackedQ.of(solo.online)
+        # NoisyNet: the online and target noise factors of every member, and each member's torch stream
+        online_noise = StackedParams.noise_of([ln.online for ln in learners])
+        target_noise = StackedParams.noise_of([ln.target for ln in learners])
+        self.noise = None if online_noise is None else (online_noise, target_noise)
+        if self.noise is not None and (generators is None or len(generators) != len(learners)):
+            raise ValueError("NoisyNet members need a torch generator each (their own noise streams)")
+        self.generators = list(generators) if self.noise is not None else None  # type: ignore[arg-type]
         super().__init__(online, target, features=lambda x: x, loss=solo.loss_name, double=solo.double,  # type: ignore[arg-type]
                          **kwargs)
 
@@ -165,11 +188,60 @@ class FuncPopulationLearner(PopulationLearner):
 
     # --- acting -----------------------------------------------------------------------------------------
     def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
-        """obs ``(K, E, *obs_shape)`` -> argmax_a Q ``(K, E)``, each member's Q its solo network's forward."""
+        """obs ``(K, E, *obs_shape)`` -> argmax_a Q ``(K, E)``, each member's Q its solo network's forward (with its
+        own current noise, NoisyNet's, except under `evaluation`)."""
         subset = self._subset(rows)
-        params = self.online if subset is None else self.online.like(self.online.flat[subset])
+
+        def rows_of(s: StackedParams) -> StackedParams:
+            return s if subset is None else s.like(s.flat[subset])
+
+        noise = None if self.noise is None else rows_of(self.noise[0])
         with torch.inference_mode():
-            return q_of(self.solo.online, self._stacked_q, params, obs, self.device).argmax(-1).cpu().numpy()
+            return q_of(self.solo.online, self._stacked_q, rows_of(self.online), obs, self.device,  # type: ignore[arg-type]
+                        noise).argmax(-1).cpu().numpy()
+
+    @contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """Evaluating: the networks in eval mode (NoisyNet layers act on their mean weights), as `Run.evaluate`."""
+        self.solo.online.eval()
+        try:
+            yield
+        finally:
+            self.solo.online.train()
+
+    def _reset_noise(self, active: Sequence[bool]) -> None:
+        """NoisyNet: fresh factors for every active member, from its own stream, in its solo run's order (online
+        layers, then target layers; ``eps_in`` then ``eps_out`` each)."""
+        assert self.noise is not None and self.generators is not None
+        for m, on in enumerate(active):
+            if on:
+                for stack in self.noise:
+                    for v in stack.views:
+                        v[m].copy_(NoisyLinear.noise(v.shape[1], self.device, self.generators[m]))
+
+    @torch.no_grad()
+    def sync_targets(self, members: Sequence[int], hard: bool = False) -> None:
+        """As `PopulationLearner.sync_targets`; the target's noise factors become the online's too, as a solo
+        run's sync copies every buffer (`Learner.sync_target`)."""
+        super().sync_targets(members, hard)
+        if self.noise is not None:
+            for m in members:
+                self.noise[1].rows[m].copy_(self.noise[0].rows[m])
+
+    @torch.no_grad()
+    def _burst_targets(self, batch: Batch) -> torch.Tensor:
+        """TD targets ``(K, G, B)`` of a whole burst from the target nets as they are before it (`Learner.targets`,
+        each member's under ``vmap``): a noisy solo run computes them before its first fresh noise."""
+        k, g, b = batch.action.shape
+        discount = self._gamma.expand(k, g, b) if batch.discount is None else batch.discount
+
+        def member(p: dict[str, torch.Tensor], *fields: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.pair, p, (lambda: self.solo.targets(Batch(*fields)),))
+
+        assert self.noise is not None
+        params = {**self.target.params("target."), **self.noise[1].params("target.")}
+        return vmap(member)(params, batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated,
+                            discount)
 
     # --- learning ---------------------------------------------------------------------------------------
     def _taus(self, b: int, active: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +255,10 @@ class FuncPopulationLearner(PopulationLearner):
 
     def keep(self, members: Sequence[int]) -> None:
         self.members = [self.members[m] for m in members]
+        if self.noise is not None:
+            for stack in self.noise:
+                stack.keep(members)
+            self.generators = [self.generators[m] for m in members]  # type: ignore[index]
         super().keep(members)
 
     def targets(self, batch: Batch) -> torch.Tensor | None:
@@ -191,12 +267,13 @@ class FuncPopulationLearner(PopulationLearner):
     def _member_loss(self, p: dict[str, torch.Tensor], p_target: dict[str, torch.Tensor], obs: torch.Tensor,
                      action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
                      gamma: torch.Tensor, weights: torch.Tensor | None,
-                     taus: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[Any, ...]]:
+                     taus: tuple[torch.Tensor, torch.Tensor] | None,
+                     y_burst: torch.Tensor | None) -> tuple[torch.Tensor, tuple[Any, ...]]:
         solo = self.solo
 
         def terms() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            y = None
-            if not solo.distributional:  # as `Learner.targets` (or, with double, its per-step target)
+            y = y_burst
+            if y is None and not solo.distributional:  # as `Learner.targets` (or, with double, its per-step target)
                 with torch.no_grad():
                     next_q = solo.target(next_obs)
                     if solo.munchausen is not None:
@@ -217,18 +294,28 @@ class FuncPopulationLearner(PopulationLearner):
         act = [True] * k if active is None else list(active)
         mask = torch.tensor(act, device=self.device)
         iqn = self.solo.tau_gen is not None
+        solo = self.solo
+        y_burst = (self._burst_targets(batch) if self.noise is not None and not (solo.double or solo.distributional)
+                   else None)  # a noisy solo run's burst targets, from its target noise before the burst
         step = vmap(grad(self._member_loss, has_aux=True),
-                    in_dims=(0, 0, 0, 0, 0, 0, 0, 0, None if batch.weights is None else 0, 0 if iqn else None))
+                    in_dims=(0, 0, 0, 0, 0, 0, 0, 0, None if batch.weights is None else 0, 0 if iqn else None,
+                             None if y_burst is None else 0))
         out: list[np.ndarray | None] = []
         for g in range(g_steps):
+            if self.noise is not None:
+                self._reset_noise(act)
             gamma = self._gamma.view(-1) if batch.discount is None else batch.discount[:, g]
             weights = None if batch.weights is None else batch.weights[:, g]
             taus = self._taus(batch.action.shape[2], act) if iqn else None
+            fixed = self.target.params("target.")  # what the step does not differentiate: the target, the noise
+            if self.noise is not None:
+                fixed = {**fixed, **self.noise[0].params("online."), **self.noise[1].params("target.")}
             with torch.enable_grad():
-                grads, (loss, q_mean, td_abs) = step(self.online.params("online."), self.target.params("target."),
+                grads, (loss, q_mean, td_abs) = step(self.online.params("online."), fixed,
                                                      batch.obs[:, g], batch.action[:, g],
                                                      batch.reward[:, g], batch.next_obs[:, g],
-                                                     batch.terminated[:, g], gamma, weights, taus)
+                                                     batch.terminated[:, g], gamma, weights, taus,
+                                                     None if y_burst is None else y_burst[:, g])
             for view, name in zip(self.grad.views, self.grad.names, strict=True):  # type: ignore[attr-defined]
                 view.copy_(grads["online." + name])
             self._step(loss, q_mean, act, mask)
@@ -237,9 +324,10 @@ class FuncPopulationLearner(PopulationLearner):
 
 
 def q_of(net: nn.Module, stacked: StackedQ | None, params: StackedParams, obs: Any,
-         device: torch.device) -> torch.Tensor:
+         device: torch.device, noise: StackedParams | None = None) -> torch.Tensor:
     """Q ``(K, E, A)`` of each member's rows of ``obs`` ``(K, E, *obs_shape)``: batched products where the network
-    allows (`StackedQ`), else ``net``'s own forward under ``vmap`` with each member's parameters swapped in."""
+    allows (`StackedQ`), else ``net``'s own forward under ``vmap`` with each member's parameters (and NoisyNet
+    factors, ``noise``) swapped in."""
     x = torch.as_tensor(obs, device=device)
     if stacked is not None:
         return stacked(params.params(), x)
@@ -247,12 +335,14 @@ def q_of(net: nn.Module, stacked: StackedQ | None, params: StackedParams, obs: A
     def q(p: dict[str, torch.Tensor], o: torch.Tensor) -> torch.Tensor:
         return functional_call(net, p, (o,))
 
-    return vmap(q)(params.params(), x)
+    return vmap(q)({**params.params(), **({} if noise is None else noise.params())}, x)
 
 
-def stack_functional(learners: Sequence[Learner], **kwargs: Any) -> FuncPopulationLearner:
-    """The members' learners (built or restored) -> one `FuncPopulationLearner`, member i in row i (weights only:
-    `dqnrun.population.member.import_member` brings in the rest)."""
+def stack_functional(learners: Sequence[Learner], generators: Sequence[torch.Generator] | None = None,
+                     **kwargs: Any) -> FuncPopulationLearner:
+    """The members' learners (built or restored) -> one `FuncPopulationLearner`, member i in row i (weights and
+    NoisyNet factors: `dqnrun.population.member.import_member` brings in the rest); ``generators``: each member's
+    torch stream, which NoisyNet members draw their noise from."""
     online = StackedParams.stack([ln.online for ln in learners])
     target = StackedParams.stack([ln.target for ln in learners])
-    return FuncPopulationLearner(learners, online, target, **kwargs)
+    return FuncPopulationLearner(learners, online, target, generators, **kwargs)

@@ -47,7 +47,7 @@ def autograd_key(cfg: DictConfig) -> str | None:
     if str(cfg.network.get("_target_", "")) == TABLE:
         return None  # the stacked tables' own update
     net, lc = cfg.network, cfg.learner
-    for key in ("dueling", "norm"):
+    for key in ("noisy", "dueling", "norm"):
         if net.get(key):
             return f"network.{key}={net.get(key)}"
     head = lc.get("distributional", False)
@@ -78,9 +78,8 @@ def eligibility(cfg: DictConfig, autograd: Any = "auto") -> str | None:
         return _table_eligibility(cfg)
     if target not in PLAIN_MLP:
         return f"network {target.rsplit('.', 1)[-1]}: populations stack dqnrun's own Q-networks"
-    if net.get("noisy"):
-        return ("network.noisy=true: NoisyNet layers draw their noise from the run's own torch stream, which "
-                "members cannot share")
+    if net.get("noisy") and pqn:
+        return "network.noisy=true: a PQN population's update has no NoisyNet noise streams"
     lc = cfg.learner
     if lc.get("loss", "huber") not in ("huber", "mse"):
         return f"learner.loss={lc.get('loss')}: the stacked update has huber and mse"

@@ -98,9 +98,22 @@ def _import_adam(learner: PopulationLearner, slot: int, state: list[dict | None]
         learner.adam.steps[slot].zero_()
 
 
-def stack_members(dqns: list[DQN]) -> PopulationLearner:
+def torch_stream(device: torch.device) -> torch.Tensor:
+    """The global torch RNG state that a run on ``device`` draws its NoisyNet noise from."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _generator(state: torch.Tensor, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.set_state(state)
+    return gen
+
+
+def stack_members(dqns: list[DQN], streams: list[torch.Tensor] | None = None) -> PopulationLearner:
     """One `PopulationLearner` holding the members' (built or restored) DQNs, member i in row i: their weights,
-    optimizer states, counters and per-member hyperparameters (lr, gamma, tau, gradient cap)."""
+    optimizer states, counters and per-member hyperparameters (lr, gamma, tau, gradient cap). ``streams``: each
+    member's torch RNG state as it was built or restored (`torch_stream`), which NoisyNet members draw from;
+    by default the current one for all."""
     first = dqns[0].learner
     opt = [d.learner.optimizer.param_groups[0] for d in dqns]
     shared = {"gamma": [d.learner.gamma for d in dqns], "tau": [d.learner.tau for d in dqns],
@@ -114,7 +127,10 @@ def stack_members(dqns: list[DQN]) -> PopulationLearner:
         return table
     shared.update(betas=tuple(opt[0]["betas"]), eps=opt[0]["eps"])
     if first.head != "q" or first.munchausen is not None or not supports(first.online):  # the batched autograd path
-        learner: PopulationLearner = stack_functional([d.learner for d in dqns], **shared)
+        device = first.device
+        gens = [_generator(torch_stream(device) if streams is None else st, device)
+                for st in (streams or [None] * len(dqns))]
+        learner: PopulationLearner = stack_functional([d.learner for d in dqns], gens, **shared)
         for i, dqn in enumerate(dqns):
             import_member(learner, i, dqn)
         return learner
@@ -137,10 +153,17 @@ def export_member(learner: PopulationLearner, slot: int, dqn: DQN, policy_only: 
     with torch.no_grad():
         for p, src in zip(_params_of(learner, dst.online), learner.online.member_tensors(slot), strict=True):
             _into(p, src)
+        noise = getattr(learner, "noise", None)
+        for net, stack in zip((dst.online, dst.target), noise or (), strict=False):
+            for name, src in zip(stack.names, stack.member_tensors(slot), strict=True):
+                net.get_buffer(name).copy_(src)
         if policy_only:
             return
         for p, src in zip(_params_of(learner, dst.target), learner.target.member_tensors(slot), strict=True):
             _into(p, src)
+        if noise is not None and learner.generators[0].device.type == "cpu":  # type: ignore[attr-defined]
+            # the member's own torch stream, which its checkpoint records as a solo run's records the global one
+            torch.set_rng_state(learner.generators[slot].get_state())  # type: ignore[attr-defined]
         opt = dst.optimizer
         step = learner.adam.steps[slot] if learner.adam.has_state else None
         if step is None:

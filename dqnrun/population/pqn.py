@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -153,6 +154,9 @@ class PQNPopulationLearner:
     def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
         """argmax_a Q ``(K, E)``: what evaluations act on (`dqnrun.population.evaluation`)."""
         return self.q_values(obs, rows).argmax(-1)
+
+    def evaluation(self) -> AbstractContextManager[None]:
+        return nullcontext()  # PQN's networks act alike in training and evaluation
 
     # --- learning ---------------------------------------------------------------------------------------
     def _member_loss(self, p: dict[str, torch.Tensor], obs: torch.Tensor, action: torch.Tensor, target: torch.Tensor,

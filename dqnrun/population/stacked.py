@@ -24,6 +24,7 @@ Shapes: member batches are ``(K, B, ...)``, or ``(K, G, B, ...)`` for a burst of
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -360,6 +361,10 @@ class PopulationLearner:
             n = self.online.shapes[0][1]
             return np.eye(n, dtype=np.float32)[obs]
         return obs.astype(np.float32, copy=False)
+
+    def evaluation(self) -> AbstractContextManager[None]:
+        """The context an evaluation acts in (`dqnrun.population.functional` puts NoisyNet layers in eval mode)."""
+        return nullcontext()
 
     # --- learning ---------------------------------------------------------------------------------------
     @torch.no_grad()

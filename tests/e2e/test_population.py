@@ -27,14 +27,14 @@ def replay_rows(run_dir: Path) -> dict:
 
 def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    # C51 members: the batched autograd path (`dqnrun.population.functional`); NoisyNet jobs stand alone
-    proc = run_cli(["train", "-m", "seed=0,1", "network.noisy=false,true", "learner.distributional=c51", *POP, *SHORT,
+    # C51 members: the batched autograd path (`dqnrun.population.functional`); an RMSprop job stands alone
+    proc = run_cli(["train", "-m", "seed=0,1", "optimizer=adam,rmsprop", "learner.distributional=c51", *POP, *SHORT,
                     "hydra.launcher.autograd=true", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "dqnrun train: 4 jobs in 1 population and 2 jobs on their own", lines[:4]
     assert lines[1] == "  population 1: 2 members (jobs 0, 2)"
-    assert "job 1 runs on its own: network.noisy=true: NoisyNet layers" in lines[2], lines[2]
+    assert "job 1 runs on its own: optimizer RMSprop: a population steps Adam" in lines[2], lines[2]
     assert "all 4 jobs finished" in proc.stdout
     for job in ("0", "1", "2", "3"):  # members and ordinary jobs alike: a solo sweep job's directory
         d = sweep / job
@@ -71,7 +71,7 @@ def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_pat
     assert agent.act(np.zeros((3, 4), np.float32)).shape == (3,)
     rep = run_cli(["report", str(sweep)], tmp_path)
     assert rep.returncode == 0, rep.stderr
-    assert "network.noisy" in rep.stdout and (sweep / "report.md").exists()
+    assert "rmsprop" in rep.stdout and (sweep / "report.md").exists()
     # a member's SPS is its steps over the population's wall clock: the record and the report say so
     assert results(sweep / "2")["population_members"] == 2 and results(sweep / "1")["population_members"] is None
     assert "trained as population members (up to 2 per population)" in " ".join(rep.stdout.split())
@@ -358,3 +358,31 @@ def test_a_q_table_population_equals_its_solo_twins_and_resumes_bit_for_bit(tmp_
     import dqnrun
 
     assert dqnrun.load(whole / "3").q_values(np.arange(16)).shape == (16, 4)
+
+
+def test_noisy_members_draw_their_solo_noise_and_resume_bit_for_bit(tmp_path: Path) -> None:
+    """NoisyNet members (``network=noisy_mlp``, the batched autograd path): each draws its noise from its own
+    torch stream, so it ends where its solo run ends (its stream in last.pt bit for bit, its weights to rounding),
+    and a population cut by SIGTERM and resumed ends bit for bit where one run straight through does."""
+    grid = ["seed=0,1", "network=noisy_mlp", "schedule.start=0", "schedule.end=0", *SHORT]
+    pop = [*grid, *POP, "hydra.launcher.autograd=true", "hydra.launcher.n_jobs=1"]
+    whole, cut, solo = tmp_path / "whole", tmp_path / "cut", tmp_path / "solo"
+    proc = run_cli(["train", "-m", *pop, f"hydra.sweep.dir={whole}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1] == "  population 1: 2 members (jobs 0-1)", proc.stdout
+    assert run_cli(["train", "-m", *grid, "env=cartpole", f"hydra.sweep.dir={solo}"], tmp_path).returncode == 0
+    proc = run_cli(["train", "-m", *pop, f"hydra.sweep.dir={cut}"], tmp_path, env={"DQNRUN_TEST_SIGNAL_AT_STEP": "600"})
+    assert proc.returncode == 128 + 15, proc.stderr
+    assert run_cli(["train", "-m", *pop, f"resume={cut}"], tmp_path).returncode == 0
+    for job in ("0", "1"):
+        ours = torch.load(whole / job / "checkpoints" / "last.pt", weights_only=False)
+        theirs = torch.load(solo / job / "checkpoints" / "last.pt", weights_only=False)
+        assert ours["step"] == 800 and ours["algo_state"]["updates"] == theirs["algo_state"]["updates"] > 50
+        assert torch.equal(ours["rng"]["torch"], theirs["rng"]["torch"])  # as many draws, from its own stream
+        for name, value in theirs["policy"].items():
+            torch.testing.assert_close(ours["policy"][name], value, atol=1e-4, rtol=0, msg=name)
+        assert results(whole / job)["eval_history"] == results(solo / job)["eval_history"]
+        tensors = _ckpt_tensors(whole / job / "checkpoints" / "last.pt")
+        assert not _same_bits(tensors, _ckpt_tensors(cut / job / "checkpoints" / "last.pt")), job
+        assert torch.equal(ours["rng"]["torch"], torch.load(cut / job / "checkpoints" / "last.pt",
+                                                            weights_only=False)["rng"]["torch"])

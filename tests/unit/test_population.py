@@ -440,3 +440,55 @@ def test_an_iqn_member_that_leaves_keeps_the_others_draws_and_rows() -> None:
         for a, b in zip(solo[i].learner.online.parameters(), twins[i].learner.online.parameters(), strict=True):
             torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
         assert torch.equal(twins[i].learner.tau_gen.get_state(), solo[i].learner.tau_gen.get_state())
+
+
+# --- NoisyNet members: each draws its noise from its own stream --------------------------------------
+def _noisy(overrides: list[str]):
+    """A NoisyNet member built as a run builds it, and its torch stream right after (what its solo run draws
+    its noise from next)."""
+    d = _dqn(["network=noisy_mlp", *overrides])
+    return d, torch.get_rng_state()
+
+
+@pytest.mark.parametrize("extra", [[], ["learner.double=true"], ["learner.distributional=c51"]])
+def test_noisy_members_draw_their_own_noise_and_update_as_their_solo_runs(extra: list[str]) -> None:
+    solo = [_noisy([*m, *extra]) for m in MEMBERS]
+    twins = [_noisy([*m, *extra]) for m in MEMBERS]
+    pop = stack_members([d for d, _ in twins], [s for _, s in twins])
+    streams = [s for _, s in solo]
+    gen = np.random.default_rng(3)
+    obs = gen.normal(size=(3, 8, 4)).astype(np.float32)
+    rows = _batches(20, 3, seed=7, n_step=False)
+    for step in range(10):  # bursts of 2 gradient steps: a solo run's burst targets come before its fresh noise
+        burst = [Batch(*(None if a is None else torch.cat([a, b]) for a, b in zip(x, y, strict=True)))
+                 for x, y in zip(rows[2 * step], rows[2 * step + 1], strict=True)]
+        if step == 5:
+            for d, _ in solo:
+                d.learner.sync_target()
+            pop.sync_targets([0, 1, 2])
+        for i, ((d, _), b) in enumerate(zip(solo, burst, strict=True)):
+            torch.set_rng_state(streams[i])  # each solo run has the global stream to itself
+            d.learner.update(b)
+            streams[i] = torch.get_rng_state()
+        pop.update(_stack(burst))
+        acted = pop.greedy(obs)  # acting with each member's current noise
+        for i, (d, _) in enumerate(solo):
+            np.testing.assert_array_equal(acted[i], d.learner.greedy_actions(obs[i]))
+    with pop.evaluation():  # evaluation acts on the mean weights
+        evaluated = pop.greedy(obs)
+    for i, ((d, _), twin) in enumerate(zip(solo, [t for t, _ in twins], strict=True)):
+        d.learner.online.eval()
+        np.testing.assert_array_equal(evaluated[i], d.learner.greedy_actions(obs[i]))
+        d.learner.online.train()
+        export_member(pop, i, twin)
+        for a, b in zip(d.learner.online.state_dict().values(), twin.learner.online.state_dict().values(),
+                        strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)  # weights and the current noise factors
+        for a, b in zip(d.learner.target.state_dict().values(), twin.learner.target.state_dict().values(),
+                        strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        assert torch.equal(torch.get_rng_state(), streams[i])  # export leaves its stream for its checkpoint
+        assert twin.learner.updates == d.learner.updates == 20
+    # every member drew noise of its own
+    eps = [d.learner.online.state_dict()["net.2.eps_out"] for d, _ in solo]
+    assert not torch.equal(eps[0], eps[1])
