@@ -41,6 +41,7 @@ from dqnrun.errors import EnvError, UsageError, write_failure
 from dqnrun.population.evaluation import evaluate_together
 from dqnrun.population.logs import MemberLogs
 from dqnrun.population.member import MemberAlgo, Slot, stack_members, torch_stream
+from dqnrun.population.rows import StackedRows
 from dqnrun.population.stacked import PopulationLearner
 from dqnrun.population.watch import Watch
 from dqnrun.replay import Batch
@@ -160,6 +161,7 @@ class Population:
         self.watch = Watch(name, progress, aggregate_root)
         self.threads, self.name = int(threads), name
         self.learner: PopulationLearner | None = None
+        self.rows: StackedRows | None = None
         self._live: list[Member] = []
 
     # --- the whole population ---------------------------------------------------------------------------
@@ -238,6 +240,8 @@ class Population:
             return
         dqns = [m.run.algo for m in live]  # type: ignore[union-attr]
         self.learner = learner = stack_members(dqns, [m.stream for m in live])
+        replays = [d.replay for d in dqns]
+        self.rows = StackedRows(replays) if StackedRows.fits(replays) else None  # one replay with a member axis
         for i, (m, dqn) in enumerate(zip(live, dqns, strict=True)):
             m.slot.index = i
             m.run.algo = MemberAlgo(dqn, learner, m.slot)  # type: ignore[union-attr]
@@ -368,14 +372,7 @@ class Population:
         if syncs:
             learner.sync_targets(syncs)
         for n, members in due.items():
-            batches = {m.slot.index: m.dqn.replay.sample(n_batches=n, step=m.session.step) for m in members}
-            faults.point("learn")
-            out = update_together(learner, batches)
-            for m in members:
-                b = batches[m.slot.index]
-                for g, td_abs in enumerate(out):
-                    if td_abs is not None and b.indices is not None:  # prioritized replay
-                        m.dqn.replay.update_priorities(b.indices[g], td_abs[m.slot.index])
+            learn_burst(learner, self.rows, members, n)
 
     # --- members leaving --------------------------------------------------------------------------------
     def _end(self, m: Member) -> None:
@@ -457,6 +454,26 @@ def receive_and_store(m: Member) -> Any:
     reward = t.reward if clip is None else np.clip(t.reward, -clip, clip)
     dqn.replay.add(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated, t.valid)
     return t
+
+
+def learn_burst(learner: PopulationLearner, rows: StackedRows | None, members: Sequence[Member], n: int) -> None:
+    """One batched update of ``members``, each due ``n`` gradient steps: each draws its rows with its own sampler,
+    as its solo run does; one gather serves them all where their replays share columns (`StackedRows`), else each
+    gathers its own (`update_together`). Then prioritized replay's new priorities, each member's from its rows."""
+    if rows is not None:
+        draws = {m.slot.index: (*m.dqn.replay.sampler.draw(n, m.session.step), m.dqn.replay) for m in members}
+        faults.point("learn")
+        out = learner.update(rows.gather(draws, learner.k), [s in draws for s in range(learner.k)])  # type: ignore[arg-type]
+        drawn = {s: d[0] for s, d in draws.items()}
+    else:
+        batches = {m.slot.index: m.dqn.replay.sample(n_batches=n, step=m.session.step) for m in members}
+        faults.point("learn")
+        out = update_together(learner, batches)
+        drawn = {s: b.indices for s, b in batches.items()}
+    for m in members:
+        for g, td_abs in enumerate(out):
+            if td_abs is not None:  # prioritized replay
+                m.dqn.replay.update_priorities(drawn[m.slot.index][g], td_abs[m.slot.index])  # type: ignore[index]
 
 
 def update_together(learner: PopulationLearner, batches: dict[int, Batch]) -> list[np.ndarray | None]:

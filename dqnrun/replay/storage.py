@@ -38,10 +38,15 @@ class RowRing:
         self.pos = 0
         self.size = 0
         self.last = (0, 0)  # (start, count) of the rows written by the last add
-        self._stores = (*obs_columns, self.action, self.reward, self.terminated, self.discount)
         self._host_obs = host_obs
+        self._views: list[np.ndarray] | None = []
+        self._bind(obs_columns)
+
+    def _bind(self, obs_columns: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._stores = (*obs_columns, self.action, self.reward, self.terminated, self.discount)
         # On the CPU, numpy views of the same memory take a vector step's rows ~5x cheaper than torch indexing.
-        self._views: list[np.ndarray] | None = [t.numpy() for t in self._stores] if device.type == "cpu" else None
+        if self._views is not None:
+            self._views = [t.numpy() for t in self._stores] if self.device.type == "cpu" else None
 
     def use_torch_ops(self) -> None:
         """Write with torch ops, as on an accelerator, even on the CPU (so tests cover that path)."""
@@ -126,6 +131,17 @@ class RowStorage(RowRing):
         self.obs = torch.zeros(shape, dtype=obs_dtype, device=device)
         self.next_obs = torch.zeros(shape, dtype=obs_dtype, device=device)
         super().__init__(capacity, device, (self.obs, self.next_obs), gamma, with_discount, host_obs=False)
+
+    COLUMNS = ("obs", "next_obs", "action", "reward", "terminated", "discount")
+
+    def home(self, columns: dict[str, torch.Tensor]) -> None:
+        """Keep the columns (`COLUMNS`) in the given tensors from now on, their contents copied there (same shapes,
+        dtypes and device): a population's replay with a member axis makes every member's columns views of one
+        tensor (`dqnrun.population.rows`). Writing, sampling and checkpoints are unchanged."""
+        for name in self.COLUMNS:
+            columns[name].copy_(getattr(self, name))
+            setattr(self, name, columns[name])
+        self._bind((self.obs, self.next_obs))
 
     @staticmethod
     def nbytes(capacity: int, obs_shape: Sequence[int], obs_dtype: torch.dtype) -> int:

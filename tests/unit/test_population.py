@@ -492,3 +492,47 @@ def test_noisy_members_draw_their_own_noise_and_update_as_their_solo_runs(extra:
     # every member drew noise of its own
     eps = [d.learner.online.state_dict()["net.2.eps_out"] for d, _ in solo]
     assert not torch.equal(eps[0], eps[1])
+
+
+# --- one replay with a member axis ----------------------------------------------------------------------
+def _filled(seed: int, **kwargs):
+    from dqnrun.replay import ReplayBuffer
+
+    rb = ReplayBuffer(300, 16, (4,), torch.float32, seed=seed, **kwargs)
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        obs, nxt = rng.normal(size=(4, 4)).astype(np.float32), rng.normal(size=(4, 4)).astype(np.float32)
+        rb.add(obs, rng.integers(0, 2, 4), rng.normal(size=4).astype(np.float32), nxt, rng.random(4) < 0.1,
+               np.zeros(4, bool), np.ones(4, bool))
+    return rb
+
+
+@pytest.mark.parametrize("kwargs", [{"n_step": 3}, {"prioritized": True}])
+def test_members_replays_share_columns_and_one_gather_returns_each_members_own_batch(kwargs: dict) -> None:
+    from dqnrun.population.rows import StackedRows
+
+    replays, twins = [_filled(s, **kwargs) for s in range(3)], [_filled(s, **kwargs) for s in range(3)]
+    assert StackedRows.fits(replays)
+    rows = StackedRows(replays)
+    assert all(r.store.obs.data_ptr() == rows.flat["obs"][k * 300].data_ptr() for k, r in enumerate(replays))
+    for step in range(3):  # each member draws from its own sampler; its twin samples on its own
+        draws = {s: (*replays[s].sampler.draw(2, 5000), replays[s]) for s in (0, 2)}  # member 1 not due
+        batch = rows.gather(draws, 3)
+        for s in (0, 2):
+            own = twins[s].sample(n_batches=2, step=5000)
+            for name in ("obs", "action", "reward", "next_obs", "terminated", "discount", "weights"):
+                mine, theirs = getattr(batch, name), getattr(own, name)
+                assert (mine is None) == (theirs is None), name
+                if theirs is not None:
+                    assert torch.equal(mine[s], theirs), (name, step)
+        # writes still reach a member's own rows, and its checkpoint holds them
+        obs = np.full((4, 4), float(step), np.float32)
+        for rb in (replays[1], twins[1]):
+            rb.add(obs, np.zeros(4, int), np.ones(4, np.float32), obs, np.zeros(4, bool), np.zeros(4, bool),
+                   np.ones(4, bool))
+        mine, theirs = replays[1].state_dict(), twins[1].state_dict()
+        for name in ("obs", "next_obs", "action", "reward", "terminated", "discount"):
+            assert torch.equal(mine[name], theirs[name]), name
+        assert mine["pos"] == theirs["pos"] and mine["size"] == theirs["size"]
+    assert torch.equal(replays[1].store.obs, twins[1].store.obs)
+    assert not StackedRows.fits([_filled(0), _filled(1, latest=True)])  # latest replay keeps its own gather
