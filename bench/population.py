@@ -12,6 +12,7 @@ Cases (each 16 runs):
 - ``grid4x4``: 4 learning rates x 4 seeds of the preset;
 - ``breakout8``: 8 seeds of the MinAtar Breakout preset at 100k steps (its network batched: one convolution);
 - ``frozenlake16``: 16 seeds of FrozenLake's tabular preset (Q-tables, SGD, ``replay=latest``, 200k steps);
+- ``noisy8``: 8 CartPole seeds with NoisyNet layers, 30k steps (the batched autograd path: ``autograd=true``);
 - ``solo``: one run of the preset, for the peak RSS of one run.
 
 For each command: wall seconds, peak RSS of the process tree (``/usr/bin/time``'s maximum resident set size of the
@@ -47,9 +48,12 @@ CASES: dict[str, list[str]] = {
     "pqnbreakout4": ["algo=pqn", "env=minatar_breakout", "seed=0,1,2,3", "total_steps=100000"],
     # Q-table populations (dqnrun/population/table.py): FrozenLake's tabular preset (200k steps), 16 seeds
     "frozenlake16": ["env=frozenlake", SEEDS16],
+    # NoisyNet members (the batched autograd path, each member's noise from its own torch stream), 30k steps
+    "noisy8": ["env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "network=noisy_mlp", "schedule.start=0",
+               "schedule.end=0", "total_steps=30000"],
 }
 # cases whose population takes the batched autograd path, which joins on a CPU only when asked
-AUTOGRAD = {"c51dueling8", "pqn8", "pqnbreakout4"}
+AUTOGRAD = {"c51dueling8", "pqn8", "pqnbreakout4", "noisy8"}
 LAUNCHERS = {
     "population": ["hydra/launcher=population"],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
