@@ -4,7 +4,8 @@ Each member keeps its own `dqnrun.replay.ReplayBuffer` (its accumulator, its sam
 checkpoints: a solo run's), but the columns of its row storage become views of row k of shared tensors
 (`RowStorage.home`). A batched update then draws each member's rows with its own sampler, as its solo run does,
 and gathers all of them with one index per column (a member's rows offset by k N) instead of one gather per member
-and a stack of the results: measured 86-100 us against 267-328 us for 8 CartPole members at batch 128 (one core).
+and a stack of the results: 336-340 us against 416-423 us for 8 CartPole members at batch 128 with full 50k-row
+buffers (one core; most of either is fetching 1,024 random rows from memory).
 
 It takes what a row storage holds: transitions (``replay.storage=transitions``) with uniform or prioritized
 sampling; frames (the Atari presets), ``replay=latest`` (the Q-table's ragged batches) and action masks keep each
