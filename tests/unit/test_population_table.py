@@ -144,3 +144,30 @@ def test_a_member_whose_latest_batch_is_empty_learns_nothing_while_the_others_do
     update_together(pop, {0: _batch(gen, 0, False, False), 1: _batch(gen, 5, False, False),
                           2: _batch(gen, 2, False, False)})
     assert list(pop.updates) == [0, 1, 1] and torch.equal(pop.online.flat[0], before[0])
+
+
+def test_q_table_members_with_a_history_share_replay_columns_and_gather_their_own_rows() -> None:
+    """``network=tabular replay=uniform``: integer states (one number a row) in the shared columns
+    (`dqnrun.population.rows`); one gather returns each member's own batch, as its own replay samples it."""
+    from dqnrun.population.rows import StackedRows
+
+    def members():
+        return [_dqn([*m, "replay=uniform", "replay.n_step=3", "replay.batch_size=16"]) for m in MEMBERS]
+
+    mine, twins = members(), members()
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # the same vector steps into every member and its twin
+        obs, nxt = rng.integers(0, STATES, 8), rng.integers(0, STATES, 8)
+        step = (obs, rng.integers(0, ACTIONS, 8), (rng.random(8) < 0.2).astype(np.float32), nxt,
+                rng.random(8) < 0.1, np.zeros(8, bool), np.ones(8, bool))
+        for d in (*mine, *twins):
+            d.replay.add(*step)
+    replays = [d.replay for d in mine]
+    assert StackedRows.fits(replays)
+    rows = StackedRows(replays)
+    batch = rows.gather({s: (*replays[s].sampler.draw(2, 0), replays[s]) for s in range(3)}, 3)
+    assert batch.obs.shape == (3, 2, 16) and batch.obs.dtype == torch.int64
+    for s, twin in enumerate(twins):
+        own = twin.replay.sample(n_batches=2)
+        for name in ("obs", "action", "reward", "next_obs", "terminated", "discount"):
+            assert torch.equal(getattr(batch, name)[s], getattr(own, name)), name
