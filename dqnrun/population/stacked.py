@@ -453,8 +453,8 @@ class PopulationLearner:
             out_f, in_f = online.shapes[i]
             if in_f <= NARROW_INPUT and out_f >= 4 * in_f:  # x^T dq, transposed: 5x faster for CartPole's 4 -> 128
                 grads.weights[i].copy_(torch.bmm(acts[i].transpose(1, 2), dq).transpose(1, 2))
-            else:
-                torch.bmm(dq.transpose(1, 2), acts[i], out=grads.weights[i])
+            else:  # into a fresh tensor, then copied: ``out=`` a strided view of the flat gradient rounds differently
+                grads.weights[i].copy_(torch.bmm(dq.transpose(1, 2), acts[i]))  # with the number of members
             torch.sum(dq, 1, out=grads.biases[i])
             if i > 0:
                 dq = self.derivative(torch.bmm(dq, online.weights[i]), acts[i])
@@ -464,7 +464,7 @@ class PopulationLearner:
             dfeat = torch.bmm(dq, online.weights[0])  # (K, B, F*P)
             dconv = dfeat.view(k, -1, f, p).transpose(2, 3).reshape(k, -1, f)  # (K, B*P, F)
             dconv = torch.ops.aten.threshold_backward(dconv, hc, 0)
-            torch.bmm(dconv.transpose(1, 2), patches, out=grads.conv_w)
+            grads.conv_w.copy_(torch.bmm(dconv.transpose(1, 2), patches))
             torch.sum(dconv, 1, out=grads.conv_b)
         return loss, q_sa.mean(1), diff
 

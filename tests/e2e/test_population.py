@@ -308,9 +308,12 @@ def test_a_member_failing_as_it_acts_leaves_the_others_acting_on_their_own_rows(
     for job in ("0", "2", "3", "4", "5", "6", "7"):
         assert results(broken / job)["eval_history"] == results(clean / job)["eval_history"], job
         ours, theirs = (_ckpt_tensors(d / job / "checkpoints" / "last.pt") for d in (broken, clean))
+        if algo == "dqn":  # the stacked update rounds alike over 7 members and over 8
+            assert not _same_bits(ours, theirs), job
+            continue
         worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours if isinstance(ours[k], torch.Tensor)
                     and ours[k].is_floating_point())
-        assert worst < 1e-4, (job, worst)  # the batched products over 7 members round differently from over 8
+        assert worst < 1e-4, (job, worst)  # PQN's vmapped products over 7 members round differently from over 8
 
 
 @pytest.mark.parametrize("algo", [pytest.param("dqn", marks=pytest.mark.slow), "pqn"])
@@ -386,3 +389,25 @@ def test_noisy_members_draw_their_solo_noise_and_resume_bit_for_bit(tmp_path: Pa
         assert not _same_bits(tensors, _ckpt_tensors(cut / job / "checkpoints" / "last.pt")), job
         assert torch.equal(ours["rng"]["torch"], torch.load(cut / job / "checkpoints" / "last.pt",
                                                             weights_only=False)["rng"]["torch"])
+
+
+def test_a_kill_between_two_members_saves_resumes_each_member_bit_for_bit(tmp_path: Path) -> None:
+    """SIGKILL after the first member's step-1000 last.pt and before the second member's: one member resumes from
+    step 1000, the other from 500, side by side (one finishes first and leaves the batch), and each ends bit for bit
+    where it ends in a population never interrupted."""
+    grid = ["seed=4,5", "total_steps=2000", "algo.learning_starts=300", "eval.every=500", "eval.episodes=3",
+            "checkpoint.every=500", "log.every=100", "log.progress=false", "replay.capacity=3000", *POP,
+            "hydra.launcher.n_jobs=1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run_cli(["train", "-m", *grid, f"hydra.sweep.dir={whole}"], tmp_path).returncode == 0
+    killed = run_cli(["train", "-m", *grid, f"hydra.sweep.dir={cut}"], tmp_path,
+                     env={"DQNRUN_TEST_FAULT": "last.pt:replaced#3"})  # members save in slot order: 0, 1, 0
+    assert killed.returncode == -9, killed.stderr
+    assert [results(cut / j)["steps"] for j in ("0", "1")] == [1000, 500]
+    proc = run_cli(["train", "-m", *grid, f"resume={cut}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for job, start in (("0", 1000), ("1", 500)):
+        r = results(cut / job)
+        assert r["status"] == "completed" and r["resumed_from_step"] == start
+        ours = _ckpt_tensors(cut / job / "checkpoints" / "last.pt")
+        assert ours[".step"] == 2000 and not _same_bits(ours, _ckpt_tensors(whole / job / "checkpoints" / "last.pt"))

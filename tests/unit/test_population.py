@@ -536,3 +536,25 @@ def test_members_replays_share_columns_and_one_gather_returns_each_members_own_b
         assert mine["pos"] == theirs["pos"] and mine["size"] == theirs["size"]
     assert torch.equal(replays[1].store.obs, twins[1].store.obs)
     assert not StackedRows.fits([_filled(0), _filled(1, latest=True)])  # latest replay keeps its own gather
+
+
+def test_a_members_updates_do_not_depend_on_how_many_members_share_its_population() -> None:
+    """Bit for bit, whether a member trains with others or alone (the others having ended, or resumed from other
+    steps): a population's stacked update once wrote a layer's weight gradient with ``bmm(out=<strided view>)``,
+    whose rounding changed with the number of members, so a member resumed beside members at other steps drifted
+    from its uninterrupted twin in the last bits."""
+    def member(seed: int):
+        cfg = compose_train(["env=cartpole", f"seed={seed}"])  # the preset's [128, 128]: 2 actions, 4 inputs
+        torch.manual_seed(seed)
+        return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
+
+    many, alone = stack_members([member(4), member(5), member(6)]), stack_members([member(5)])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        b = Batch(torch.randn(3, 1, 128, 4, generator=gen), torch.randint(0, 2, (3, 1, 128), generator=gen),
+                  torch.randn(3, 1, 128, generator=gen), torch.randn(3, 1, 128, 4, generator=gen),
+                  torch.zeros(3, 1, 128), discount=torch.full((3, 1, 128), 0.97))
+        many.update(b)
+        alone.update(Batch(*(None if x is None else x[1:2] for x in b)))
+    assert torch.equal(many.online.flat[1], alone.online.flat[0])
+    assert torch.equal(many.adam.exp_avg[1], alone.adam.exp_avg[0])
