@@ -12,6 +12,7 @@ Cases (each 16 runs):
 - ``grid4x4``: 4 learning rates x 4 seeds of the preset;
 - ``breakout8``: 8 seeds of the MinAtar Breakout preset at 100k steps (its network batched: one convolution);
 - ``frozenlake16``: 16 seeds of FrozenLake's tabular preset (Q-tables, SGD, ``replay=latest``, 200k steps);
+- ``taxi16``: 16 seeds of Taxi's tabular preset (300k steps);
 - ``noisy8``: 8 CartPole seeds with NoisyNet layers, 30k steps (the batched autograd path: ``autograd=true``);
 - ``solo``: one run of the preset, for the peak RSS of one run.
 
@@ -48,6 +49,7 @@ CASES: dict[str, list[str]] = {
     "pqnbreakout4": ["algo=pqn", "env=minatar_breakout", "seed=0,1,2,3", "total_steps=100000"],
     # Q-table populations (dqnrun/population/table.py): FrozenLake's tabular preset (200k steps), 16 seeds
     "frozenlake16": ["env=frozenlake", SEEDS16],
+    "taxi16": ["env=taxi", SEEDS16],  # Taxi's tabular preset (300k steps, 500 states)
     # NoisyNet members (the batched autograd path, each member's noise from its own torch stream), 30k steps
     "noisy8": ["env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "network=noisy_mlp", "schedule.start=0",
                "schedule.end=0", "total_steps=30000"],
