@@ -496,13 +496,13 @@ def stack_batches(batches: dict[int, Batch], k: int) -> Batch:
     due to learn) gets zeros, and its update is masked out. Batches narrower than the widest (``latest`` replay)
     are padded with zeros after their own rows."""
     width = max(b.action.shape[1] for b in batches.values())
+    first = next(iter(batches.values()))
     fields = {}
     for name in ("obs", "action", "reward", "next_obs", "terminated", "discount", "weights"):
-        present = [getattr(b, name) for b in batches.values()]
-        if present[0] is None:
+        ref = getattr(first, name)
+        if ref is None:
             fields[name] = None
             continue
-        ref = present[0]
         shape = (ref.shape[0], width, *ref.shape[2:])
         rows = []
         for s in range(k):

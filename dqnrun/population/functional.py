@@ -51,10 +51,15 @@ class StackedParams:
         self._bind()
 
     @classmethod
+    def from_rows(cls, names: Sequence[str], rows: Sequence[Sequence[torch.Tensor]]) -> StackedParams:
+        """Each member's tensors (one list per member, in ``names`` order) copied into a fresh ``(K, P)`` stack."""
+        flat = torch.stack([torch.cat([t.detach().reshape(-1) for t in row]) for row in rows])
+        return StackedParams(flat.contiguous(), names, [t.shape for t in rows[0]])
+
+    @classmethod
     def stack(cls, nets: Sequence[nn.Module]) -> StackedParams:
-        named = list(nets[0].named_parameters())
-        flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in net.parameters()]) for net in nets])
-        return cls(flat.contiguous(), [n for n, _ in named], [p.shape for _, p in named])
+        names = [n for n, _ in nets[0].named_parameters()]
+        return cls.from_rows(names, [list(net.parameters()) for net in nets])
 
     @classmethod
     def noise_of(cls, nets: Sequence[nn.Module]) -> StackedParams | None:
@@ -64,9 +69,7 @@ class StackedParams:
                  for b in ("eps_in", "eps_out")]
         if not names:
             return None
-        rows = [[net.get_buffer(n) for n in names] for net in nets]
-        flat = torch.stack([torch.cat([t.detach().reshape(-1) for t in row]) for row in rows])
-        return cls(flat.contiguous(), names, [t.shape for t in rows[0]])
+        return cls.from_rows(names, [[net.get_buffer(n) for n in names] for net in nets])
 
     def _bind(self) -> None:
         k, off = self.k, 0

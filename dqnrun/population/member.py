@@ -98,6 +98,19 @@ def _import_adam(learner: PopulationLearner, slot: int, state: list[dict | None]
         learner.adam.steps[slot].zero_()
 
 
+def _export_adam(learner: PopulationLearner, slot: int, dst: Any) -> None:
+    """Row ``slot``'s Adam moments and step into ``dst``'s optimizer, as ``torch.optim.Adam`` keeps them."""
+    step, opt = learner.adam.steps[slot], dst.optimizer
+    if float(step) == 0.0:
+        opt.state.clear()  # never stepped: what a fresh Adam holds
+        return
+    avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
+    for p, a, q in zip(_params_of(learner, dst.online), avg.member_tensors(slot), sq.member_tensors(slot),
+                       strict=True):
+        opt.state[p] = {"step": step.clone(), "exp_avg": a.reshape(p.shape).clone(),
+                        "exp_avg_sq": q.reshape(p.shape).clone()}
+
+
 def torch_stream(device: torch.device) -> torch.Tensor:
     """The global torch RNG state that a run on ``device`` draws its NoisyNet noise from."""
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
@@ -128,8 +141,7 @@ def stack_members(dqns: list[DQN], streams: list[torch.Tensor] | None = None) ->
     shared.update(betas=tuple(opt[0]["betas"]), eps=opt[0]["eps"])
     if first.head != "q" or first.munchausen is not None or not supports(first.online):  # the batched autograd path
         device = first.device
-        gens = [_generator(torch_stream(device) if streams is None else st, device)
-                for st in (streams or [None] * len(dqns))]
+        gens = [_generator(st, device) for st in streams or [torch_stream(device)] * len(dqns)]
         learner: PopulationLearner = stack_functional([d.learner for d in dqns], gens, **shared)
         for i, dqn in enumerate(dqns):
             import_member(learner, i, dqn)
@@ -161,21 +173,11 @@ def export_member(learner: PopulationLearner, slot: int, dqn: DQN, policy_only: 
             return
         for p, src in zip(_params_of(learner, dst.target), learner.target.member_tensors(slot), strict=True):
             _into(p, src)
-        if noise is not None and learner.generators[0].device.type == "cpu":  # type: ignore[attr-defined]
+        if noise is not None and learner.device.type == "cpu":
             # the member's own torch stream, which its checkpoint records as a solo run's records the global one
             torch.set_rng_state(learner.generators[slot].get_state())  # type: ignore[attr-defined]
-        opt = dst.optimizer
-        step = learner.adam.steps[slot] if learner.adam.has_state else None
-        if step is None:
-            pass  # SGD without momentum keeps no state
-        elif float(step) == 0.0:
-            opt.state.clear()  # never stepped: what a fresh Adam holds
-        else:
-            avg, sq = learner.online.like(learner.adam.exp_avg), learner.online.like(learner.adam.exp_avg_sq)
-            for p, a, q in zip(_params_of(learner, dst.online), avg.member_tensors(slot), sq.member_tensors(slot),
-                               strict=True):
-                opt.state[p] = {"step": step.clone(), "exp_avg": a.reshape(p.shape).clone(),
-                                "exp_avg_sq": q.reshape(p.shape).clone()}
+        if learner.adam.has_state:  # SGD without momentum (the Q-table's) keeps none
+            _export_adam(learner, slot, dst)
         dst.updates = int(learner.updates[slot])
         dst._loss_sum.copy_(learner.loss_sum[slot])
         dst._q_sum.copy_(learner.q_sum[slot])

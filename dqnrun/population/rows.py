@@ -21,6 +21,7 @@ import torch
 
 from dqnrun.replay import Batch, ReplayBuffer, RowStorage
 from dqnrun.replay.samplers import PrioritizedSampler, UniformSampler
+from dqnrun.replay.storage import take_rows
 
 
 class StackedRows:
@@ -40,7 +41,6 @@ class StackedRows:
         for name, t in shared.items():
             self.flat[name] = t.view(len(stores) * self.capacity, *t.shape[2:])
         self.row = {id(s): k for k, s in enumerate(stores)}
-        self._big = first.obs.stride(0) * first.obs.element_size() > 4096  # as `RowStorage.gather` decides
 
     @staticmethod
     def fits(replays: Sequence[ReplayBuffer]) -> bool:
@@ -63,13 +63,8 @@ class StackedRows:
         for slot, (rows, _, replay) in draws.items():
             torch.add(torch.as_tensor(rows, device=self.device), self.row[id(replay.store)] * self.capacity,
                       out=idx[slot])
-        flat_idx = idx.reshape(-1)
-        cols = {}
-        for name in ("obs", "next_obs", "action", "reward", "terminated") + (("discount",) if self.with_discount
-                                                                             else ()):
-            col = self.flat[name]
-            got = col.index_select(0, flat_idx) if self._big else col[flat_idx]
-            cols[name] = got.view(*idx.shape, *col.shape[1:])
+        names = ("obs", "next_obs", "action", "reward", "terminated") + (("discount",) if self.with_discount else ())
+        cols = {name: take_rows(self.flat[name], idx) for name in names}
         weights = None
         if any(w is not None for _, w, _ in draws.values()):
             ref = next(w for _, w, _ in draws.values() if w is not None)

@@ -1,7 +1,7 @@
 """K Q-tables stacked: tabular Q-learning (``network=tabular``) for a population of members.
 
 Member k's table (S, A) is slice k of one ``(K, S, A)`` tensor, a view of a flat ``(K, S*A)`` one whose rows are
-the members' parameters (as `dqnrun.population.stacked.StackedMLP` lays out an MLP's), so target syncs, the
+the members' parameters (`StackedParams`, as the batched autograd path stacks any network's), so target syncs, the
 gradient cap and the optimizer are `PopulationLearner`'s. A step gathers every member's Q(s, .) rows at once,
 computes the TD errors, and scatters each member's gradient into its own table with one accumulating
 ``index_put_``: what autograd does for a solo run's ``table[obs]`` (an accumulating ``index_put_`` into zeros),
@@ -22,45 +22,30 @@ import torch
 from torch import nn
 
 from dqnrun.algos.dqn.targets import td_target
+from dqnrun.population.functional import StackedParams
 from dqnrun.population.stacked import PopulationLearner
 from dqnrun.replay import Batch
 
 
-class StackedTable:
-    """K tables ``(S, A)``: ``flat (K, S*A)`` with the view ``table (K, S, A)`` and each member's row."""
+class StackedTable(StackedParams):
+    """K tables ``(S, A)``: `StackedParams` of one tensor, ``table``, so ``flat (K, S*A)``, ``rows``, ``like``,
+    ``keep`` and ``member_tensors`` are its; with the view ``table (K, S, A)`` and the Q rows of given states."""
 
     def __init__(self, flat: torch.Tensor, states: int, actions: int) -> None:
         self.states, self.actions = int(states), int(actions)
-        self.size = self.states * self.actions
-        if flat.dim() != 2 or flat.shape[1] != self.size:
-            raise ValueError(f"flat parameters must be (K, {self.size}), got {tuple(flat.shape)}")
-        self.flat = flat
-        self._bind()
+        super().__init__(flat, ["table"], [torch.Size((self.states, self.actions))])
 
     @classmethod
-    def stack(cls, tables: Sequence[torch.Tensor]) -> StackedTable:
+    def stack(cls, tables: Sequence[torch.Tensor]) -> StackedTable:  # type: ignore[override]
         """From each member's (S, A) table: a fresh (K, S*A) tensor holding copies."""
-        s, a = tables[0].shape
-        return cls(torch.stack([t.detach().reshape(-1) for t in tables]).contiguous(), s, a)
-
-    def _bind(self) -> None:
-        k = self.flat.shape[0]
-        self.table = self.flat.view(k, self.states, self.actions)
-        self.rows = [self.flat[m] for m in range(k)]
+        return cls(StackedParams.from_rows(["table"], [[t] for t in tables]).flat, *tables[0].shape)
 
     @property
-    def k(self) -> int:
-        return self.flat.shape[0]
+    def table(self) -> torch.Tensor:
+        return self.views[0]
 
     def like(self, flat: torch.Tensor) -> StackedTable:
         return StackedTable(flat, self.states, self.actions)
-
-    def keep(self, members: Sequence[int]) -> None:
-        self.flat = self.flat[list(members)].contiguous()
-        self._bind()
-
-    def member_tensors(self, m: int) -> list[torch.Tensor]:
-        return [self.table[m]]
 
     def q(self, states: torch.Tensor) -> torch.Tensor:
         """State indices ``(K, N)`` -> each member's Q rows ``(K, N, A)``."""
