@@ -103,23 +103,40 @@ _ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.ELU, nn.GELU)  # parameter-free: applied to
 
 class StackedQ:
     """The members' Q-values ``(K, E, *obs) -> (K, E, A)`` with batched products, for the networks whose forward is
-    a plain ``Sequential`` of Linear, LayerNorm and activation layers under the Q-value head (no torso, dueling,
-    noise or distributional head): PQN's LayerNorm MLPs, DQN's with ``network.norm`` or another activation.
+    a plain ``Sequential`` of Linear, LayerNorm and activation layers under the Q-value head (no dueling, noise or
+    distributional head), after a torso of convolutions, normalizations and activations or none: PQN's LayerNorm
+    MLPs, DQN's with ``network.norm`` or another activation, Nature's CNN (Pong, Breakout).
+
+    The members' convolutions run as one grouped convolution per layer, member k's images in input channels
+    ``k*C:(k+1)*C`` and its filters in group k (what ``vmap`` makes of a convolution with batched weights, without
+    functorch's per-operation cost); fully connected layers are one ``baddbmm`` each.
 
     ``vmap`` over ``functional_call`` costs ~450 us a call on a CPU core whatever K (a solo forward of PQN's CartPole
     net: 65 us), so acting with it every env step made a PQN population of 2 slower than one solo run; this costs
-    what a few solo forwards do. `of` returns None for other networks (vmap acts for them)."""
+    what a few solo forwards do. It is differentiable: the batched update of a plain DQN loss runs through it
+    (`FuncPopulationLearner`). `of` returns None for other networks (vmap acts for them)."""
 
-    def __init__(self, net: nn.Module, plan: list[tuple[Any, ...]]) -> None:
-        self.net, self.plan = net, plan
+    def __init__(self, net: nn.Module, torso: list[tuple[Any, ...]], plan: list[tuple[Any, ...]]) -> None:
+        self.net, self.torso, self.plan = net, torso, plan
 
     @classmethod
     def of(cls, net: nn.Module) -> StackedQ | None:
         from dqnrun.networks import QNetwork
 
         if not (isinstance(net, QNetwork) and net.head_kind == "q" and not net.dueling and not net.noisy
-                and net.torso is None and net.embedding is None):
+                and net.embedding is None):
             return None
+        torso: list[tuple[Any, ...]] = []
+        for i, m in enumerate(net.torso if net.torso is not None else ()):
+            if (type(m) is nn.Conv2d and m.bias is not None and m.groups == 1 and m.padding_mode == "zeros"
+                    and not isinstance(m.padding, str)):
+                torso.append(("conv", f"torso.{i}.weight", f"torso.{i}.bias", m.stride, m.padding, m.dilation))
+            elif type(m) is nn.LayerNorm and m.elementwise_affine and m.bias is not None:
+                torso.append(("norm", f"torso.{i}.weight", f"torso.{i}.bias", tuple(m.normalized_shape), m.eps))
+            elif type(m) in _ACTIVATIONS:
+                torso.append(("act", m))
+            else:
+                return None
         plan: list[tuple[Any, ...]] = []
         for i, m in enumerate(net.net):
             if type(m) is nn.Linear:
@@ -130,11 +147,36 @@ class StackedQ:
                 plan.append(("act", m))
             else:
                 return None
-        return cls(net, plan)
+        return cls(net, torso, plan)
+
+    def _torso(self, params: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
+        """Images ``(K, E, *obs)`` -> the members' flattened torso outputs ``(K, E, F)``, as `QNetwork.features`."""
+        net = self.net
+        k, e = obs.shape[:2]
+        x = obs.reshape(k * e, *obs.shape[2:]).float()
+        if net.pixel_scale is not None:
+            x = x * net.pixel_scale
+        if net.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        x = x.reshape(k, e, *x.shape[1:]).transpose(0, 1).reshape(e, k * x.shape[1], *x.shape[2:])  # (E, K*C, H, W)
+        for step in self.torso:
+            if step[0] == "conv":
+                w = params[step[1]]
+                x = nn.functional.conv2d(x, w.reshape(-1, *w.shape[2:]), params[step[2]].reshape(-1), step[3],
+                                         step[4], step[5], groups=k)
+            elif step[0] == "norm":
+                y = nn.functional.layer_norm(x.view(e, k, *step[3]), step[3], None, None, step[4])
+                x = torch.addcmul(params[step[2]], y, params[step[1]]).view(e, -1, *x.shape[2:])
+            else:
+                x = step[1](x)
+        return x.reshape(e, k, -1).transpose(0, 1)
 
     def __call__(self, params: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
         k, e = obs.shape[:2]
-        x = self.net.features(obs.reshape(k * e, *obs.shape[2:])).view(k, e, -1)  # type: ignore[operator]
+        if self.net.torso is not None:
+            x = self._torso(params, obs)
+        else:
+            x = self.net.features(obs.reshape(k * e, *obs.shape[2:])).view(k, e, -1)  # type: ignore[operator]
         for step in self.plan:
             if step[0] == "linear":
                 x = torch.baddbmm(params[step[2]].unsqueeze(1), x, params[step[1]].transpose(1, 2))
@@ -183,6 +225,11 @@ class FuncPopulationLearner(PopulationLearner):
         self.generators = list(generators) if self.noise is not None else None  # type: ignore[arg-type]
         super().__init__(online, target, features=lambda x: x, loss=solo.loss_name, double=solo.double,  # type: ignore[arg-type]
                          **kwargs)
+        # a plain Q-regression (DQN's TD loss, Double DQN, n-step, prioritized weights) over a network the batched
+        # products cover: one differentiable forward of every member and one backward (`_grouped_step`), not vmap
+        plain = (solo.head == "q" and solo.munchausen is None and self.noise is None and not solo.compiled
+                 and solo.loss_name in ("huber", "mse", "half_sse"))
+        self._grouped = self._stacked_q if plain else None
 
     @staticmethod
     def parameters_of(net: nn.Module) -> list[torch.Tensor]:
@@ -296,6 +343,8 @@ class FuncPopulationLearner(PopulationLearner):
         k, g_steps, _ = batch.action.shape
         act = [True] * k if active is None else list(active)
         mask = torch.tensor(act, device=self.device)
+        if self._grouped is not None:
+            return [self._grouped_step(batch, g, act, mask) for g in range(g_steps)]
         iqn = self.solo.tau_gen is not None
         solo = self.solo
         y_burst = (self._burst_targets(batch) if self.noise is not None and not (solo.double or solo.distributional)
@@ -324,6 +373,36 @@ class FuncPopulationLearner(PopulationLearner):
             self._step(loss, q_mean, act, mask)
             out.append(td_abs.cpu().numpy() if weights is not None else None)
         return out
+
+
+    def _grouped_step(self, batch: Batch, g: int, act: list[bool], mask: torch.Tensor) -> np.ndarray | None:
+        """Gradient step ``g`` of a burst for every member at once through `StackedQ`: the TD targets from the
+        target networks (Double DQN's a* from the online ones), each member's loss as its solo ``_loss_terms``
+        reduces it, and d(sum of the members' losses)/d(params) by one backward (a member's loss depends on its
+        row only, so each row's gradient is its own loss's)."""
+        solo, q_fn = self.solo, self._grouped
+        assert q_fn is not None
+        gamma = self._gamma.view(-1, 1) if batch.discount is None else batch.discount[:, g]
+        obs, action, weights = batch.obs[:, g], batch.action[:, g], None if batch.weights is None else batch.weights[:, g]
+        next_obs = batch.next_obs[:, g]
+        y = td_target(batch.reward[:, g], batch.terminated[:, g], q_fn(self.target.params(), next_obs), gamma,  # type: ignore[arg-type]
+                      q_fn(self.online.params(), next_obs) if solo.double else None)
+        # one leaf per parameter view (a leaf over the whole flat row would make every view's backward a zeroed
+        # (K, P) tensor: 1.7M floats per view for Nature's CNN)
+        leaves = [v.detach().requires_grad_() for v in self.online.views]
+        with torch.enable_grad():
+            params = dict(zip(self.online.names, leaves, strict=True))
+            q_sa = q_fn(params, obs).gather(2, action.unsqueeze(2)).squeeze(2)  # (K, B)
+            per_sample = solo.loss_fn(q_sa, y)
+            if weights is not None:
+                per_sample = per_sample * weights
+            loss = per_sample.sum(1) if solo.loss_name == "half_sse" else per_sample.mean(1)
+            gradients = torch.autograd.grad(loss.sum(), leaves)
+        for view, gradient in zip(self.grad.views, gradients, strict=True):
+            view.copy_(gradient)
+        q_sa = q_sa.detach()
+        self._step(loss.detach(), q_sa.mean(1), act, mask)
+        return (q_sa - y).abs().cpu().numpy() if weights is not None else None
 
 
 def q_of(net: nn.Module, stacked: StackedQ | None, params: StackedParams, obs: Any,

@@ -144,15 +144,15 @@ def _side_by_side(solo: list, pop, batches: list[list[Batch]]) -> None:
         pop.update(_stack(row))
 
 
-def _members_equal_solo(solo: list, twins: list, pop) -> None:
-    """Each member exported from ``pop`` into its twin holds its solo run's online and target weights (to 1e-5),
+def _members_equal_solo(solo: list, twins: list, pop, atol: float = 1e-5) -> None:
+    """Each member exported from ``pop`` into its twin holds its solo run's online and target weights (to ``atol``),
     its 10 updates and its mean loss."""
     for i, (d, twin) in enumerate(zip(solo, twins, strict=True)):
         export_member(pop, i, twin)
         for a, b in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+            torch.testing.assert_close(b, a, atol=atol, rtol=0)
         for a, b in zip(d.learner.target.parameters(), twin.learner.target.parameters(), strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+            torch.testing.assert_close(b, a, atol=atol, rtol=0)
         assert twin.learner.updates == d.learner.updates == 10
         assert twin.learner.read_metrics()["td_loss"] == pytest.approx(d.learner.read_metrics()["td_loss"], rel=1e-5)
 
@@ -403,6 +403,82 @@ def test_a_convolutional_torso_outside_the_stack_batches_through_autograd(extra:
         for net in ("online", "target"):
             for a, b in zip(getattr(d.learner, net).parameters(), getattr(twin.learner, net).parameters(), strict=True):
                 torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+PONG = ["env=pong", "replay.capacity=1000", "replay.batch_size=8", "network.hidden=[32]"]
+
+
+def _pong_batches(n: int, k: int, seed: int) -> list[list[Batch]]:
+    """``n`` updates' worth of (G=1, B=8) Pong-shaped batches (4 stacked 84x84 uint8 frames) for ``k`` members."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        row = []
+        for _ in range(k):
+            obs, nxt = torch.randint(0, 256, (2, 1, 8, 4, 84, 84), generator=gen, dtype=torch.uint8).unbind(0)
+            row.append(Batch(obs, torch.randint(0, 6, (1, 8), generator=gen), torch.randn(1, 8, generator=gen),
+                             nxt, (torch.rand(1, 8, generator=gen) < 0.2).float(),
+                             discount=(0.9 ** torch.randint(1, 4, (1, 8), generator=gen)).float()))
+        out.append(row)
+    return out
+
+
+# Networks whose Q-values the batched products compute (`StackedQ`: Nature's CNN as grouped convolutions,
+# normalization layers), whose plain TD loss takes one differentiable forward and one backward for all members
+GROUPED_VARIANTS = {
+    "layernorm_double": (_dqn, ["network.norm=layernorm", "learner.double=true"], lambda: _batches(10, 3, 7, True)),
+    "elu_mse": (_dqn, ["network.activation=elu", "learner.loss=mse"], lambda: _batches(10, 3, 8, False)),
+    "nature_cnn": (lambda o: _pong_dqn(o), [], lambda: _pong_batches(10, 3, 9)),
+    "nature_cnn_double_layernorm": (lambda o: _pong_dqn(o), ["learner.double=true", "network.norm=layernorm"],
+                                    lambda: _pong_batches(10, 3, 10)),
+}
+
+
+def _pong_dqn(overrides: list[str]):
+    cfg = compose_train([*PONG, *overrides])
+    torch.manual_seed(int(cfg.seed))
+    return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
+
+
+@pytest.mark.parametrize("variant", sorted(GROUPED_VARIANTS))
+def test_grouped_updates_equal_each_members_solo_updates(variant: str) -> None:
+    """One forward and one backward for every member (grouped convolutions for a torso) give each member the 10
+    updates, Adam state and greedy actions of its solo run."""
+    build, extra, batches = GROUPED_VARIANTS[variant]
+    solo = [build([*m, *extra]) for m in MEMBERS]
+    twins = [build([*m, *extra]) for m in MEMBERS]
+    pop = stack_members(twins)
+    assert pop._grouped is not None  # the grouped step, not vmap
+    rows = batches()
+    obs = torch.stack([b.obs[0] for b in rows[0]]).numpy()
+    got = pop.greedy(obs)
+    for i, d in enumerate(solo):
+        np.testing.assert_array_equal(got[i], d.learner.greedy_actions(obs[i]))
+    _side_by_side(solo, pop, rows)
+    # a LayerNorm bias whose gradient is near zero moves by Adam's step either way: 2.5e-5 after 10 updates, as
+    # much through vmap as here (checked), so that variant is held to 5e-5 (its Adam moments to 5e-6)
+    loose = 5.0 if variant == "nature_cnn_double_layernorm" else 1.0
+    _members_equal_solo(solo, twins, pop, atol=1e-5 * loose)
+    for d, twin in zip(solo, twins, strict=True):
+        for p_solo, p_twin in zip(d.learner.online.parameters(), twin.learner.online.parameters(), strict=True):
+            torch.testing.assert_close(twin.learner.optimizer.state[p_twin]["exp_avg"],
+                                       d.learner.optimizer.state[p_solo]["exp_avg"], atol=1e-6 * loose, rtol=1e-4)
+    assert not torch.allclose(next(iter(solo[0].learner.online.parameters())),
+                              next(iter(solo[2].learner.online.parameters())))
+
+
+def test_grouped_updates_weigh_samples_and_return_priorities_as_prioritized_replay_needs() -> None:
+    extra = ["network.norm=layernorm"]
+    solo = [_dqn([*m, *extra]) for m in MEMBERS]
+    pop = stack_members([_dqn([*m, *extra]) for m in MEMBERS])
+    assert pop._grouped is not None
+    gen = torch.Generator().manual_seed(3)
+    for row in _batches(3, 3, seed=5, n_step=False):
+        row = [b._replace(weights=torch.rand(1, 32, generator=gen) + 0.1, indices=np.arange(32)[None]) for b in row]
+        got = pop.update(_stack(row))
+        for i, (d, b) in enumerate(zip(solo, row, strict=True)):
+            (_, td_abs), = d.learner.update(b)
+            np.testing.assert_allclose(got[0][i], td_abs, rtol=1e-4, atol=1e-5)
 
 
 def test_the_autograd_path_weighs_samples_and_returns_priorities_as_prioritized_replay_needs() -> None:
