@@ -20,6 +20,9 @@
 #
 #   NO_WHEELS=1 DEVICE=cpu SEEDS=2 BUDGET_S=40 REPS=5 PYTHON=.venv/bin/python bash bench/population_gpu.sh
 #
+# PROFILE_S=40: then the population once more under cProfile for that long, its 40 costliest functions (own time and
+# cumulative) into $OUT/profile.txt: where a lockstep round's time goes on that machine.
+#
 # PQN populations, the JAX tools' showcase, the same way (part 3 only): ALGO=pqn ENV=minatar_breakout (or pong).
 #
 # $OUT gets population_gpu.json, parts.json, twin.log and each way's stdout/stderr; the runs themselves go to
@@ -34,12 +37,17 @@ RUNS=${RUNS:-/tmp/population_gpu_runs}
 PY=${PYTHON:-python3}
 ALGO=${ALGO:-dqn}                   # ALGO=pqn ENV=minatar_breakout: PQN's preset for that env instead (parts 3 only)
 ENV=${ENV:-pong}
-export OUT RUNS BUDGET_S SEEDS DEVICE ALGO ENV PYTHONUNBUFFERED=1
+PROFILE_S=${PROFILE_S:-0}
+export OUT RUNS BUDGET_S SEEDS DEVICE ALGO ENV PROFILE_S PYTHONUNBUFFERED=1
 source "$(dirname "$0")/_gpu_env.sh"
 rm -rf "$RUNS" && mkdir -p "$RUNS"
-if [ "$ALGO" = dqn ]; then
+PARTS=${PARTS:-1}                   # PARTS=0 / TWIN=0: skip part 1 / part 2
+TWIN=${TWIN:-1}
+if [ "$ALGO" = dqn ] && [ "$PARTS" = 1 ]; then
   timeout 240 $PY bench/population_parts.py --env "$ENV" --device "$DEVICE" --k "$SEEDS" --reps "$REPS" \
     --out "$OUT/parts.json" || echo "population_parts.py failed"
+fi
+if [ "$ALGO" = dqn ] && [ "$TWIN" = 1 ]; then
   timeout 240 $PY bench/population_twin.py --device "$DEVICE" --out "$RUNS" > "$OUT/twin.log" 2>&1 \
     || echo "population_twin.py failed"
   tail -n 20 "$OUT/twin.log"
@@ -90,4 +98,21 @@ if s["env_steps_per_train_s"] and p["env_steps_per_train_s"]:
     report["ratio_train"] = round(p["env_steps_per_train_s"] / s["env_steps_per_train_s"], 2)
 (out / "population_gpu.json").write_text(json.dumps(report, indent=2))
 print(json.dumps(report, indent=2))
+profile_s = float(os.environ["PROFILE_S"])
+if profile_s > 0:
+    import pstats
+    args = [a.replace(str(runs / "population"), str(runs / "profiled")) for a in ways["population"]]
+    with open(out / "profiled.stderr", "w") as se:
+        proc = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", str(runs / "pop.prof"), "-m", "dqnrun",
+                                 *args], stdout=se, stderr=se)
+        try:
+            proc.wait(timeout=profile_s)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=300)
+    with open(out / "profile.txt", "w") as f:
+        stats = pstats.Stats(str(runs / "pop.prof"), stream=f)
+        stats.sort_stats("tottime").print_stats(40)
+        stats.sort_stats("cumulative").print_stats(60)
+    print("profile:", out / "profile.txt")
 EOF

@@ -5,6 +5,7 @@ is what it is). For K members of a preset (Pong's Nature CNN by default) and one
 
 - acting: one greedy forward for all K members' envs (`PopulationLearner.greedy`) against one member's forward;
 - learning: one batched update of all K members (`PopulationLearner.update`) against one member's own update;
+- replay: each member storing one transition and drawing one batch (stacked for the update), against one member;
 - envs (Atari presets): K members' one-game C++ envs stepped one after another (``step``), and sent together
   before any is received (``send``/``recv``, as the population engine steps them), against one env's step.
 
@@ -55,6 +56,7 @@ def main() -> None:
     from dqnrun.config.compose import compose, rewrite
     from dqnrun.population.engine import stack_batches
     from dqnrun.population.member import stack_members
+    from dqnrun.population.rows import StackedFrames, StackedRows
     from dqnrun.replay import Batch
 
     def dqn(seed: int) -> Any:
@@ -91,6 +93,49 @@ def main() -> None:
     rows["update_solo_ms"] = timed(lambda: solo.learner.update(b1), a.reps, sync)
     rows["update_pop_ms"] = timed(lambda: pop.update(bk), a.reps, sync)
 
+    # the members' replays: storing one transition each (every env step), drawing one batch each and stacking them
+    # (every update): per member, as the engine does where replays do not share columns (pixel frames)
+    replays = [d.replay for d, _ in dqns]
+    frames = gen.integers(0, 255, (400, *shape[1:]), dtype=np.uint8) if len(shape) == 3 else None
+    t_ = [0]
+
+    def transition(i: int) -> tuple[Any, ...]:
+        if frames is not None:  # consecutive stacks of one frame sequence, as an Atari env gives them
+            o, n = frames[i:i + shape[0]][None], frames[i + 1:i + 1 + shape[0]][None]
+        else:
+            o, n = gen.normal(size=(1, *shape)).astype(np.float32), gen.normal(size=(1, *shape)).astype(np.float32)
+        return o, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float32), n, np.zeros(1, bool), np.zeros(1, bool)
+
+    for r in replays:
+        for i in range(300):
+            r.add(*transition(i))
+    pending = [transition(300 + i) for i in range(80)]
+
+    def store(rs: list[Any]) -> None:
+        x = pending[t_[0] % len(pending)]
+        t_[0] += 1
+        for r in rs:
+            r.add(*x)
+
+    # storing: timed with the next sample after it, less that sample alone, so that frames written later (an
+    # accelerator's, which wait on the host until a read) count where they are written
+    rows["store_solo_ms"] = timed(lambda: (store(replays[:1]), replays[0].sample(n_batches=1, step=10_000)),
+                                  a.reps, sync) - timed(lambda: replays[0].sample(n_batches=1, step=10_000), a.reps,
+                                                        sync)
+    rows["sample_solo_ms"] = timed(lambda: replays[0].sample(n_batches=1, step=10_000), a.reps, sync)
+    shared = StackedRows(replays) if StackedRows.fits(replays) else \
+        StackedFrames(replays) if StackedFrames.fits(replays) else None  # as the engine chooses
+    rows["replay_with_member_axis"] = shared is not None
+
+    def sample_all() -> Any:
+        if shared is None:
+            return stack_batches({m: r.sample(n_batches=1, step=10_000) for m, r in enumerate(replays)}, a.k)
+        return shared.gather({m: (*r.sampler.draw(1, 10_000), r) for m, r in enumerate(replays)}, a.k)
+
+    rows["store_pop_ms"] = timed(lambda: (store(replays), sample_all()), a.reps, sync) - timed(sample_all, a.reps,
+                                                                                               sync)
+    rows["sample_pop_ms"] = timed(sample_all, a.reps, sync)
+
     if cfg.env.get("atari") is not None:
         from omegaconf import OmegaConf
 
@@ -121,7 +166,10 @@ def main() -> None:
         rows[key] = round(rows[key], 3)
     print(json.dumps(rows, indent=2))
     print(f"{'part':<10}{'one member':>12}{f'{a.k} members':>14}{'per member':>12}{'speed-up':>10}")
-    for name, solo_key, pop_key in [("act", "act_solo_ms", "act_pop_ms"), ("update", "update_solo_ms", "update_pop_ms"),
+    for name, solo_key, pop_key in [("act", "act_solo_ms", "act_pop_ms"),
+                                    ("update", "update_solo_ms", "update_pop_ms"),
+                                    ("store", "store_solo_ms", "store_pop_ms"),
+                                    ("sample", "sample_solo_ms", "sample_pop_ms"),
                                     ("env", "env_solo_ms", "env_pop_send_recv_ms"),
                                     ("env serial", "env_solo_ms", "env_pop_serial_ms")]:
         if solo_key in rows:

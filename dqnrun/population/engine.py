@@ -41,7 +41,7 @@ from dqnrun.errors import EnvError, UsageError, write_failure
 from dqnrun.population.evaluation import evaluate_together
 from dqnrun.population.logs import MemberLogs
 from dqnrun.population.member import MemberAlgo, Slot, stack_members, torch_stream
-from dqnrun.population.rows import StackedRows
+from dqnrun.population.rows import StackedFrames, StackedRows
 from dqnrun.population.stacked import PopulationLearner
 from dqnrun.population.watch import Watch
 from dqnrun.replay import Batch
@@ -161,7 +161,7 @@ class Population:
         self.watch = Watch(name, progress, aggregate_root)
         self.threads, self.name = int(threads), name
         self.learner: PopulationLearner | None = None
-        self.rows: StackedRows | None = None
+        self.rows: StackedRows | StackedFrames | None = None
         self._live: list[Member] = []
 
     # --- the whole population ---------------------------------------------------------------------------
@@ -241,7 +241,9 @@ class Population:
         dqns = [m.run.algo for m in live]  # type: ignore[union-attr]
         self.learner = learner = stack_members(dqns, [m.stream for m in live])
         replays = [d.replay for d in dqns]
-        self.rows = StackedRows(replays) if StackedRows.fits(replays) else None  # one replay with a member axis
+        # one replay with a member axis: rows (transitions) or frame rings (Atari's, on an accelerator)
+        self.rows = (StackedRows(replays) if StackedRows.fits(replays)
+                     else StackedFrames(replays) if StackedFrames.fits(replays) else None)
         for i, (m, dqn) in enumerate(zip(live, dqns, strict=True)):
             m.slot.index = i
             m.run.algo = MemberAlgo(dqn, learner, m.slot)  # type: ignore[union-attr]
@@ -456,7 +458,8 @@ def receive_and_store(m: Member) -> Any:
     return t
 
 
-def learn_burst(learner: PopulationLearner, rows: StackedRows | None, members: Sequence[Member], n: int) -> None:
+def learn_burst(learner: PopulationLearner, rows: StackedRows | StackedFrames | None, members: Sequence[Member],
+                n: int) -> None:
     """One batched update of ``members``, each due ``n`` gradient steps: each draws its rows with its own sampler,
     as its solo run does; one gather serves them all where their replays share columns (`StackedRows`), else each
     gathers its own (`update_together`). Then prioritized replay's new priorities, each member's from its rows."""

@@ -17,7 +17,7 @@ gradient step, online layers then target layers, after the burst's targets where
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +101,20 @@ class StackedParams:
 _ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.ELU, nn.GELU)  # parameter-free: applied to (K, E, H) as they are
 
 
+def _step(m: nn.Module, name: str) -> tuple[Any, ...] | None:
+    """One layer of `StackedQ`'s plan: what it computes and its parameters' names; None for a layer it cannot batch."""
+    if type(m) is nn.Conv2d and m.bias is not None and m.groups == 1 and m.padding_mode == "zeros" \
+            and not isinstance(m.padding, str):
+        return ("conv", f"{name}.weight", f"{name}.bias", m.stride, m.padding, m.dilation)
+    if type(m) is nn.Linear:
+        return ("linear", f"{name}.weight", f"{name}.bias")
+    if type(m) is nn.LayerNorm and m.elementwise_affine and m.bias is not None:
+        return ("norm", f"{name}.weight", f"{name}.bias", tuple(m.normalized_shape), m.eps)
+    if type(m) in _ACTIVATIONS:
+        return ("act", m)
+    return None
+
+
 class StackedQ:
     """The members' Q-values ``(K, E, *obs) -> (K, E, A)`` with batched products, for the networks whose forward is
     a plain ``Sequential`` of Linear, LayerNorm and activation layers under the Q-value head (no dueling, noise or
@@ -126,27 +140,10 @@ class StackedQ:
         if not (isinstance(net, QNetwork) and net.head_kind == "q" and not net.dueling and not net.noisy
                 and net.embedding is None):
             return None
-        torso: list[tuple[Any, ...]] = []
-        for i, m in enumerate(net.torso if net.torso is not None else ()):
-            if (type(m) is nn.Conv2d and m.bias is not None and m.groups == 1 and m.padding_mode == "zeros"
-                    and not isinstance(m.padding, str)):
-                torso.append(("conv", f"torso.{i}.weight", f"torso.{i}.bias", m.stride, m.padding, m.dilation))
-            elif type(m) is nn.LayerNorm and m.elementwise_affine and m.bias is not None:
-                torso.append(("norm", f"torso.{i}.weight", f"torso.{i}.bias", tuple(m.normalized_shape), m.eps))
-            elif type(m) in _ACTIVATIONS:
-                torso.append(("act", m))
-            else:
-                return None
-        plan: list[tuple[Any, ...]] = []
-        for i, m in enumerate(net.net):
-            if type(m) is nn.Linear:
-                plan.append(("linear", f"net.{i}.weight", f"net.{i}.bias"))
-            elif type(m) is nn.LayerNorm and m.elementwise_affine and m.bias is not None:
-                plan.append(("norm", f"net.{i}.weight", f"net.{i}.bias", tuple(m.normalized_shape), m.eps))
-            elif type(m) in _ACTIVATIONS:
-                plan.append(("act", m))
-            else:
-                return None
+        torso = [_step(m, f"torso.{i}") for i, m in enumerate(net.torso if net.torso is not None else ())]
+        plan = [_step(m, f"net.{i}") for i, m in enumerate(net.net)]
+        if any(step is None for step in torso + plan):
+            return None
         return cls(net, torso, plan)
 
     def _torso(self, params: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
@@ -383,26 +380,41 @@ class FuncPopulationLearner(PopulationLearner):
         solo, q_fn = self.solo, self._grouped
         assert q_fn is not None
         gamma = self._gamma.view(-1, 1) if batch.discount is None else batch.discount[:, g]
-        obs, action, weights = batch.obs[:, g], batch.action[:, g], None if batch.weights is None else batch.weights[:, g]
+        obs, action = batch.obs[:, g], batch.action[:, g]
+        weights = None if batch.weights is None else batch.weights[:, g]
         next_obs = batch.next_obs[:, g]
         y = td_target(batch.reward[:, g], batch.terminated[:, g], q_fn(self.target.params(), next_obs), gamma,  # type: ignore[arg-type]
                       q_fn(self.online.params(), next_obs) if solo.double else None)
-        # one leaf per parameter view (a leaf over the whole flat row would make every view's backward a zeroed
-        # (K, P) tensor: 1.7M floats per view for Nature's CNN)
-        leaves = [v.detach().requires_grad_() for v in self.online.views]
-        with torch.enable_grad():
-            params = dict(zip(self.online.names, leaves, strict=True))
-            q_sa = q_fn(params, obs).gather(2, action.unsqueeze(2)).squeeze(2)  # (K, B)
+
+        def loss_of(q_sa: torch.Tensor) -> torch.Tensor:  # as the solo ``_loss_terms`` reduces it
             per_sample = solo.loss_fn(q_sa, y)
             if weights is not None:
                 per_sample = per_sample * weights
-            loss = per_sample.sum(1) if solo.loss_name == "half_sse" else per_sample.mean(1)
-            gradients = torch.autograd.grad(loss.sum(), leaves)
-        for view, gradient in zip(self.grad.views, gradients, strict=True):
-            view.copy_(gradient)
-        q_sa = q_sa.detach()
-        self._step(loss.detach(), q_sa.mean(1), act, mask)
+            return per_sample.sum(1) if solo.loss_name == "half_sse" else per_sample.mean(1)
+
+        loss, q_sa = grouped_gradients(q_fn, self.online, self.grad, obs, action, loss_of)
+        self._step(loss, q_sa.mean(1), act, mask)
         return (q_sa - y).abs().cpu().numpy() if weights is not None else None
+
+
+def grouped_gradients(q_fn: StackedQ, params: StackedParams, into: StackedParams, obs: torch.Tensor,
+                      action: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor],
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every member's gradient of its own loss with one forward and one backward: Q(s, a) ``(K, B)`` of ``obs``
+    ``(K, B, *obs)`` and ``action`` through ``q_fn`` with ``params``, the members' losses ``loss_of(q_sa)`` ``(K,)``,
+    and d(their sum)/d(params) into ``into``'s views (a member's loss depends on its own row only, so each row gets
+    its own loss's gradient). Returns the losses and Q(s, a), detached.
+
+    One leaf per parameter view: a leaf over the whole ``(K, P)`` tensor would make every view's backward a zeroed
+    ``(K, P)`` tensor (1.7M floats per view for Nature's CNN)."""
+    leaves = [v.detach().requires_grad_() for v in params.views]
+    with torch.enable_grad():
+        q_sa = q_fn(dict(zip(params.names, leaves, strict=True)), obs).gather(2, action.unsqueeze(2)).squeeze(2)
+        loss = loss_of(q_sa)
+        gradients = torch.autograd.grad(loss.sum(), leaves)
+    for view, gradient in zip(into.views, gradients, strict=True):
+        view.copy_(gradient)
+    return loss.detach(), q_sa.detach()
 
 
 def q_of(net: nn.Module, stacked: StackedQ | None, params: StackedParams, obs: Any,

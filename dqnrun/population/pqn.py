@@ -35,7 +35,7 @@ from dqnrun.acting import epsilon_greedy
 from dqnrun.algos.base import Algorithm
 from dqnrun.algos.pqn import LOSSES, q_lambda_returns
 from dqnrun.population.engine import Member, Population
-from dqnrun.population.functional import StackedParams, StackedQ, q_of
+from dqnrun.population.functional import StackedParams, StackedQ, grouped_gradients, q_of
 from dqnrun.run import faults
 
 if TYPE_CHECKING:
@@ -163,25 +163,33 @@ class PQNPopulationLearner:
                      weight: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """The solo loss (`PQN._update`: mean over the minibatch) of one member; padding has weight 0."""
         q = functional_call(self.net, p, (obs,)).gather(1, action.unsqueeze(1)).squeeze(1)
-        d = q - target
-        if self.loss == "mse":
-            each = d * d
-        else:  # smooth_l1 with beta 1
-            a = d.abs()
-            each = torch.where(a < 1.0, 0.5 * d * d, a - 0.5)
-        loss = (each * weight).sum() / count
+        loss = (self._each(q - target) * weight).sum() / count
         return loss, (loss.detach(), (q.detach() * weight).sum() / count)
+
+    def _each(self, d: torch.Tensor) -> torch.Tensor:
+        """The per-sample loss of TD errors ``d``: ``mse``, or smooth_l1 with beta 1."""
+        if self.loss == "mse":
+            return d * d
+        a = d.abs()
+        return torch.where(a < 1.0, 0.5 * d * d, a - 0.5)
 
     @torch.no_grad()
     def update(self, obs: torch.Tensor, action: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                count: torch.Tensor, active: Sequence[bool]) -> None:
         """One gradient step of every ``active`` member on its minibatch (``(K, B, ...)``, padded; ``count`` (K,) the
         real samples of each)."""
-        with torch.enable_grad():
-            grads, (loss, q_mean) = vmap(grad(self._member_loss, has_aux=True))(
-                self.online.params(), obs, action, target, weight, count)
-        for view, name in zip(self.grad.views, self.grad.names, strict=True):
-            view.copy_(grads[name])
+        if self._stacked_q is not None:  # batched products and one backward for all (`grouped_gradients`)
+            def loss_of(q: torch.Tensor) -> torch.Tensor:
+                return (self._each(q - target) * weight).sum(1) / count
+
+            loss, q = grouped_gradients(self._stacked_q, self.online, self.grad, obs, action, loss_of)
+            q_mean = (q * weight).sum(1) / count
+        else:
+            with torch.enable_grad():
+                grads, (loss, q_mean) = vmap(grad(self._member_loss, has_aux=True))(
+                    self.online.params(), obs, action, target, weight, count)
+            for view, name in zip(self.grad.views, self.grad.names, strict=True):
+                view.copy_(grads[name])
         caps = torch.tensor([math.inf if m.max_grad_norm is None else float(m.max_grad_norm) for m in self.members],
                             device=self.device)
         flat = self.grad.flat

@@ -8,20 +8,45 @@ and a stack of the results: 336-340 us against 416-423 us for 8 CartPole members
 buffers (one core; most of either is fetching 1,024 random rows from memory).
 
 It takes what a row storage holds: transitions (``replay.storage=transitions``) with uniform or prioritized
-sampling; frames (the Atari presets), ``replay=latest`` (the Q-table's ragged batches) and action masks keep each
-member's own gather (`dqnrun.population.engine.stack_batches`).
+sampling. `StackedFrames` does the same for frame rings (the Atari presets): the members' rings are rows of one
+``(K, F, *frame)`` tensor, on an accelerator the frames every member stored since the last read cross to the
+device in one copy (`FrameWriter`), and one index gathers every member's stacks. ``replay=latest`` (the Q-table's ragged
+batches) and action masks keep each member's own gather (`dqnrun.population.engine.stack_batches`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
-from dqnrun.replay import Batch, ReplayBuffer, RowStorage
+from dqnrun.replay import Batch, FrameStorage, ReplayBuffer, RowStorage
 from dqnrun.replay.samplers import PrioritizedSampler, UniformSampler
 from dqnrun.replay.storage import take_rows
+
+
+def alike(replays: Sequence[ReplayBuffer], kind: type, same: Callable[[Any, Any], bool]) -> bool:
+    """Whether ``replays`` can share tensors: storages of type ``kind`` with one capacity, device and discount
+    column, ``same`` as the first in what ``kind`` stores, sampled uniformly or by priority, without action masks."""
+    if not replays:
+        return False
+    first = replays[0].store
+    return all(type(r.store) is kind and isinstance(r.sampler, UniformSampler | PrioritizedSampler)
+               and r.next_mask is None and r.store.capacity == first.capacity and r.store.device == first.device
+               and r.store.with_discount == first.with_discount and same(r.store, first) for r in replays)
+
+
+def stacked_weights(draws: dict[int, tuple[Any, Any, ReplayBuffer]], k: int, device: torch.device,
+                    ) -> torch.Tensor | None:
+    """Prioritized replay's importance weights of the members' draws as ``(K, G, B)`` (zeros for a slot without a
+    draw), or None for uniform sampling."""
+    if all(w is None for _, w, _ in draws.values()):
+        return None
+    ref = torch.as_tensor(next(w for _, w, _ in draws.values() if w is not None), device=device)
+    return torch.stack([torch.as_tensor(draws[s][1], device=device) if s in draws else torch.zeros_like(ref)
+                        for s in range(k)])
 
 
 class StackedRows:
@@ -45,14 +70,7 @@ class StackedRows:
     @staticmethod
     def fits(replays: Sequence[ReplayBuffer]) -> bool:
         """Whether these replays can share columns: row storages alike, sampled uniformly or by priority."""
-        if not replays:
-            return False
-        first = replays[0].store
-        return all(type(r.store) is RowStorage and isinstance(r.sampler, UniformSampler | PrioritizedSampler)
-                   and r.next_mask is None and r.store.capacity == first.capacity
-                   and r.store.obs.shape == first.obs.shape and r.store.obs.dtype == first.obs.dtype
-                   and r.store.device == first.device and r.store.with_discount == first.with_discount
-                   for r in replays)
+        return alike(replays, RowStorage, lambda a, b: a.obs.shape == b.obs.shape and a.obs.dtype == b.obs.dtype)
 
     def gather(self, draws: dict[int, tuple[Any, Any, ReplayBuffer]], k: int) -> Batch:
         """``{slot: (rows (G, B), weights or None, replay)}`` (each member's own sampler's draw) -> one
@@ -65,10 +83,73 @@ class StackedRows:
                       out=idx[slot])
         names = ("obs", "next_obs", "action", "reward", "terminated") + (("discount",) if self.with_discount else ())
         cols = {name: take_rows(self.flat[name], idx) for name in names}
-        weights = None
-        if any(w is not None for _, w, _ in draws.values()):
-            ref = next(w for _, w, _ in draws.values() if w is not None)
-            weights = torch.stack([torch.as_tensor(draws[s][1], device=self.device) if s in draws
-                                   else torch.zeros_like(torch.as_tensor(ref, device=self.device)) for s in range(k)])
+        weights = stacked_weights(draws, k, self.device)
         return Batch(cols["obs"], cols["action"], cols["reward"], cols["next_obs"], cols["terminated"],
                      cols.get("discount"), weights)
+
+
+class StackedFrames:
+    """The frame rings of ``replays`` (same capacity, frame shape, dtype, stack, ring size and device) as rows of one
+    ``(K, F, *frame)`` tensor; the members' row columns (frame serials and scalars) stay on the host, each its own.
+
+    It is every member's ring's `FrameWriter`: a member's frames wait on the host (`FrameStorage.flush`) until any
+    ring is read, and then every member's waiting frames cross in one copy and one ``index_copy_``. A member's
+    storage stays at its row for good (members leaving do not move it).
+    """
+
+    def __init__(self, replays: Sequence[ReplayBuffer]) -> None:
+        stores: list[FrameStorage] = [r.store for r in replays]  # type: ignore[misc]
+        first = stores[0]
+        self.capacity, self.device, self.with_discount = first.capacity, first.device, first.with_discount
+        self.slots, self.frame = first._slots, first._frame
+        # zeros: on the CPU, pages nobody writes are never allocated (a member's ring fills as it trains)
+        shared = torch.zeros((len(stores), *first._ring.shape), dtype=first._ring.dtype, device=self.device)
+        for k, store in enumerate(stores):
+            store.home(shared[k])
+            store.writer = self
+        self.stores = stores
+        self.flat = shared.view(len(stores) * self.slots, *self.frame)
+        self.row = {id(s): k for k, s in enumerate(stores)}
+
+    @staticmethod
+    def fits(replays: Sequence[ReplayBuffer]) -> bool:
+        """Whether these replays can share one frame tensor: frame rings alike, sampled uniformly or by priority."""
+        return alike(replays, FrameStorage, lambda a, b: a._slots == b._slots and a._k == b._k
+                     and a._ring.shape == b._ring.shape and a._ring.dtype == b._ring.dtype)
+
+    def flush(self) -> None:
+        """Every member's waiting frames into the shared tensor: one host-to-device copy, one ``index_copy_``."""
+        slots, frames = [], []
+        for k, store in enumerate(self.stores):
+            if store._pending:
+                at, f = store.take_pending()
+                slots.append(at + k * self.slots)
+                frames.append(f)
+        if slots:
+            self.flat.index_copy_(0, torch.from_numpy(np.concatenate(slots)).to(self.device),
+                                  torch.from_numpy(np.concatenate(frames)).to(self.device))
+
+    def gather(self, draws: dict[int, tuple[Any, Any, ReplayBuffer]], k: int) -> Batch:
+        """As `StackedRows.gather`: ``{slot: (rows (G, B), weights or None, replay)}`` -> one ``(K, G, B, ...)``
+        batch, each member's stacks and scalars those its own ``FrameStorage.gather`` returns."""
+        self.flush()
+        first = next(iter(draws.values()))[0]
+        shape, stack = tuple(first.shape), self.stores[0]._k
+        serials = np.zeros((2, k, *shape, stack), dtype=np.int64)  # obs, next_obs: slots in the shared tensor
+        scalars = {name: np.zeros((k, *shape), dtype=np.int64 if name == "action" else np.float32)
+                   for name in ("action", "reward", "terminated", "discount")}
+        for slot, (rows, _, replay) in draws.items():
+            store: FrameStorage = replay.store  # type: ignore[assignment]
+            base = self.row[id(store)] * self.slots
+            o, nx = store._refs_np
+            np.add(o[rows] % self.slots, base, out=serials[0, slot])
+            np.add(nx[rows] % self.slots, base, out=serials[1, slot])
+            for name, out in scalars.items():
+                out[slot] = getattr(store, name).numpy()[rows]  # host columns
+        frames = self.flat.index_select(0, torch.from_numpy(serials.reshape(-1)).to(self.device))
+        frames = frames.view(2, k, *shape, stack, *self.frame)
+        dev = {name: torch.from_numpy(v).to(self.device) for name, v in scalars.items()
+               if name != "discount" or self.with_discount}
+        weights = stacked_weights(draws, k, self.device)
+        return Batch(frames[0], dev["action"], dev["reward"], frames[1], dev["terminated"], dev.get("discount"),
+                     weights)

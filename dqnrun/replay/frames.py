@@ -36,6 +36,7 @@ short episodes cannot lose rows while others have room; the 48 extra bytes per r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,6 +51,12 @@ def words_dtype(nbytes: int) -> np.dtype:
         if nbytes % np.dtype(dt).itemsize == 0:
             return np.dtype(dt)
     return np.dtype(np.uint8)
+
+
+class FrameWriter(Protocol):
+    """Writes the waiting frames of several rings at once (a population's: `dqnrun.population.rows`)."""
+
+    def flush(self) -> None: ...
 
 
 class FrameStorage(RowRing):
@@ -67,8 +74,15 @@ class FrameStorage(RowRing):
         k, frame = int(obs_shape[0]), tuple(int(d) for d in obs_shape[1:])
         self._k, self._frame = k, frame
         self._slots = self.frame_slots(capacity, k, num_envs, n_step)
-        self.frames = torch.zeros((self._slots, *frame), dtype=obs_dtype, device=device)
-        self._frame_view = self.frames.numpy() if device.type == "cpu" else None
+        self._ring = torch.zeros((self._slots, *frame), dtype=obs_dtype, device=device)
+        self._frame_view = self._ring.numpy() if device.type == "cpu" else None
+        # On an accelerator, frames wait on the host until something reads the ring (a sample, a checkpoint) and
+        # then cross in one copy: one per burst instead of one per env step. At most half a ring waits, so no two
+        # waiting frames share a slot. ``writer``: a population's, which writes every member's at once.
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
+        self._flush_at = max(1, min(1024, self._slots // 2))
+        self.writer: FrameWriter | None = None
         self._np_dtype = torch.empty((), dtype=obs_dtype).numpy().dtype
         frame_bytes = int(np.prod(frame, dtype=np.int64)) * self._np_dtype.itemsize
         self._word = words_dtype(frame_bytes)
@@ -94,6 +108,12 @@ class FrameStorage(RowRing):
         per_frame = int(np.prod(obs_shape[1:], dtype=np.int64)) * torch.empty((), dtype=obs_dtype).element_size()
         slots = FrameStorage.frame_slots(capacity, k, num_envs, n_step)
         return slots * per_frame + int(capacity) * (2 * k * 8 + SCALAR_BYTES) + int(num_envs) * k * per_frame
+
+    @property
+    def frames(self) -> torch.Tensor:
+        """The ring (F, *frame), every waiting frame written."""
+        self.flush()
+        return self._ring
 
     @property
     def head(self) -> int:
@@ -123,11 +143,41 @@ class FrameStorage(RowRing):
         slots: slice | np.ndarray = slice(a, a + m) if a + m <= self._slots else np.arange(s0, s0 + m) % self._slots
         if self._frame_view is not None:
             self._frame_view[slots] = frames
-        else:
-            idx = slots if isinstance(slots, slice) else torch.from_numpy(slots).to(self.device)
-            self.frames[idx] = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        else:  # a copy: the env may reuse the array it returned
+            at = np.arange(a, a + m) if isinstance(slots, slice) else slots
+            self._pending.append((at, np.array(frames, dtype=self._np_dtype, copy=True)))
+            self._pending_n += m
+            if self._pending_n >= self._flush_at:
+                self.flush()
         self._head = s0 + m
         return s0
+
+    def flush(self) -> None:
+        """Write the frames waiting on the host into the ring (see ``__init__``); every read of the ring calls it."""
+        if not self._pending:
+            return
+        if self.writer is not None:
+            self.writer.flush()
+            return
+        slots, frames = self.take_pending()
+        self._ring.index_copy_(0, torch.from_numpy(slots).to(self.device), torch.from_numpy(frames).to(self.device))
+
+    def take_pending(self) -> tuple[np.ndarray, np.ndarray]:
+        """The waiting frames' slots (m,) and frames (m, *frame), oldest first; none wait after it."""
+        slots = np.concatenate([s for s, _ in self._pending])
+        frames = np.concatenate([f for _, f in self._pending])
+        self._pending.clear()
+        self._pending_n = 0
+        return slots, frames
+
+    def home(self, frames: torch.Tensor) -> None:
+        """Keep the ring in ``frames`` from now on (same shape, dtype and device), its written slots copied there
+        (the others are never read): a population's members' rings become rows of one tensor
+        (`dqnrun.population.rows.StackedFrames`). On the CPU a fresh ring's untouched pages stay unallocated."""
+        m = min(self._head, self._slots)
+        frames[:m].copy_(self.frames[:m])
+        self._ring = frames
+        self._frame_view = frames.numpy() if frames.device.type == "cpu" and self._frame_view is not None else None
 
     def _put_stack(self, stack: np.ndarray) -> np.ndarray:
         """Write a whole stack (k, *frame); returns its serials (k,). A frame equal to the next one shares its
@@ -192,13 +242,13 @@ class FrameStorage(RowRing):
     def gather(self, rows: np.ndarray) -> Batch:
         """Batch of valid rows (any shape): obs and next_obs (..., k, *frame) gathered from the ring by serial."""
         o, nx = self._refs_np
-        idx = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
-        action, reward, terminated, discount = self._scalars(idx)
+        action, reward, terminated, discount = self._scalars(torch.from_numpy(np.ascontiguousarray(rows)))
         return Batch(self._frames_at(o[rows]), action, reward, self._frames_at(nx[rows]), terminated, discount)
 
     def _frames_at(self, serials: np.ndarray) -> torch.Tensor:
         """Frames (..., *frame) for serials (...): index_select, which on the CPU is ~15x faster than
         advanced indexing for rows this large."""
+        self.flush()
         slots = torch.from_numpy((serials % self._slots).ravel()).to(self.device)
         return self.frames.index_select(0, slots).view(*serials.shape, *self._frame)
 
@@ -207,6 +257,7 @@ class FrameStorage(RowRing):
         """The rows, the filled part of the frame ring and the envs' current observations. On the CPU the
         frames are returned without a copy (a copy of a 7 GB ring would double peak memory just to be saved):
         save the dict before the next add. Everything else is copied."""
+        self.flush()
         state = super().state_dict()
         n, m = self.size, min(self._head, self._slots)
         # from_numpy of the filled slice shares memory but has storage of its own size, so torch.save writes
@@ -227,6 +278,8 @@ class FrameStorage(RowRing):
                              "num_envs and n_step must match the saved buffer")
         n = int(state["size"])
         frames = state["frames"]
+        self._pending.clear()  # what waited belongs to the state being replaced
+        self._pending_n = 0
         self.frames[:len(frames)] = frames.to(self.device)
         self._head = int(state["frame_head"])
         self.obs_refs[:n], self.next_refs[:n] = state["obs_refs"], state["next_refs"]

@@ -29,8 +29,10 @@ class RowRing:
     """Ring of N rows: two obs columns given by the storage, then action (N,) int64, reward, terminated and
     discount (N,) float32 on ``device``. The oldest rows are overwritten first.
 
-    ``host_obs``: the obs columns stay on the host whatever the device (frame serials, which sampling reads
-    there). ``with_discount``: batches carry the discount column (n-step returns; 1-step rows use gamma).
+    ``host_obs``: every column stays on the host whatever the device (frame serials, which sampling reads there,
+    and the scalars beside them): a vector step's rows are written with numpy, no device copy, and a batch's
+    scalars cross to the device once per sample (`FrameStorage`, whose frames are on the device).
+    ``with_discount``: batches carry the discount column (n-step returns; 1-step rows use gamma).
     """
 
     may_invalidate = False  # whether a stored row can become unsampleable (frames whose slots were reused)
@@ -38,16 +40,17 @@ class RowRing:
     def __init__(self, capacity: int, device: torch.device, obs_columns: tuple[torch.Tensor, torch.Tensor],
                  gamma: float, with_discount: bool, host_obs: bool) -> None:
         self.capacity, self.device, self.with_discount = int(capacity), device, bool(with_discount)
-        self.action = torch.zeros(self.capacity, dtype=torch.int64, device=device)
-        self.reward = torch.zeros(self.capacity, dtype=torch.float32, device=device)
-        self.terminated = torch.zeros(self.capacity, dtype=torch.float32, device=device)
-        self.discount = torch.full((self.capacity,), float(gamma), dtype=torch.float32, device=device)
+        rows_at = torch.device("cpu") if host_obs else device
+        self.action = torch.zeros(self.capacity, dtype=torch.int64, device=rows_at)
+        self.reward = torch.zeros(self.capacity, dtype=torch.float32, device=rows_at)
+        self.terminated = torch.zeros(self.capacity, dtype=torch.float32, device=rows_at)
+        self.discount = torch.full((self.capacity,), float(gamma), dtype=torch.float32, device=rows_at)
         self.pos = 0
         self.size = 0
         self.last = (0, 0)  # (start, count) of the rows written by the last add
         self._host_obs = host_obs
         # On the CPU, numpy views of the same memory take a vector step's rows ~5x cheaper than torch indexing.
-        self._views: list[np.ndarray] | None = [] if device.type == "cpu" else None
+        self._views: list[np.ndarray] | None = [] if rows_at.type == "cpu" else None
         self._bind(obs_columns)
 
     def _bind(self, obs_columns: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -88,19 +91,22 @@ class RowRing:
         if self._host_obs:  # the obs columns are host tensors: numpy writes, whatever the device
             stores[0].numpy()[rows], stores[1].numpy()[rows] = values[0], values[1]
             values = (None, None, *values[2:])
-        idx = rows if isinstance(rows, slice) else torch.from_numpy(rows).to(self.device)
+        at = stores[2].device
+        idx = rows if isinstance(rows, slice) else torch.from_numpy(rows).to(at)
         for store, value in zip(stores, values, strict=True):
             if value is not None:
-                store[idx] = torch.as_tensor(value, device=self.device).to(store.dtype)
+                store[idx] = torch.as_tensor(value, device=at).to(store.dtype)
 
     def skip(self) -> None:
         """Record an add that stored no row (all envs autoreset, or every n-step window still open)."""
         self.last = (self.pos, 0)
 
     def _scalars(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """action, reward, terminated and (n-step only) discount of rows ``idx`` (any shape)."""
-        return (self.action[idx], self.reward[idx], self.terminated[idx],
-                self.discount[idx] if self.with_discount else None)
+        """action, reward, terminated and (n-step only) discount of rows ``idx`` (any shape, where the columns
+        are), on the device."""
+        cols = (self.action, self.reward, self.terminated) + ((self.discount,) if self.with_discount else ())
+        out = [c[idx].to(self.device) for c in cols]
+        return out[0], out[1], out[2], out[3] if self.with_discount else None
 
     def valid(self, rows: np.ndarray) -> np.ndarray:
         """Whether each of ``rows`` (any shape) can be sampled; same shape, bool. Every row can, here."""
@@ -118,7 +124,8 @@ class RowRing:
     def load_state_dict(self, state: dict) -> None:
         n = int(state["size"])
         for name in ("action", "reward", "terminated", "discount"):
-            getattr(self, name)[:n] = state[name].to(self.device)
+            column = getattr(self, name)
+            column[:n] = state[name].to(column.device)
         self.pos, self.size = int(state["pos"]), n
         self.last = tuple(state.get("last", (0, 0)))  # type: ignore[assignment]
 

@@ -287,6 +287,35 @@ def test_a_pong_population_member_trains_as_its_solo_twin(tmp_path: Path) -> Non
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
 
 
+@pytest.mark.thorough
+def test_a_pong_population_cut_by_sigterm_keeps_every_members_frames_through_its_resume(tmp_path: Path) -> None:
+    """Atari members share one frame tensor (`StackedFrames`). A population stopped by SIGTERM after learning
+    started saves each member's own rows and frames with its checkpoint; resumed (Atari resumes with new episodes,
+    docs/reliability.md), each member's buffer still holds exactly those rows and frames under the ones it added
+    since, and the members learn on."""
+    short = ["env=pong", "seed=0,1", "total_steps=1000", "algo.learning_starts=400", "replay.capacity=2000",
+             "eval.every=1000", "eval.episodes=1", "eval.max_envs=1", "env.kwargs.max_num_frames_per_episode=300",
+             "log.progress=false", "checkpoint.every=0", "hydra/launcher=population", "hydra.launcher.n_jobs=1",
+             "hydra.launcher.autograd=true"]
+    cut = tmp_path / "cut"
+    proc = run_cli(["train", "-m", *short, f"hydra.sweep.dir={cut}"], tmp_path, timeout=300,
+                   env={"DQNRUN_TEST_SIGNAL_AT_STEP": "700"})
+    assert proc.returncode == 128 + 15, proc.stderr
+    saved = {job: replay_rows(cut / job) for job in ("0", "1")}
+    assert run_cli(["train", "-m", *short, f"resume={cut}"], tmp_path, timeout=300).returncode == 0
+    for job in ("0", "1"):
+        before, after = saved[job], replay_rows(cut / job)
+        n, m = int(before["size"]), int(before["frame_head"])
+        assert 700 <= n < int(after["size"]) <= 1000 and m < int(after["frame_head"])
+        assert torch.equal(after["frames"][:m], before["frames"])  # nothing wrapped: every frame in its slot
+        for name in ("obs_refs", "next_refs", "action", "reward", "terminated"):
+            assert torch.equal(after[name][:n], before[name]), (job, name)
+        r = results(cut / job)
+        assert r["status"] == "completed" and r["updates"] == 150 and 700 <= r["resumed_from_step"] < 1000
+    a, b = (torch.load(cut / job / "checkpoints" / "last.pt", weights_only=True)["policy"] for job in ("0", "1"))
+    assert not torch.equal(a["net.2.weight"], b["net.2.weight"])  # each member its own network
+
+
 @pytest.mark.parametrize("algo", [pytest.param("dqn", marks=pytest.mark.slow), "pqn"])  # pqn: the more sensitive
 def test_a_member_failing_as_it_acts_leaves_the_others_acting_on_their_own_rows(tmp_path: Path, algo: str) -> None:
     """A member that fails before its actions go out (an injected I/O error at its `act`, after learning started)

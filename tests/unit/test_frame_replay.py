@@ -333,6 +333,10 @@ def test_torch_op_path_stores_and_samples_like_the_numpy_path(n_step: int, prior
         torch_ops.add(**s)
         if t % 50 == 0 and len(fast):
             compare_samples(fast, torch_ops, 2, t)
+        if t == 777:  # frames still waiting on the host (the accelerator path writes them at the next read)
+            assert torch_ops.store._pending
+            a, b = fast.state_dict(), torch_ops.state_dict()
+            assert torch.equal(a["frames"], b["frames"]) and not torch_ops.store._pending
     assert torch.equal(fast.frames, torch_ops.frames)
     assert torch.equal(fast.obs_refs, torch_ops.obs_refs) and torch.equal(fast.next_refs, torch_ops.next_refs)
     for name in ("action", "reward", "terminated", "discount"):

@@ -614,6 +614,49 @@ def test_members_replays_share_columns_and_one_gather_returns_each_members_own_b
     assert not StackedRows.fits([_filled(0), _filled(1, latest=True)])  # latest replay keeps its own gather
 
 
+@pytest.mark.parametrize(("n_step", "prioritized", "torch_ops"), [(1, False, True), (3, True, True), (3, False, False)])
+def test_members_frame_rings_share_one_tensor_and_one_gather_returns_each_members_own_stacks(
+        n_step: int, prioritized: bool, torch_ops: bool) -> None:
+    """Atari members: their rings become rows of one tensor; on an accelerator (``torch_ops``: the CPU writing as
+    there) frames wait on the host until a read writes every member's at once. Each member's draw from the shared
+    gather is the batch its solo replay returns, through ring wraps and a checkpoint."""
+    from dqnrun.population.rows import StackedFrames
+    from tests.unit.test_frame_replay import StackedEnvs, assert_same_rows, frames_buffer
+
+    kw = {"n_step": n_step, "prioritized": prioritized, "gamma": 0.9, "batch_size": 8}
+    solo = [frames_buffer(200, 2, seed=s, **kw) for s in range(3)]
+    twins = [frames_buffer(200, 2, seed=s, **kw) for s in range(3)]
+    for r in solo + twins if torch_ops else ():
+        r._use_torch_ops()
+    envs = [StackedEnvs(2, seed=10 + s, p_end=0.1) for s in range(3)]
+    shared = StackedFrames(twins)
+    assert all(t.store.writer is shared for t in twins)
+    for t in range(700):  # wraps the rings
+        for env, a, b in zip(envs, solo, twins, strict=True):
+            step = env.step()
+            a.add(**step)
+            b.add(**step)
+        if t % 50 == 49:
+            assert any(b.store._pending for b in twins) == torch_ops
+            draws = {slot: (*b.sampler.draw(2, t), b) for slot, b in enumerate(twins) if slot != 1}
+            got = shared.gather(draws, 3)  # member 1 not due: its slot is masked out
+            assert not any(b.store._pending for b in twins)
+            for slot in (0, 2):
+                want = solo[slot].sample(n_batches=2, step=t)
+                mine = Batch(*(None if x is None else x[slot] for x in got[:7]))
+                assert_same_rows(want, mine)
+                if prioritized:
+                    torch.testing.assert_close(got.weights[slot], torch.as_tensor(want.weights))
+            solo[1].sample(n_batches=2, step=t)  # member 1's solo run drew then too: both samplers stay in step
+            twins[1].sampler.draw(2, t)
+    for a, b in zip(solo, twins, strict=True):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if isinstance(sa[key], torch.Tensor):
+                assert torch.equal(sa[key], sb[key]), key
+
+
 def test_a_members_updates_do_not_depend_on_how_many_members_share_its_population() -> None:
     """Bit for bit, whether a member trains with others or alone (the others having ended, or resumed from other
     steps): a population's stacked update once wrote a layer's weight gradient with ``bmm(out=<strided view>)``,

@@ -58,14 +58,18 @@ def test_pqn_jobs_group_by_their_shared_settings_and_join_through_the_autograd_p
         "optimizer Adam: a PQN population steps RAdam")
 
 
-@pytest.mark.parametrize("loss", ["mse", "huber"])
-def test_a_members_batched_learning_equals_its_solo_learning(loss: str) -> None:
+@pytest.mark.parametrize(("loss", "path"), [("mse", "grouped"), ("huber", "grouped"), ("huber", "vmap")])
+def test_a_members_batched_learning_equals_its_solo_learning(loss: str, path: str) -> None:
     """Two rollouts' worth of updates (2 epochs x 4 minibatches each, RAdam past its warm-up into rectified steps,
     the learning rate decaying) on each member's own data: weights, RAdam's state, learning rate and counters agree
-    with each member's solo PQN to 1e-5."""
+    with each member's solo PQN to 1e-5, through the batched products and one backward (``grouped``, the LayerNorm
+    MLP's path) and through ``vmap`` (any network the products do not cover)."""
     solo = [_pqn(m, [f"learner.loss={loss}"]) for m in MEMBERS]
     twins = [copy.deepcopy(p) for p in solo]
     pop = PQNPopulationLearner(twins)
+    assert pop._stacked_q is not None
+    if path == "vmap":
+        pop._stacked_q = None
     for rollout in range(2):
         step = (rollout + 1) * 64
         sessions = []
@@ -128,3 +132,33 @@ def test_members_q_values_are_each_members_own_forward(extra: list[str]) -> None
     for other in ({"dueling": True}, {"noisy": True}, {"head": "c51", "atoms": 11}):
         kw = {"obs_shape": (4,), "n_actions": 2, "hidden": [8], **other}
         assert StackedQ.of(QNetwork(**kw)) is None, other
+
+
+def test_minatar_members_q_values_and_updates_through_grouped_convolutions_are_their_own() -> None:
+    """PQN's MinAtar preset (a LayerNorm'd convolution over (H, W, C) boolean frames, LayerNorm MLP): the batched
+    products give each member its own Q-values, and a batched update of made-up minibatches each member's own solo
+    gradient step (its loss's gradient, RAdam's first step) to 1e-5."""
+    extra = ["env=minatar_breakout", "algo=pqn", "network.hidden=[32]", "algo.num_steps=8"]
+    pqns = [builders.build_algorithm(c, builders.build_env_spec(c.env))
+            for c in (compose_train([*extra, *m]) for m in MEMBERS)]
+    twins = [copy.deepcopy(p) for p in pqns]
+    pop = PQNPopulationLearner(twins)
+    assert pop._stacked_q is not None and pop._stacked_q.torso  # the torso batched too
+    gen = torch.Generator().manual_seed(4)
+    obs = torch.rand(3, 12, 10, 10, 4, generator=gen) < 0.1
+    q = pop.q_values(obs.numpy())
+    for i, p in enumerate(pqns):
+        np.testing.assert_allclose(q[i], p.q_values(obs[i].numpy()), rtol=0, atol=1e-5)
+    action, target = torch.randint(0, 3, (3, 12), generator=gen), torch.randn(3, 12, generator=gen)
+    pop.update(obs, action, target, torch.ones(3, 12), torch.full((3,), 12.0), [True, True, True])
+    for i, (p, t) in enumerate(zip(pqns, twins, strict=True)):
+        loss = p.loss_fn(p.policy(obs[i]).gather(1, action[i].unsqueeze(1)).squeeze(1), target[i]).mean()
+        p.optimizer.zero_grad()
+        loss.backward()
+        if p.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(p.policy.parameters(), p.max_grad_norm)
+        p.optimizer.param_groups[0]["lr"] = pop.lr[i]
+        p.optimizer.step()
+        export_pqn(pop, i, t)
+        for a, b in zip(p.policy.parameters(), t.policy.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
