@@ -243,7 +243,7 @@ class Population:
         replays = [d.replay for d in dqns]
         # one replay with a member axis: rows (transitions) or frame rings (Atari's, on an accelerator)
         self.rows = (StackedRows(replays) if StackedRows.fits(replays)
-                     else StackedFrames(replays) if StackedFrames.fits(replays) else None)
+                     else StackedFrames.share(replays) if StackedFrames.fits(replays) else None)
         for i, (m, dqn) in enumerate(zip(live, dqns, strict=True)):
             m.slot.index = i
             m.run.algo = MemberAlgo(dqn, learner, m.slot)  # type: ignore[union-attr]

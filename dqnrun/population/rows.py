@@ -16,6 +16,7 @@ batches) and action masks keep each member's own gather (`dqnrun.population.engi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ import torch
 from dqnrun.replay import Batch, FrameStorage, ReplayBuffer, RowStorage
 from dqnrun.replay.samplers import PrioritizedSampler, UniformSampler
 from dqnrun.replay.storage import take_rows
+
+log = logging.getLogger("dqnrun.population")
 
 
 def alike(replays: Sequence[ReplayBuffer], kind: type, same: Callable[[Any, Any], bool]) -> bool:
@@ -110,6 +113,18 @@ class StackedFrames:
         self.stores = stores
         self.flat = shared.view(len(stores) * self.slots, *self.frame)
         self.row = {id(s): k for k, s in enumerate(stores)}
+
+    @classmethod
+    def share(cls, replays: Sequence[ReplayBuffer]) -> StackedFrames | None:
+        """The shared rings, or None where the device cannot hold them beside the members' own for the moment it
+        takes to copy them over (1M-frame rings of 16 Pong members are 115 GB): then each member keeps its own ring
+        and gathers from it, as it would alone."""
+        try:
+            return cls(replays)
+        except torch.OutOfMemoryError:
+            log.info("the members' frame rings stay apart: %s cannot hold a shared copy beside them",
+                     replays[0].store.device)
+            return None
 
     @staticmethod
     def fits(replays: Sequence[ReplayBuffer]) -> bool:

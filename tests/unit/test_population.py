@@ -677,3 +677,25 @@ def test_a_members_updates_do_not_depend_on_how_many_members_share_its_populatio
         alone.update(Batch(*(None if x is None else x[1:2] for x in b)))
     assert torch.equal(many.online.flat[1], alone.online.flat[0])
     assert torch.equal(many.adam.exp_avg[1], alone.adam.exp_avg[0])
+
+
+def test_frame_rings_too_large_to_share_stay_each_members_own(monkeypatch) -> None:
+    """Where the device cannot hold the shared rings beside the members' own (1M-frame Pong rings: 7 GB each),
+    every member keeps its own ring, untouched, and gathers from it as alone."""
+    from dqnrun.population import rows
+    from tests.unit.test_frame_replay import StackedEnvs, frames_buffer
+
+    replays = [frames_buffer(50, 1, seed=s) for s in range(2)]
+    env = StackedEnvs(1, seed=3)
+    for _ in range(20):
+        step = env.step()
+        for r in replays:
+            r.add(**step)
+    own = [r.store._ring for r in replays]
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(rows.torch, "zeros", no_memory)
+    assert rows.StackedFrames.fits(replays) and rows.StackedFrames.share(replays) is None
+    assert all(r.store.writer is None and r.store._ring is ring for r, ring in zip(replays, own, strict=True))
