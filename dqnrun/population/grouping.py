@@ -34,7 +34,8 @@ STACKED_ACTIVATIONS = ("relu", "tanh")  # what the hand-written stack's backward
 STACKED_TORSOS = (None, "minatar")  # no torso, or MinAtar's one convolution and a ReLU
 # The batched autograd path on a CPU, measured (docs/benchmarks.md, section 12): 8 CartPole seeds of C51 with a
 # dueling head took 102 s as populations and 83 s with joblib; the update costs per member what a solo one does
-# (vmap batches no arithmetic on a CPU core) plus functorch's own overhead. So by default it runs where a GPU is.
+# (vmap batches no arithmetic on a CPU core) plus functorch's own overhead. So by default it runs where a GPU is,
+# and on a CPU only where it measured faster than separate runs (`_gains_on_cpu`).
 AUTOGRAD_ON_CPU = ("the batched autograd path runs slower than separate runs on a CPU (0.79-0.81x joblib, "
                    "docs/benchmarks.md section 12); hydra.launcher.autograd=true batches it anyway")
 
@@ -130,10 +131,20 @@ def _anywhere(cfg: DictConfig) -> str | None:
 
 
 def _gains_on_cpu(cfg: DictConfig) -> bool:
-    """Jobs whose population measured faster than separate runs on this CPU although their update runs under
-    vmap: PQN over an MLP, whose acting (a forward every step) is what batches (1.36x joblib for 8 CartPole
-    seeds; over MinAtar's CNN 0.79-0.84x: docs/benchmarks.md section 12)."""
-    return autograd_key(cfg) == "algo=pqn" and not cfg.network.get("conv")
+    """Jobs off the hand-written stack whose population measured faster than separate runs on this CPU: the ones
+    over an MLP (no convolutional torso) that learn through the batched products and one backward
+    (`dqnrun.population.functional.StackedQ`): PQN (1.47x joblib for 8 CartPole seeds), and DQN with a plain TD
+    loss over LayerNorm layers or another activation (1.40x for 8 CartPole seeds with ``network.norm=layernorm``).
+    Over a CNN torso the convolutions are this CPU's arithmetic either way (PQN on MinAtar Breakout 0.81x), and
+    dueling, NoisyNet, distributional and Munchausen updates run under vmap (C51 + dueling 0.81x):
+    docs/benchmarks.md section 12."""
+    net, lc = cfg.network, cfg.learner
+    if net.get("conv") or net.get("noisy") or net.get("activation", "relu") not in ("relu", "tanh", "elu", "gelu"):
+        return False
+    if autograd_key(cfg) == "algo=pqn":
+        return not net.get("dueling")
+    head = lc.get("distributional", False)
+    return not (net.get("dueling") or head not in (False, None, "false", "q") or lc.get("munchausen", False))
 
 
 def _on_gpu(device: str) -> bool:
