@@ -47,6 +47,8 @@ CASES: dict[str, list[str]] = {
     # a plain TD loss over a network the hand-written stack does not cover (LayerNorm): batched products, one backward
     "layernorm8": ["env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "network.norm=layernorm",
                    "total_steps=30000"],
+    "dueling8": ["env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "network=dueling_mlp",
+                 "total_steps=30000"],
     # PQN populations (dqnrun/population/pqn.py): CartPole's PQN preset, 8 seeds, a fifth of its 500k steps
     "pqn8": ["algo=pqn", "env=cartpole", "seed=" + ",".join(str(s) for s in range(8)), "total_steps=100000"],
     "pqnbreakout4": ["algo=pqn", "env=minatar_breakout", "seed=0,1,2,3", "total_steps=100000"],
@@ -58,7 +60,7 @@ CASES: dict[str, list[str]] = {
                "schedule.end=0", "total_steps=30000"],
 }
 # cases whose population takes the batched autograd path, which joins on a CPU only when asked
-AUTOGRAD = {"c51dueling8", "pqn8", "pqnbreakout4", "noisy8", "layernorm8"}
+AUTOGRAD = {"c51dueling8", "pqn8", "pqnbreakout4", "noisy8", "layernorm8", "dueling8"}
 LAUNCHERS = {
     "population": ["hydra/launcher=population"],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],

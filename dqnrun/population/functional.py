@@ -117,8 +117,8 @@ def _step(m: nn.Module, name: str) -> tuple[Any, ...] | None:
 
 class StackedQ:
     """The members' Q-values ``(K, E, *obs) -> (K, E, A)`` with batched products, for the networks whose forward is
-    a plain ``Sequential`` of Linear, LayerNorm and activation layers under the Q-value head (no dueling, noise or
-    distributional head), after a torso of convolutions, normalizations and activations or none: PQN's LayerNorm
+    a plain ``Sequential`` of Linear, LayerNorm and activation layers under the Q-value head or a dueling one (no
+    noise or distributional head), after a torso of convolutions, normalizations and activations or none: PQN's LayerNorm
     MLPs, DQN's with ``network.norm`` or another activation, Nature's CNN (Pong, Breakout).
 
     The members' convolutions run as one grouped convolution per layer, member k's images in input channels
@@ -137,11 +137,14 @@ class StackedQ:
     def of(cls, net: nn.Module) -> StackedQ | None:
         from dqnrun.networks import QNetwork
 
-        if not (isinstance(net, QNetwork) and net.head_kind == "q" and not net.dueling and not net.noisy
-                and net.embedding is None):
+        if not (isinstance(net, QNetwork) and net.head_kind == "q" and not net.noisy and net.embedding is None):
             return None
         torso = [_step(m, f"torso.{i}") for i, m in enumerate(net.torso if net.torso is not None else ())]
-        plan = [_step(m, f"net.{i}") for i, m in enumerate(net.net)]
+        if net.dueling:  # the body's layers, then Q = V + A - mean A from its two linear heads
+            plan = [_step(m, f"body.{i}") for i, m in enumerate(net.body)]
+            plan += [_step(net.value, "value"), _step(net.advantage, "advantage"), ("dueling",)]
+        else:
+            plan = [_step(m, f"net.{i}") for i, m in enumerate(net.net)]
         if any(step is None for step in torso + plan):
             return None
         return cls(net, torso, plan)
@@ -174,12 +177,20 @@ class StackedQ:
             x = self._torso(params, obs)
         else:
             x = self.net.features(obs.reshape(k * e, *obs.shape[2:])).view(k, e, -1)  # type: ignore[operator]
+        heads = []
         for step in self.plan:
             if step[0] == "linear":
-                x = torch.baddbmm(params[step[2]].unsqueeze(1), x, params[step[1]].transpose(1, 2))
+                y = torch.baddbmm(params[step[2]].unsqueeze(1), x, params[step[1]].transpose(1, 2))
+                if step[1] in ("value.weight", "advantage.weight"):
+                    heads.append(y)  # both heads read the body's output
+                else:
+                    x = y
             elif step[0] == "norm":
                 x = nn.functional.layer_norm(x, step[3], None, None, step[4])
                 x = torch.addcmul(params[step[2]].unsqueeze(1), x, params[step[1]].unsqueeze(1))
+            elif step[0] == "dueling":  # (K, E, 1) and (K, E, A), as `QNetwork._fc`: V + A - mean A
+                v, a = heads
+                x = v + a - a.mean(dim=-1, keepdim=True)
             else:
                 x = step[1](x)
         return x

@@ -134,17 +134,18 @@ def _gains_on_cpu(cfg: DictConfig) -> bool:
     """Jobs off the hand-written stack whose population measured faster than separate runs on this CPU: the ones
     over an MLP (no convolutional torso) that learn through the batched products and one backward
     (`dqnrun.population.functional.StackedQ`): PQN (1.47x joblib for 8 CartPole seeds), and DQN with a plain TD
-    loss over LayerNorm layers or another activation (1.40x for 8 CartPole seeds with ``network.norm=layernorm``).
-    Over a CNN torso the convolutions are this CPU's arithmetic either way (PQN on MinAtar Breakout 0.81x), and
-    dueling, NoisyNet, distributional and Munchausen updates run under vmap (C51 + dueling 0.81x):
+    loss over a dueling head, LayerNorm layers or another activation (8 CartPole seeds: 1.75x with
+    ``network=dueling_mlp``, 1.40x with ``network.norm=layernorm``). Over a CNN torso the convolutions are this
+    CPU's arithmetic either way (PQN on MinAtar Breakout 0.81x), and NoisyNet, distributional and Munchausen
+    updates run under vmap (C51 + dueling 0.81x):
     docs/benchmarks.md section 12."""
     net, lc = cfg.network, cfg.learner
     if net.get("conv") or net.get("noisy") or net.get("activation", "relu") not in ("relu", "tanh", "elu", "gelu"):
         return False
     if autograd_key(cfg) == "algo=pqn":
-        return not net.get("dueling")
+        return True
     head = lc.get("distributional", False)
-    return not (net.get("dueling") or head not in (False, None, "false", "q") or lc.get("munchausen", False))
+    return not (head not in (False, None, "false", "q") or lc.get("munchausen", False))
 
 
 def _on_gpu(device: str) -> bool:

@@ -64,7 +64,7 @@ def test_variants_without_a_batched_update_stand_alone_with_a_reason() -> None:
         refused = grouping.eligibility(cfg, autograd=False)
         assert refused is not None and refused.startswith(key) and "hydra.launcher.autograd=true" in refused
         if not torch.cuda.is_available():
-            products = key in ("network.activation=gelu", "learner.fast_mlp=false")
+            products = key in ("network.dueling=True", "network.activation=gelu", "learner.fast_mlp=false")
             assert grouping.eligibility(cfg) == (None if products else refused), key
     assert grouping.autograd_key(compose_train(["env=minatar_breakout"])) is None  # the stacked update's
 
@@ -80,14 +80,16 @@ def test_where_a_job_trains_decides_whether_the_autograd_path_joins_by_default(m
         monkeypatch.setattr(torch.cuda, "is_available", lambda here=cuda_here: here)
         assert why("device=cuda") is None and why("device=cuda:1") is None  # the stacked MLP update
         assert why("device=cuda", "network=dueling_mlp") is None
-        assert why("device=cpu", "network=dueling_mlp").startswith("network.dueling=True")
-        auto = why("network=dueling_mlp")
-        assert (auto is None) if cuda_here else auto.startswith("network.dueling=True")
+        assert why("device=cpu", "network=noisy_mlp").startswith("network.noisy=True")
+        auto = why("network=noisy_mlp")
+        assert (auto is None) if cuda_here else auto.startswith("network.noisy=True")
         assert why("device=mps") == "device=mps: populations run on the CPU or on CUDA"
     # on a CPU, by default, the jobs that learn through batched products and one backward (they measured faster
     # than separate runs there); the ones under vmap, or over a CNN, only with hydra.launcher.autograd=true
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert why("network.norm=layernorm") is None and why("network.activation=elu") is None
+    assert why("network=dueling_mlp") is None and why("network=dueling_mlp", "learner.double=true") is None
+    assert why("network=dueling_mlp", "learner.distributional=c51").startswith("network.dueling=True")
     assert why("learner.fast_mlp=false") is None
     assert why("network.norm=layernorm", "learner.distributional=c51").startswith("network.norm=layernorm")
     assert why("network.norm=layernorm", "learner.munchausen=true").startswith("network.norm=layernorm")
@@ -441,6 +443,8 @@ GROUPED_VARIANTS = {
     "nature_cnn": (lambda o: _pong_dqn(o), [], lambda: _pong_batches(10, 3, 9)),
     "nature_cnn_double_layernorm": (lambda o: _pong_dqn(o), ["learner.double=true", "network.norm=layernorm"],
                                     lambda: _pong_batches(10, 3, 10)),
+    "dueling_double": (_dqn, ["network=dueling_mlp", "learner.double=true"], lambda: _batches(10, 3, 11, True)),
+    "nature_cnn_dueling": (lambda o: _pong_dqn(o), ["network.dueling=true"], lambda: _pong_batches(10, 3, 12)),
 }
 
 

@@ -129,9 +129,10 @@ def test_members_q_values_are_each_members_own_forward(extra: list[str]) -> None
     for i, p in enumerate(pqns):
         np.testing.assert_allclose(q[i], p.q_values(obs[i]), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(pop.q_values(obs[[2, 0]], rows=[2, 0]), q[[2, 0]])
-    for other in ({"dueling": True}, {"noisy": True}, {"head": "c51", "atoms": 11}):
+    for other in ({"noisy": True}, {"head": "c51", "atoms": 11}):
         kw = {"obs_shape": (4,), "n_actions": 2, "hidden": [8], **other}
         assert StackedQ.of(QNetwork(**kw)) is None, other
+    assert StackedQ.of(QNetwork((4,), 2, [8], dueling=True)) is not None  # V + A - mean A from batched heads
 
 
 def test_minatar_members_q_values_and_updates_through_grouped_convolutions_are_their_own() -> None:
