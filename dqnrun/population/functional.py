@@ -118,8 +118,8 @@ def _step(m: nn.Module, name: str) -> tuple[Any, ...] | None:
 class StackedQ:
     """The members' Q-values ``(K, E, *obs) -> (K, E, A)`` with batched products, for the networks whose forward is
     a plain ``Sequential`` of Linear, LayerNorm and activation layers under the Q-value head or a dueling one (no
-    noise or distributional head), after a torso of convolutions, normalizations and activations or none: PQN's LayerNorm
-    MLPs, DQN's with ``network.norm`` or another activation, Nature's CNN (Pong, Breakout).
+    noise or distributional head), after a torso of convolutions, normalizations and activations or none: PQN's
+    LayerNorm MLPs, DQN's with ``network.norm``, a dueling head or another activation, Nature's CNN (Pong).
 
     The members' convolutions run as one grouped convolution per layer, member k's images in input channels
     ``k*C:(k+1)*C`` and its filters in group k (what ``vmap`` makes of a convolution with batched weights, without
