@@ -454,7 +454,8 @@ def _pong_dqn(overrides: list[str]):
     return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
 
 
-@pytest.mark.parametrize("variant", sorted(GROUPED_VARIANTS))
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.slow) if v.startswith("nature_cnn_") else v
+                                     for v in sorted(GROUPED_VARIANTS)])  # Pong's CNN variants: 2-3 s each
 def test_grouped_updates_equal_each_members_solo_updates(variant: str) -> None:
     """One forward and one backward for every member (grouped convolutions for a torso) give each member the 10
     updates, Adam state and greedy actions of its solo run."""
