@@ -250,14 +250,18 @@ class QNetwork(nn.Module):
         """obs (B, *obs_shape) -> the float input of the first fully connected layer, (B, in_dim)."""
         if self.n_obs_categories:
             return nn.functional.one_hot(obs.long(), self.n_obs_categories).float()
-        x = obs.float()
-        if self.pixel_scale is not None:
-            x = x * self.pixel_scale
         if self.torso is None:
-            return x.flatten(1)
-        if self.channels_last:
-            x = x.permute(0, 3, 1, 2)
-        return self.torso(x).flatten(1)
+            return self._scaled(obs).flatten(1)
+        return self.torso(self.images(obs)).flatten(1)
+
+    def _scaled(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float()
+        return x if self.pixel_scale is None else x * self.pixel_scale
+
+    def images(self, obs: torch.Tensor) -> torch.Tensor:
+        """Image obs (B, *obs_shape) -> the torso's float input (B, C, H, W): scaled, channels first."""
+        x = self._scaled(obs)
+        return x.permute(0, 3, 1, 2) if self.channels_last else x
 
     def _fc(self, h: torch.Tensor, out: int) -> torch.Tensor:
         """The fully connected layers and the (dueling) head: h (R, d) -> (R, A, out)."""

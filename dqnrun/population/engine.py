@@ -461,8 +461,9 @@ def receive_and_store(m: Member) -> Any:
 def learn_burst(learner: PopulationLearner, rows: StackedRows | StackedFrames | None, members: Sequence[Member],
                 n: int) -> None:
     """One batched update of ``members``, each due ``n`` gradient steps: each draws its rows with its own sampler,
-    as its solo run does; one gather serves them all where their replays share columns (`StackedRows`), else each
-    gathers its own (`update_together`). Then prioritized replay's new priorities, each member's from its rows."""
+    as its solo run does; one gather serves them all where their replays share tensors (`StackedRows`,
+    `StackedFrames`), else each gathers its own (`update_together`). Then prioritized replay's new priorities, each
+    member's from its rows."""
     if rows is not None:
         draws = {m.slot.index: (*m.dqn.replay.sampler.draw(n, m.session.step), m.dqn.replay) for m in members}
         faults.point("learn")

@@ -142,7 +142,7 @@ class StackedQ:
         torso = [_step(m, f"torso.{i}") for i, m in enumerate(net.torso if net.torso is not None else ())]
         if net.dueling:  # the body's layers, then Q = V + A - mean A from its two linear heads
             plan = [_step(m, f"body.{i}") for i, m in enumerate(net.body)]
-            plan += [_step(net.value, "value"), _step(net.advantage, "advantage"), ("dueling",)]
+            plan.append(("dueling",) if type(net.value) is nn.Linear and type(net.advantage) is nn.Linear else None)
         else:
             plan = [_step(m, f"net.{i}") for i, m in enumerate(net.net)]
         if any(step is None for step in torso + plan):
@@ -151,13 +151,8 @@ class StackedQ:
 
     def _torso(self, params: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
         """Images ``(K, E, *obs)`` -> the members' flattened torso outputs ``(K, E, F)``, as `QNetwork.features`."""
-        net = self.net
         k, e = obs.shape[:2]
-        x = obs.reshape(k * e, *obs.shape[2:]).float()
-        if net.pixel_scale is not None:
-            x = x * net.pixel_scale
-        if net.channels_last:
-            x = x.permute(0, 3, 1, 2)
+        x = self.net.images(obs.reshape(k * e, *obs.shape[2:]))  # type: ignore[operator]
         x = x.reshape(k, e, *x.shape[1:]).transpose(0, 1).reshape(e, k * x.shape[1], *x.shape[2:])  # (E, K*C, H, W)
         for step in self.torso:
             if step[0] == "conv":
@@ -177,23 +172,24 @@ class StackedQ:
             x = self._torso(params, obs)
         else:
             x = self.net.features(obs.reshape(k * e, *obs.shape[2:])).view(k, e, -1)  # type: ignore[operator]
-        heads = []
         for step in self.plan:
             if step[0] == "linear":
-                y = torch.baddbmm(params[step[2]].unsqueeze(1), x, params[step[1]].transpose(1, 2))
-                if step[1] in ("value.weight", "advantage.weight"):
-                    heads.append(y)  # both heads read the body's output
-                else:
-                    x = y
+                x = _linear(params, step[1], step[2], x)
             elif step[0] == "norm":
                 x = nn.functional.layer_norm(x, step[3], None, None, step[4])
                 x = torch.addcmul(params[step[2]].unsqueeze(1), x, params[step[1]].unsqueeze(1))
-            elif step[0] == "dueling":  # (K, E, 1) and (K, E, A), as `QNetwork._fc`: V + A - mean A
-                v, a = heads
+            elif step[0] == "dueling":  # (K, E, 1) and (K, E, A) from the body's output, as `QNetwork._fc`
+                v = _linear(params, "value.weight", "value.bias", x)
+                a = _linear(params, "advantage.weight", "advantage.bias", x)
                 x = v + a - a.mean(dim=-1, keepdim=True)
             else:
                 x = step[1](x)
         return x
+
+
+def _linear(params: dict[str, torch.Tensor], weight: str, bias: str, x: torch.Tensor) -> torch.Tensor:
+    """Every member's fully connected layer at once: ``x (K, E, in) -> (K, E, out)``."""
+    return torch.baddbmm(params[bias].unsqueeze(1), x, params[weight].transpose(1, 2))
 
 
 class _Pair(nn.Module):
@@ -381,7 +377,6 @@ class FuncPopulationLearner(PopulationLearner):
             self._step(loss, q_mean, act, mask)
             out.append(td_abs.cpu().numpy() if weights is not None else None)
         return out
-
 
     def _grouped_step(self, batch: Batch, g: int, act: list[bool], mask: torch.Tensor) -> np.ndarray | None:
         """Gradient step ``g`` of a burst for every member at once through `StackedQ`: the TD targets from the

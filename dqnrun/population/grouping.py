@@ -51,9 +51,8 @@ def autograd_key(cfg: DictConfig) -> str | None:
     for key in ("noisy", "dueling", "norm"):
         if net.get(key):
             return f"network.{key}={net.get(key)}"
-    head = lc.get("distributional", False)
-    if head not in (False, None, "false", "q"):
-        return f"learner.distributional={head}"
+    if _distributional(lc):
+        return f"learner.distributional={lc.get('distributional')}"
     if lc.get("munchausen", False):
         return "learner.munchausen=true"
     if net.get("conv") not in STACKED_TORSOS:
@@ -137,15 +136,16 @@ def _gains_on_cpu(cfg: DictConfig) -> bool:
     loss over a dueling head, LayerNorm layers or another activation (8 CartPole seeds: 1.75x with
     ``network=dueling_mlp``, 1.40x with ``network.norm=layernorm``). Over a CNN torso the convolutions are this
     CPU's arithmetic either way (PQN on MinAtar Breakout 0.81x), and NoisyNet, distributional and Munchausen
-    updates run under vmap (C51 + dueling 0.81x):
-    docs/benchmarks.md section 12."""
+    updates run under vmap (C51 + dueling 0.81x): docs/benchmarks.md section 12."""
     net, lc = cfg.network, cfg.learner
-    if net.get("conv") or net.get("noisy") or net.get("activation", "relu") not in ("relu", "tanh", "elu", "gelu"):
+    if net.get("conv") or net.get("noisy"):
         return False
-    if autograd_key(cfg) == "algo=pqn":
-        return True
-    head = lc.get("distributional", False)
-    return not (head not in (False, None, "false", "q") or lc.get("munchausen", False))
+    return autograd_key(cfg) == "algo=pqn" or not (_distributional(lc) or lc.get("munchausen", False))
+
+
+def _distributional(lc: Any) -> bool:
+    """Whether the learner's head is distributional (C51, QR-DQN, IQN) rather than the Q-value head."""
+    return lc.get("distributional", False) not in (False, None, "false", "q")
 
 
 def _on_gpu(device: str) -> bool:

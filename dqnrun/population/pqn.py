@@ -5,17 +5,19 @@ computes Q(lambda) returns over it and makes ``epochs x minibatches`` updates, w
 member keeps its own envs, RNG, rollout, returns and minibatch shuffles (its solo run's), and:
 
 - one forward over every member's observations gives each its Q-values (its greedy actions and the values its
-  returns are computed from), through ``vmap`` over member 0's network reparametrized with each member's row;
-- each minibatch is one update of all members: each member's loss is its solo loss (the mean over its own
+  returns are computed from), through batched products over the stacked parameters (`StackedQ`: every network a
+  PQN population takes, LayerNorm MLPs and CNNs);
+- each minibatch is one update of all members, one backward through those products (`grouped_gradients`): each
+  member's loss is its solo loss (the mean over its own
   minibatch; members' minibatches differ in size by the autoreset steps each rollout drops, so shorter ones are
   padded with samples of weight 0), its gradient capped at its own norm and RAdam stepped with its own
   (decaying) learning rate, all on stacked ``(K, P)`` parameters (`BatchedRAdam`).
 
 A member's checkpoint is its solo run's (`PQNMember` exports weights, RAdam's state, the learning rate, counters
-and metric sums into its own PQN before the lifecycle reads it). On a CPU core the vmapped update costs per member
-what a solo one does, but PQN acts with a forward on every env step, and that batches: over an MLP a population
-measured 1.36x faster than joblib and joins by default; over MinAtar's CNN 0.79-0.84x, so there it joins on a CPU
-only with ``hydra.launcher.autograd=true`` (`dqnrun.population.grouping`). On a GPU the batched update is the point.
+and metric sums into its own PQN before the lifecycle reads it). Over an MLP a population measured 1.47x faster
+than joblib on this CPU and joins by default; over MinAtar's CNN 0.81x (the convolutions are the CPU's arithmetic
+either way), so there it joins on a CPU only with ``hydra.launcher.autograd=true`` (`dqnrun.population.grouping`).
+On a GPU the batched update is the point.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from dqnrun import metrics as M
 from dqnrun.acting import epsilon_greedy
@@ -110,7 +111,11 @@ class PQNPopulationLearner:
         self.members = list(pqns)
         first = pqns[0]
         self.net = first.policy
-        self._stacked_q = StackedQ.of(first.policy)
+        stacked = StackedQ.of(first.policy)
+        if stacked is None:  # grouping keeps such networks out (NoisyNet layers stand alone)
+            raise ValueError(f"a PQN population batches plain Q-networks, not {type(first.policy).__name__} with "
+                             "noise or a distributional head")
+        self._stacked_q = stacked
         self.online = StackedParams.stack([p.policy for p in pqns])
         self.device = self.online.flat.device
         group = first.optimizer.param_groups[0]
@@ -159,13 +164,6 @@ class PQNPopulationLearner:
         return nullcontext()  # PQN's networks act alike in training and evaluation
 
     # --- learning ---------------------------------------------------------------------------------------
-    def _member_loss(self, p: dict[str, torch.Tensor], obs: torch.Tensor, action: torch.Tensor, target: torch.Tensor,
-                     weight: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """The solo loss (`PQN._update`: mean over the minibatch) of one member; padding has weight 0."""
-        q = functional_call(self.net, p, (obs,)).gather(1, action.unsqueeze(1)).squeeze(1)
-        loss = (self._each(q - target) * weight).sum() / count
-        return loss, (loss.detach(), (q.detach() * weight).sum() / count)
-
     def _each(self, d: torch.Tensor) -> torch.Tensor:
         """The per-sample loss of TD errors ``d``: ``mse``, or smooth_l1 with beta 1."""
         if self.loss == "mse":
@@ -178,18 +176,11 @@ class PQNPopulationLearner:
                count: torch.Tensor, active: Sequence[bool]) -> None:
         """One gradient step of every ``active`` member on its minibatch (``(K, B, ...)``, padded; ``count`` (K,) the
         real samples of each)."""
-        if self._stacked_q is not None:  # batched products and one backward for all (`grouped_gradients`)
-            def loss_of(q: torch.Tensor) -> torch.Tensor:
-                return (self._each(q - target) * weight).sum(1) / count
+        def loss_of(q: torch.Tensor) -> torch.Tensor:  # the solo loss: the mean over each member's own samples
+            return (self._each(q - target) * weight).sum(1) / count
 
-            loss, q = grouped_gradients(self._stacked_q, self.online, self.grad, obs, action, loss_of)
-            q_mean = (q * weight).sum(1) / count
-        else:
-            with torch.enable_grad():
-                grads, (loss, q_mean) = vmap(grad(self._member_loss, has_aux=True))(
-                    self.online.params(), obs, action, target, weight, count)
-            for view, name in zip(self.grad.views, self.grad.names, strict=True):
-                view.copy_(grads[name])
+        loss, q = grouped_gradients(self._stacked_q, self.online, self.grad, obs, action, loss_of)
+        q_mean = (q * weight).sum(1) / count
         caps = torch.tensor([math.inf if m.max_grad_norm is None else float(m.max_grad_norm) for m in self.members],
                             device=self.device)
         flat = self.grad.flat

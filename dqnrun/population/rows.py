@@ -103,8 +103,8 @@ class StackedFrames:
     def __init__(self, replays: Sequence[ReplayBuffer]) -> None:
         stores: list[FrameStorage] = [r.store for r in replays]  # type: ignore[misc]
         first = stores[0]
-        self.capacity, self.device, self.with_discount = first.capacity, first.device, first.with_discount
-        self.slots, self.frame = first._slots, first._frame
+        self.device, self.slots, self.frame = first.device, first._slots, first._frame
+        self.scalars = ("action", "reward", "terminated") + (("discount",) if first.with_discount else ())
         # zeros: on the CPU, pages nobody writes are never allocated (a member's ring fills as it trains)
         shared = torch.zeros((len(stores), *first._ring.shape), dtype=first._ring.dtype, device=self.device)
         for k, store in enumerate(stores):
@@ -152,7 +152,7 @@ class StackedFrames:
         shape, stack = tuple(first.shape), self.stores[0]._k
         serials = np.zeros((2, k, *shape, stack), dtype=np.int64)  # obs, next_obs: slots in the shared tensor
         scalars = {name: np.zeros((k, *shape), dtype=np.int64 if name == "action" else np.float32)
-                   for name in ("action", "reward", "terminated", "discount")}
+                   for name in self.scalars}
         for slot, (rows, _, replay) in draws.items():
             store: FrameStorage = replay.store  # type: ignore[assignment]
             base = self.row[id(store)] * self.slots
@@ -163,8 +163,7 @@ class StackedFrames:
                 out[slot] = getattr(store, name).numpy()[rows]  # host columns
         frames = self.flat.index_select(0, torch.from_numpy(serials.reshape(-1)).to(self.device))
         frames = frames.view(2, k, *shape, stack, *self.frame)
-        dev = {name: torch.from_numpy(v).to(self.device) for name, v in scalars.items()
-               if name != "discount" or self.with_discount}
+        dev = {name: torch.from_numpy(v).to(self.device) for name, v in scalars.items()}
         weights = stacked_weights(draws, k, self.device)
         return Batch(frames[0], dev["action"], dev["reward"], frames[1], dev["terminated"], dev.get("discount"),
                      weights)

@@ -16,8 +16,8 @@ from tests.conftest import compose_train
 SMALL = ["env=cartpole", "network.hidden=[32,32]", "replay.batch_size=32"]
 
 
-def _dqn(overrides: list[str]):
-    cfg = compose_train([*SMALL, *overrides])
+def _dqn(overrides: list[str], preset: list[str] = SMALL):
+    cfg = compose_train([*preset, *overrides])
     torch.manual_seed(int(cfg.seed))  # what the lifecycle's seed_everything does before it builds
     return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
 
@@ -245,22 +245,24 @@ MINATAR = ["env=minatar_breakout", "network.hidden=[32]", "replay.batch_size=16"
 
 
 def _minatar_dqn(overrides: list[str]):
-    cfg = compose_train([*MINATAR, *overrides])
-    torch.manual_seed(int(cfg.seed))
-    return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
+    return _dqn(overrides, MINATAR)
 
 
-def _image_batches(n: int, k: int, seed: int) -> list[list[Batch]]:
-    """``n`` updates' worth of (G=1, B=16) MinAtar-shaped batches (10x10x4 booleans) for each of ``k`` members."""
+def _image_batches(n: int, k: int, seed: int, pong: bool = False) -> list[list[Batch]]:
+    """``n`` updates' worth of (G=1) image batches for each of ``k`` members, with n-step discounts: MinAtar-shaped
+    (B=16, 10x10x4 booleans, 3 actions), or with ``pong`` Pong-shaped (B=8, 4 stacked 84x84 uint8 frames, 6 actions)."""
     gen = torch.Generator().manual_seed(seed)
+    b, actions = (8, 6) if pong else (16, 3)
     out = []
     for _ in range(n):
         row = []
         for _ in range(k):
-            obs, nxt = (torch.rand(2, 1, 16, 10, 10, 4, generator=gen) < 0.1).unbind(0)
-            row.append(Batch(obs, torch.randint(0, 3, (1, 16), generator=gen), torch.randn(1, 16, generator=gen),
-                             nxt, (torch.rand(1, 16, generator=gen) < 0.2).float(),
-                             discount=(0.9 ** torch.randint(1, 4, (1, 16), generator=gen)).float()))
+            pair = (torch.randint(0, 256, (2, 1, b, 4, 84, 84), generator=gen, dtype=torch.uint8) if pong
+                    else torch.rand(2, 1, b, 10, 10, 4, generator=gen) < 0.1)
+            obs, nxt = pair.unbind(0)
+            row.append(Batch(obs, torch.randint(0, actions, (1, b), generator=gen), torch.randn(1, b, generator=gen),
+                             nxt, (torch.rand(1, b, generator=gen) < 0.2).float(),
+                             discount=(0.9 ** torch.randint(1, 4, (1, b), generator=gen)).float()))
         out.append(row)
     return out
 
@@ -420,38 +422,25 @@ def test_a_convolutional_torso_outside_the_stack_batches_through_autograd(extra:
 PONG = ["env=pong", "replay.capacity=1000", "replay.batch_size=8", "network.hidden=[32]"]
 
 
-def _pong_batches(n: int, k: int, seed: int) -> list[list[Batch]]:
-    """``n`` updates' worth of (G=1, B=8) Pong-shaped batches (4 stacked 84x84 uint8 frames) for ``k`` members."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        row = []
-        for _ in range(k):
-            obs, nxt = torch.randint(0, 256, (2, 1, 8, 4, 84, 84), generator=gen, dtype=torch.uint8).unbind(0)
-            row.append(Batch(obs, torch.randint(0, 6, (1, 8), generator=gen), torch.randn(1, 8, generator=gen),
-                             nxt, (torch.rand(1, 8, generator=gen) < 0.2).float(),
-                             discount=(0.9 ** torch.randint(1, 4, (1, 8), generator=gen)).float()))
-        out.append(row)
-    return out
+def _pong_dqn(overrides: list[str]):
+    return _dqn(overrides, PONG)
+
+
+def _pong_batches(seed: int) -> list[list[Batch]]:
+    return _image_batches(10, 3, seed, pong=True)
 
 
 # Networks whose Q-values the batched products compute (`StackedQ`: Nature's CNN as grouped convolutions,
-# normalization layers), whose plain TD loss takes one differentiable forward and one backward for all members
+# normalization layers, a dueling head), whose plain TD loss takes one differentiable forward and one backward
 GROUPED_VARIANTS = {
     "layernorm_double": (_dqn, ["network.norm=layernorm", "learner.double=true"], lambda: _batches(10, 3, 7, True)),
     "elu_mse": (_dqn, ["network.activation=elu", "learner.loss=mse"], lambda: _batches(10, 3, 8, False)),
-    "nature_cnn": (lambda o: _pong_dqn(o), [], lambda: _pong_batches(10, 3, 9)),
-    "nature_cnn_double_layernorm": (lambda o: _pong_dqn(o), ["learner.double=true", "network.norm=layernorm"],
-                                    lambda: _pong_batches(10, 3, 10)),
+    "nature_cnn": (_pong_dqn, [], lambda: _pong_batches(9)),
+    "nature_cnn_double_layernorm": (_pong_dqn, ["learner.double=true", "network.norm=layernorm"],
+                                    lambda: _pong_batches(10)),
     "dueling_double": (_dqn, ["network=dueling_mlp", "learner.double=true"], lambda: _batches(10, 3, 11, True)),
-    "nature_cnn_dueling": (lambda o: _pong_dqn(o), ["network.dueling=true"], lambda: _pong_batches(10, 3, 12)),
+    "nature_cnn_dueling": (_pong_dqn, ["network.dueling=true"], lambda: _pong_batches(12)),
 }
-
-
-def _pong_dqn(overrides: list[str]):
-    cfg = compose_train([*PONG, *overrides])
-    torch.manual_seed(int(cfg.seed))
-    return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
 
 
 @pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.slow) if v.startswith("nature_cnn_") else v
