@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 
 from dqnrun import builders
 from dqnrun.acting import epsilon_greedy
+from dqnrun.envs.together import CartPoleTogether
 from dqnrun.errors import EnvError, UsageError, write_failure
 from dqnrun.population.evaluation import evaluate_together
 from dqnrun.population.logs import MemberLogs
@@ -162,6 +163,8 @@ class Population:
         self.threads, self.name = int(threads), name
         self.learner: PopulationLearner | None = None
         self.rows: StackedRows | StackedFrames | None = None
+        self.together: CartPoleTogether | None = None  # the members' envs stepped as one, where they can be
+        self.together_slot: dict[int, int] = {}
         self._live: list[Member] = []
 
     # --- the whole population ---------------------------------------------------------------------------
@@ -172,6 +175,7 @@ class Population:
             self._stack()
             for m in self._live:
                 self._open_session(m)
+            self._together()
             self._loop()
         except BaseException as exc:  # a second Ctrl-C: every member records itself interrupted, at once
             for m in self._live:
@@ -272,6 +276,14 @@ class Population:
                 member_evaluation(m) if run.eval_envs is not None else None, run.save, run.stop,
                 env_id=str(cfg.env.id))
 
+    def _together(self) -> None:
+        """Where the members' envs can be stepped as one (`dqnrun.envs.together`: CartPole's), a stepper for them;
+        each member's envs stay its own (its seeds, generators and checkpoints) and step as they would alone."""
+        envs = [m.run.envs for m in self._live]  # type: ignore[union-attr]
+        if len(envs) > 1 and CartPoleTogether.fits(envs):
+            self.together = CartPoleTogether(envs)
+            self.together_slot = {id(m): i for i, m in enumerate(self._live)}
+
     # --- the lockstep loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
         if self._live:
@@ -336,15 +348,29 @@ class Population:
                 sent.append(m)
             except Exception as exc:
                 self._failed(m, exc)
+        results: list[Any] = [None] * len(sent)
+        if self.together is not None and sent:
+            results = self._step_together(sent)
         stepped: list[tuple[Member, Any]] = []
-        for m in sent:
+        for m, result in zip(sent, results, strict=True):
             router.current = m.key
             try:
-                stepped.append((m, receive_and_store(m)))
+                stepped.append((m, receive_and_store(m, result)))
             except Exception as exc:
                 self._failed(m, exc)
         router.current = None
         return stepped
+
+    def _step_together(self, sent: list[Member]) -> list[Any]:
+        """The sent members' env steps, taken together: what each one's ``envs.step`` returns. An env failing here
+        fails every member that sent (the steps are one computation), each recorded with the error."""
+        together = self.together
+        assert together is not None
+        actions: list[Any] = [None] * len(together.vecs)
+        for m in sent:
+            actions[self.together_slot[id(m)]] = m.session._sent  # type: ignore[union-attr]
+        out = together.step(actions)
+        return [out[self.together_slot[id(m)]] for m in sent]
 
     def _evaluate(self, stepped: list[tuple[Member, Any]]) -> None:
         """Every member whose evaluation is due after this step, evaluated side by side; each member's session
@@ -447,11 +473,12 @@ def act(m: Member, greedy: Any) -> None:
     session.env_send(epsilon_greedy(session.cursor.obs, greedy, epsilon, session.rng, dqn.n_actions))
 
 
-def receive_and_store(m: Member) -> Any:
-    """The member's env step comes back; store it in its replay."""
+def receive_and_store(m: Member, stepped: Any = None) -> Any:
+    """The member's env step comes back (or ``stepped``: its envs' step, taken with the others'); store it in its
+    replay."""
     dqn, session = m.dqn, m.session
     assert session is not None
-    t = session.env_recv()
+    t = session.env_recv(stepped)
     clip = dqn.reward_clip
     reward = t.reward if clip is None else np.clip(t.reward, -clip, clip)
     dqn.replay.add(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated, t.valid)

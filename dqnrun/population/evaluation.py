@@ -36,6 +36,7 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
             out[slot] = exc
             continue
         live[slot] = (rounds, query, rng, float(run.cfg.eval.epsilon), int(run.spec.n_actions))
+    weights: dict = {}  # the evaluating members' weights, copied out once per set of members (they do not change)
     while live:
         slots = list(live)
         picks = [np.flatnonzero(live[s][1].active) for s in slots]
@@ -45,7 +46,7 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
         for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
             obs[i, :len(p)] = live[s][1].obs[p]
         with learner.evaluation():  # NoisyNet layers on their mean weights, as a solo evaluation acts
-            greedy = learner.greedy(obs, rows=slots)
+            greedy = learner.greedy(obs, rows=slots, cache=weights)
         for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
             rounds, query, rng, epsilon, n_actions = live[s]
             actions = np.zeros(len(query.obs), dtype=np.int64)

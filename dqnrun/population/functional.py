@@ -28,7 +28,7 @@ from torch.func import functional_call, grad, vmap
 
 from dqnrun.algos.dqn.targets import munchausen_target, td_target
 from dqnrun.networks import NoisyLinear
-from dqnrun.population.stacked import PopulationLearner
+from dqnrun.population.stacked import PopulationLearner, subset_of
 from dqnrun.replay import Batch
 
 if TYPE_CHECKING:
@@ -241,13 +241,14 @@ class FuncPopulationLearner(PopulationLearner):
         return list(net.parameters())
 
     # --- acting -----------------------------------------------------------------------------------------
-    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
+    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None, cache: dict | None = None) -> np.ndarray:
         """obs ``(K, E, *obs_shape)`` -> argmax_a Q ``(K, E)``, each member's Q its solo network's forward (with its
-        own current noise, NoisyNet's, except under `evaluation`)."""
+        own current noise, NoisyNet's, except under `evaluation`); ``rows`` and ``cache`` as for
+        `PopulationLearner.greedy`."""
         subset = self._subset(rows)
 
         def rows_of(s: StackedParams) -> StackedParams:
-            return s if subset is None else s.like(s.flat[subset])
+            return s if subset is None else subset_of(cache, (id(s), *subset), lambda: s.like(s.flat[subset]))
 
         noise = None if self.noise is None else rows_of(self.noise[0])
         with torch.inference_mode():

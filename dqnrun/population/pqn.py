@@ -37,6 +37,7 @@ from dqnrun.algos.base import Algorithm
 from dqnrun.algos.pqn import LOSSES, q_lambda_returns
 from dqnrun.population.engine import Member, Population
 from dqnrun.population.functional import StackedParams, StackedQ, grouped_gradients, q_of
+from dqnrun.population.stacked import subset_of
 from dqnrun.run import faults
 
 if TYPE_CHECKING:
@@ -148,17 +149,18 @@ class PQNPopulationLearner:
         self.loss_sum, self.q_sum = self.loss_sum[idx].clone(), self.q_sum[idx].clone()
 
     # --- acting -----------------------------------------------------------------------------------------
-    def q_values(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
+    def q_values(self, obs: np.ndarray, rows: Sequence[int] | None = None, cache: dict | None = None) -> np.ndarray:
         """obs ``(K, E, *obs_shape)`` -> Q ``(K, E, A)`` float32, each member's its solo network's forward; with
-        ``rows`` (slots) only those members, in that order."""
+        ``rows`` (slots) only those members, in that order (``cache`` as for `PopulationLearner.greedy`)."""
         full = rows is None or list(rows) == list(range(self.k))
-        params = self.online if full else self.online.like(self.online.flat[list(rows)])  # type: ignore[arg-type]
+        params = self.online if full else subset_of(  # type: ignore[arg-type]
+            cache, tuple(rows), lambda: self.online.like(self.online.flat[list(rows)]))  # type: ignore[arg-type]
         with torch.inference_mode():
             return q_of(self.net, self._stacked_q, params, obs, self.device).float().cpu().numpy()
 
-    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
+    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None, cache: dict | None = None) -> np.ndarray:
         """argmax_a Q ``(K, E)``: what evaluations act on (`dqnrun.population.evaluation`)."""
-        return self.q_values(obs, rows).argmax(-1)
+        return self.q_values(obs, rows, cache).argmax(-1)
 
     def evaluation(self) -> AbstractContextManager[None]:
         return nullcontext()  # PQN's networks act alike in training and evaluation

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,6 +194,17 @@ class StackedMLP:
         return out
 
 
+def subset_of(cache: dict | None, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()`` (some members' weights, copied out of the stack), kept in ``cache`` under ``key`` where there is
+    a cache: an evaluation asks for the same members' weights at every env step until one of them is done."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache.clear()  # a new subset: the members left are fewer, the old one is never asked for again
+        cache[key] = make()
+    return cache[key]
+
+
 class BatchedAdam:
     """Adam for stacked parameters with a learning rate per member: the fused kernel a solo run's lean step calls
     (``torch._fused_adam_``), once per distinct learning rate, over those members' (P,) rows. Element for element
@@ -323,20 +335,23 @@ class PopulationLearner:
         """``rows`` (slots) as a list where they are not every member in slot order, else None."""
         return None if rows is None or list(rows) == list(range(self.k)) else list(rows)
 
-    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
+    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None, cache: dict | None = None) -> np.ndarray:
         """obs ``(K, E, *obs_shape)`` -> argmax_a Q ``(K, E)`` int64. On the CPU in numpy on views of the live
         weights, the same products per member as a solo run's `dqnrun.fastpath.NumpyGreedyActor`. With ``rows``
-        (slots), obs is ``(len(rows), E, ...)`` and only those members act."""
+        (slots), obs is ``(len(rows), E, ...)`` and only those members act; ``cache`` (a dict the caller keeps while
+        the weights stay as they are: an evaluation) keeps those members' weights between calls."""
         k, e = obs.shape[:2]
         subset = self._subset(rows)
         if self._np_layers is None or e >= TORCH_ACTING_ROWS:
-            net = self.online if subset is None else self.online.like(self.online.flat[subset])
+            net = self.online if subset is None else subset_of(
+                cache, ("net", *subset), lambda: self.online.like(self.online.flat[subset]))
             with torch.inference_mode():
                 q = net.forward(self._feats(torch.as_tensor(obs, device=self.device)))
                 return q.argmax(2).cpu().numpy()
         layers = self._np_layers
         if subset is not None:
-            layers = [(w_t[subset], b[subset]) for w_t, b in layers]
+            layers = subset_of(cache, ("numpy", *subset),
+                               lambda: [(w_t[subset], b[subset]) for w_t, b in self._np_layers])
         conv = self.online.conv
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged member: its finite check reports it
             if conv is not None:

@@ -115,8 +115,9 @@ class TablePopulationLearner(PopulationLearner):
         """A member's parameters in the stack's order: its table."""
         return [net.table]  # type: ignore[list-item]
 
-    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None) -> np.ndarray:
-        """States ``(K, E)`` -> argmax_a Q ``(K, E)`` (the first of tied actions, as a solo run's argmax)."""
+    def greedy(self, obs: np.ndarray, rows: Sequence[int] | None = None, cache: dict | None = None) -> np.ndarray:
+        """States ``(K, E)`` -> argmax_a Q ``(K, E)`` (the first of tied actions, as a solo run's argmax); a table's
+        rows are cheap to pick, so ``cache`` is not used."""
         subset = self._subset(rows)
         table = self.online.table if subset is None else self.online.table[subset]
         if self.device.type == "cpu":

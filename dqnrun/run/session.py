@@ -245,12 +245,16 @@ class Session:
             except Exception as exc:
                 raise EnvError(f"step() raised {type(exc).__name__}: {exc}", "step", exc) from exc
 
-    def env_recv(self) -> Transition:
-        """The second half of `env_step`: the step's results, the episode statistics, the count."""
+    def env_recv(self, stepped: tuple | None = None) -> Transition:
+        """The second half of `env_step`: the step's results, the episode statistics, the count. ``stepped``: what
+        ``envs.step`` returned for the sent actions, where the caller stepped the envs itself (a population steps
+        its members' envs together, `dqnrun.envs.together`)."""
         c, state, actions = self.cursor, self.state, self._sent
         obs = c.obs
         try:
-            if self._two_halves:
+            if stepped is not None:
+                next_obs, reward, terminated, truncated, info = stepped
+            elif self._two_halves:
                 next_obs, reward, terminated, truncated, info = self.envs.recv()  # type: ignore[attr-defined]
             else:
                 next_obs, reward, terminated, truncated, info = self.envs.step(actions)

@@ -594,7 +594,12 @@ def test_members_replays_share_columns_and_one_gather_returns_each_members_own_b
     replays, twins = [_filled(s, **kwargs) for s in range(3)], [_filled(s, **kwargs) for s in range(3)]
     assert StackedRows.fits(replays)
     rows = StackedRows(replays)
-    assert all(r.store.obs.data_ptr() == rows.flat["obs"][k * 300].data_ptr() for k, r in enumerate(replays))
+    # every member's row i is one packed row of the shared tensor: its columns side by side
+    for k, r in enumerate(replays):
+        base = rows.packed[k * 300].data_ptr()
+        for name, (offset, _, _) in rows.layout.items():
+            assert getattr(r.store, name).data_ptr() == base + offset, name
+            assert getattr(r.store, name)[1].data_ptr() == base + rows.width + offset, name
     for step in range(3):  # each member draws from its own sampler; its twin samples on its own
         draws = {s: (*replays[s].sampler.draw(2, 5000), replays[s]) for s in (0, 2)}  # member 1 not due
         batch = rows.gather(draws, 3)
@@ -613,6 +618,8 @@ def test_members_replays_share_columns_and_one_gather_returns_each_members_own_b
         mine, theirs = replays[1].state_dict(), twins[1].state_dict()
         for name in ("obs", "next_obs", "action", "reward", "terminated", "discount"):
             assert torch.equal(mine[name], theirs[name]), name
+            # a member's checkpoint holds its own rows only, not the shared tensor its columns are views of
+            assert mine[name].is_contiguous() and mine[name].untyped_storage().nbytes() == mine[name].nbytes, name
         assert mine["pos"] == theirs["pos"] and mine["size"] == theirs["size"]
     assert torch.equal(replays[1].store.obs, twins[1].store.obs)
     assert not StackedRows.fits([_filled(0), _filled(1, latest=True)])  # latest replay keeps its own gather

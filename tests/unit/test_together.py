@@ -1,0 +1,101 @@
+"""`dqnrun.envs.together`: several members' CartPole vector envs stepped as one numpy computation return, and
+leave behind, exactly what each member's own ``SyncVectorEnv.step`` does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dqnrun.envs import make_vector_env
+from dqnrun.envs.state import capture, restore
+from dqnrun.envs.together import CartPoleTogether
+
+
+def _members(n: int, envs: int = 4) -> list:
+    vecs = [make_vector_env("CartPole-v1", envs) for _ in range(n)]
+    for m, vec in enumerate(vecs):
+        vec.reset(seed=100 * m)
+    return vecs
+
+
+def _policy(rng: np.random.Generator, obs: np.ndarray) -> np.ndarray:
+    """Mostly a balancing controller (episodes that reach the 500-step limit), sometimes random (falls)."""
+    balance = (obs[:, 2] + 0.5 * obs[:, 3] > 0).astype(np.int64)
+    return np.where(rng.random(len(obs)) < 0.15, rng.integers(0, 2, len(obs)), balance)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_members_stepped_together_return_and_keep_what_each_sync_step_does() -> None:
+    alone, together = _members(3), _members(3)
+    assert CartPoleTogether.fits(together)
+    stepper = CartPoleTogether(together)
+    rng = np.random.default_rng(0)
+    obs = [v._observations.copy() for v in alone]
+    ends = {"terminated": 0, "truncated": 0}
+    for t in range(1500):
+        acts = [_policy(rng, o) for o in obs]
+        acts[1] = None if t % 7 == 3 else acts[1]  # a member that does not step this round
+        got = stepper.step(acts)
+        for m, vec in enumerate(alone):
+            if acts[m] is None:
+                assert got[m] is None
+                continue
+            want = vec.step(acts[m])
+            for a, b in zip(got[m][:4], want[:4], strict=True):
+                assert a.dtype == b.dtype and np.array_equal(a, b), (t, m)
+            assert got[m][4] == want[4] == {}
+            obs[m] = want[0].copy()
+            ends["terminated"] += int(want[2].sum())
+            ends["truncated"] += int(want[3].sum())
+        if t % 100 == 0 or t == 1499:  # what a checkpoint would hold of each member's envs
+            for a, b in zip(alone, together, strict=True):
+                assert _same(capture(a), capture(b)), t
+    assert ends["terminated"] > 10 and ends["truncated"] > 0  # both kinds of episode end were crossed
+    assert stepper.stepped_together > 0.95 * 4 * (3 * 1500 - 1500 // 7)  # nearly all took the numpy step
+
+
+def test_a_member_restored_from_a_checkpoint_steps_on_together_as_alone() -> None:
+    alone, together = _members(2), _members(2)
+    stepper = CartPoleTogether(together)
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        acts = [rng.integers(0, 2, 4) for _ in range(2)]
+        stepper.step(acts)
+        for vec, a in zip(alone, acts, strict=True):
+            vec.step(a)
+    saved = capture(together[0])
+    fresh = _members(2)  # a resume: new envs, the saved state put back
+    restore(fresh[0], saved)
+    restore(fresh[1], capture(together[1]))
+    stepper = CartPoleTogether(fresh)
+    for _ in range(200):
+        acts = [rng.integers(0, 2, 4) for _ in range(2)]
+        got = stepper.step(acts)
+        for m, vec in enumerate(alone):
+            want = vec.step(acts[m])
+            assert all(np.array_equal(a, b) for a, b in zip(got[m][:4], want[:4], strict=True))
+    assert all(_same(capture(a), capture(b)) for a, b in zip(alone, fresh, strict=True))
+
+
+@pytest.mark.parametrize("case", ["numpy_vector", "other_env", "single", "sutton_barto", "wrapped"])
+def test_envs_off_the_plain_path_are_not_stepped_together(case: str) -> None:
+    import gymnasium as gym
+
+    if case == "numpy_vector":
+        vecs = [make_vector_env("CartPole-v1", 16)]  # Gymnasium's CartPoleVectorEnv: one generator for all
+    elif case == "other_env":
+        vecs = [make_vector_env("Acrobot-v1", 4)]
+    elif case == "single":
+        vecs = [make_vector_env("CartPole-v1", 1)]  # SingleVectorEnv
+    elif case == "sutton_barto":
+        vecs = [make_vector_env("CartPole-v1", 4, kwargs={"sutton_barto_reward": True})]
+    else:
+        vecs = [make_vector_env("CartPole-v1", 4, wrapper=gym.wrappers.RecordEpisodeStatistics)]
+    assert not CartPoleTogether.fits(_members(1) + vecs)
