@@ -297,6 +297,16 @@ class ActQuery:
     active: np.ndarray
 
 
+@dataclass(frozen=True)
+class Stepped:
+    """What a driver may send `episode_rounds` in place of the actions where it stepped the envs itself (a
+    population steps its members' eval envs together, `dqnrun.envs.together`): the actions and what
+    ``envs.step(actions)`` returned."""
+
+    actions: np.ndarray
+    result: tuple
+
+
 def episode_rounds(
     envs: gym.vector.VectorEnv,
     n_episodes: int,
@@ -306,7 +316,8 @@ def episode_rounds(
 ) -> Generator[ActQuery, np.ndarray, np.ndarray]:
     """`run_episodes` as a generator: it yields an `ActQuery` per env step, is sent the actions (E,), and
     returns the episodes' returns. Several runs' evaluations step side by side this way, with one batched
-    forward choosing the actions of all of them (a population's members, `dqnrun.population.engine`)."""
+    forward choosing the actions of all of them (a population's members, `dqnrun.population.engine`); a driver
+    that steps the envs itself sends `Stepped` in place of the actions."""
     from dqnrun.envs.masks import vector_mask
 
     n_envs = envs.num_envs
@@ -319,8 +330,11 @@ def episode_rounds(
         active = np.zeros(n_envs, dtype=bool)
         active[:need] = True
         for _ in range(max_steps_per_round):
-            actions = yield ActQuery(obs, vector_mask(info, n_envs) if masked else None, active)
-            obs, reward, terminated, truncated, info = envs.step(actions)
+            reply = yield ActQuery(obs, vector_mask(info, n_envs) if masked else None, active)
+            if isinstance(reply, Stepped):
+                obs, reward, terminated, truncated, info = reply.result
+            else:
+                obs, reward, terminated, truncated, info = envs.step(reply)
             ep_ret[active] += reward[active]
             active &= ~(terminated | truncated)
             if not active.any():

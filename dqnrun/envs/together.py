@@ -22,7 +22,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv, CartPoleVectorEnv
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
@@ -174,3 +174,74 @@ def _plain(chain: tuple[Any, ...]) -> bool:
     return ((order is None or order._has_reset) and (checker is None or (checker.checked_step
                                                                          and checker.checked_data_reuse))
             and u.steps_beyond_terminated is None and u.state is not None)
+
+
+class CartPoleVectorTogether:
+    """Members' own ``CartPoleVectorEnv``s (Gymnasium's numpy CartPole: what an evaluation's many envs are) stepped
+    as one: the physics over every member's envs in one set of array operations, then each member's step count,
+    truncations and autoresets as its ``step`` does them, its resets drawn from its own generator. Each env is
+    left, and each call returns, what ``envs.step(actions)`` would (``tests/unit/test_together.py``)."""
+
+    def __init__(self, vector_envs: Sequence[gym.vector.VectorEnv]) -> None:
+        self.vecs = list(vector_envs)
+        self.c = {name: getattr(self.vecs[0], name) for name in _VECTOR_CONSTANTS}
+
+    @staticmethod
+    def fits(vector_envs: Sequence[gym.vector.VectorEnv]) -> bool:
+        """Whether every one is a bare ``CartPoleVectorEnv`` with CartPole-v1's constants (and its own ``step``),
+        reset at least once."""
+        return bool(vector_envs) and all(
+            type(v) is CartPoleVectorEnv and v.state is not None and "step" not in vars(v)
+            and all(getattr(v, k, object()) == val for k, val in _VECTOR_CONSTANTS.items()) for v in vector_envs)
+
+    def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | None]:
+        """``actions[m]`` (E_m,) for member ``m``'s envs, or None for a member that does not step now -> what each
+        member's ``envs.step(actions[m])`` returns (None for the others)."""
+        live = [(v, np.asarray(a)) for v, a in zip(self.vecs, actions, strict=True) if a is not None]
+        if not live:
+            return [None] * len(self.vecs)
+        c = self.c
+        state = np.concatenate([v.state for v, _ in live], axis=1)  # (4, n): CartPoleVectorEnv's own layout
+        action = np.concatenate([a for _, a in live])
+        x, x_dot, theta, theta_dot = state
+        force = np.sign(action - 0.5) * c["force_mag"]
+        costheta = np.cos(theta)
+        sintheta = np.sin(theta)
+        temp = (force + c["polemass_length"] * np.square(theta_dot) * sintheta) / c["total_mass"]
+        thetaacc = (c["gravity"] * sintheta - costheta * temp) / (
+            c["length"] * (4.0 / 3.0 - c["masspole"] * np.square(costheta) / c["total_mass"]))
+        xacc = temp - c["polemass_length"] * thetaacc * costheta / c["total_mass"]
+        tau = c["tau"]
+        x = x + tau * x_dot
+        x_dot = x_dot + tau * xacc
+        theta = theta + tau * theta_dot
+        theta_dot = theta_dot + tau * thetaacc
+        new = np.stack((x, x_dot, theta, theta_dot))
+        xt, tt = c["x_threshold"], c["theta_threshold_radians"]
+        fell = (x < -xt) | (x > xt) | (theta < -tt) | (theta > tt)
+        results: dict[int, Step] = {}
+        at = 0
+        for v, a in live:
+            n = len(a)
+            v.state = new[:, at:at + n].copy()
+            terminated = fell[at:at + n].copy()
+            at += n
+            v.steps += 1
+            truncated = v.steps >= v.max_episode_steps
+            reward = np.ones_like(terminated, dtype=np.float32)
+            done = v.prev_done  # last step's ends: this step resets them, from this env's own generator
+            v.state[:, done] = v.np_random.uniform(low=v.low, high=v.high, size=(4, done.sum()))
+            v.steps[done] = 0
+            reward[done] = 0.0
+            terminated[done] = False
+            truncated[done] = False
+            v.prev_done = np.logical_or(terminated, truncated)
+            results[id(v)] = (v.state.T.astype(np.float32), reward, terminated, truncated, {})
+        return [results[id(v)] if a is not None else None for v, a in zip(self.vecs, actions, strict=True)]
+
+
+# CartPoleVectorEnv's constants as CartPole-v1 makes it; vector envs with others are stepped on their own
+_VECTOR_CONSTANTS = {"gravity": 9.8, "masscart": 1.0, "masspole": 0.1, "total_mass": 1.1, "length": 0.5,
+                     "polemass_length": 0.05, "force_mag": 10.0, "tau": 0.02, "kinematics_integrator": "euler",
+                     "x_threshold": 2.4, "theta_threshold_radians": 12 * 2 * np.pi / 360, "render_mode": None,
+                     "_sutton_barto_reward": False}

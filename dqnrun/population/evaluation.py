@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dqnrun.acting import epsilon_greedy
+from dqnrun.envs import Stepped
+from dqnrun.envs.together import CartPoleVectorTogether
 
 if TYPE_CHECKING:
     from dqnrun.population.stacked import PopulationLearner
@@ -37,6 +39,10 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
             continue
         live[slot] = (rounds, query, rng, float(run.cfg.eval.epsilon), int(run.spec.n_actions))
     weights: dict = {}  # the evaluating members' weights, copied out once per set of members (they do not change)
+    slot_envs = {slot: run.eval_envs for slot, run in members if slot in live}
+    together = CartPoleVectorTogether(list(slot_envs.values())) if len(live) > 1 and CartPoleVectorTogether.fits(
+        list(slot_envs.values())) else None  # the members' eval envs stepped as one (each its own generator)
+    order = list(slot_envs)
     while live:
         slots = list(live)
         picks = [np.flatnonzero(live[s][1].active) for s in slots]
@@ -47,14 +53,25 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
             obs[i, :len(p)] = live[s][1].obs[p]
         with learner.evaluation():  # NoisyNet layers on their mean weights, as a solo evaluation acts
             greedy = learner.greedy(obs, rows=slots, cache=weights)
+        chosen: dict[int, np.ndarray] = {}
         for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
             rounds, query, rng, epsilon, n_actions = live[s]
             actions = np.zeros(len(query.obs), dtype=np.int64)
             actions[p] = greedy[i, :len(p)]
             if epsilon > 0.0:  # the member's own draws, as `greedy_actor` makes them for its solo run
                 actions = epsilon_greedy(query.obs, lambda _, a=actions: a, epsilon, rng, n_actions)
+            chosen[s] = actions
+        replies: dict[int, Any] = chosen
+        if together is not None:
             try:
-                live[s] = (rounds, rounds.send(actions), rng, epsilon, n_actions)
+                stepped = together.step([chosen.get(s) for s in order])
+                replies = {s: Stepped(chosen[s], r) for s, r in zip(order, stepped, strict=True) if s in chosen}
+            except Exception:  # each member's envs step on their own from here, so that a failure is its alone
+                together = None
+        for s in slots:
+            rounds, query, rng, epsilon, n_actions = live[s]
+            try:
+                live[s] = (rounds, rounds.send(replies[s]), rng, epsilon, n_actions)
             except StopIteration as done:
                 out[s] = float(np.asarray(done.value).mean())
                 del live[s]

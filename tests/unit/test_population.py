@@ -320,7 +320,7 @@ class _EvalRun:
 
         from dqnrun.envs import make_vector_env
 
-        self.envs = make_vector_env("CartPole-v1", n_envs, evaluation=True)
+        self.eval_envs = self.envs = make_vector_env("CartPole-v1", n_envs, evaluation=True)
         self.seed, self.episodes = seed, episodes
         self.cfg = SimpleNamespace(eval=SimpleNamespace(epsilon=epsilon))
         self.spec = SimpleNamespace(n_actions=2)
@@ -331,8 +331,8 @@ class _EvalRun:
         return episode_rounds(self.envs, self.episodes, 1000 + self.seed), np.random.default_rng(self.seed)
 
 
-@pytest.mark.parametrize("n_envs", [6, 20])  # numpy's products act for few envs, torch's for many
-def test_members_evaluated_side_by_side_return_their_own_evaluations(n_envs: int) -> None:
+@pytest.mark.parametrize("n_envs", [6, 20])  # numpy's products act for few envs, torch's for many; 20 envs are
+def test_members_evaluated_side_by_side_return_their_own_evaluations(n_envs: int) -> None:  # stepped together
     from dqnrun.acting import greedy_actor
     from dqnrun.envs import drive
     from dqnrun.population.evaluation import evaluate_together

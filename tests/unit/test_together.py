@@ -99,3 +99,42 @@ def test_envs_off_the_plain_path_are_not_stepped_together(case: str) -> None:
     else:
         vecs = [make_vector_env("CartPole-v1", 4, wrapper=gym.wrappers.RecordEpisodeStatistics)]
     assert not CartPoleTogether.fits(_members(1) + vecs)
+
+
+def test_members_numpy_cartpoles_stepped_together_return_and_keep_what_each_step_does() -> None:
+    """Evaluations' envs (Gymnasium's CartPoleVectorEnv, one generator per member): stepped together, each member's
+    returns, state, counters and generator stay what its own ``step`` makes them, members sitting out included."""
+    from dqnrun.envs.together import CartPoleVectorTogether
+
+    sizes = (8, 12, 9)
+    alone = [make_vector_env("CartPole-v1", n) for n in sizes]
+    together = [make_vector_env("CartPole-v1", n) for n in sizes]
+    for m, (a, b) in enumerate(zip(alone, together, strict=True)):
+        a.reset(seed=7 * m)
+        b.reset(seed=7 * m)
+    assert CartPoleVectorTogether.fits(together)
+    stepper = CartPoleVectorTogether(together)
+    rng = np.random.default_rng(3)
+    obs = [a.state.T.astype(np.float32) for a in alone]
+    ended = {"terminated": 0, "truncated": 0}
+    for t in range(1200):
+        acts: list = [_policy(rng, o) for o in obs]
+        if t % 5 == 2:
+            acts[2] = None
+        got = stepper.step(acts)
+        for m, vec in enumerate(alone):
+            if acts[m] is None:
+                assert got[m] is None
+                continue
+            want = vec.step(acts[m])
+            for a, b in zip(got[m][:4], want[:4], strict=True):
+                assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), (t, m)
+            obs[m] = want[0]
+            ended["terminated"] += int(want[2].sum())
+            ended["truncated"] += int(want[3].sum())
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a.state, b.state) and np.array_equal(a.steps, b.steps)
+        assert np.array_equal(a.prev_done, b.prev_done)
+        assert a.np_random.bit_generator.state == b.np_random.bit_generator.state
+    assert ended["terminated"] > 10 and ended["truncated"] > 0
+    assert not CartPoleVectorTogether.fits([*together, make_vector_env("CartPole-v1", 4)])  # a SyncVectorEnv
