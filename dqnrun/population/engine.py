@@ -36,7 +36,6 @@ import torch
 from omegaconf import DictConfig
 
 from dqnrun import builders
-from dqnrun.acting import epsilon_greedy
 from dqnrun.envs.together import CartPoleTogether
 from dqnrun.errors import EnvError, UsageError, write_failure
 from dqnrun.population.evaluation import evaluate_together
@@ -324,27 +323,24 @@ class Population:
             self.watch.report(self.members, len(self._live), stepped[0][0], stepped[0][1].before)
 
     def _act_and_step(self) -> list[tuple[Member, Any]]:
-        """Every member acts (one forward for all), its envs step and its replay stores: ``[(member, transition)]``
-        of the members that moved (one that failed has left)."""
-        live, learner = self._live, self.learner
+        """Every member acts (its own epsilon and draws; one forward and one choice for all), its envs step and its
+        replay stores: ``[(member, transition)]`` of the members that moved (one that failed has left)."""
+        live, learner = list(self._live), self.learner  # over a copy: a member failing leaves ``_live``
         assert learner is not None
-        obs = [m.session.cursor.obs for m in live]  # type: ignore[union-attr]
-        cache: list[np.ndarray] = []
-
-        def greedy_of(slot: int) -> Any:
-            def greedy(_: np.ndarray) -> np.ndarray:
-                if not cache:  # one forward for every member, the first time one of them acts greedily
-                    cache.append(learner.greedy(np.stack(obs)))
-                return cache[0][slot]
-            return greedy
-
-        sent: list[Member] = []
         router = self.router
-        for i, m in enumerate(list(live)):  # every member's actions go out before any member's step comes back:
-            router.current = m.key            # envs that step in their own threads (Atari's) play side by side;
-            # over a copy: a member failing here leaves ``live``, and row i stays the i-th member's
+        ready: list[tuple[int, Member, float, np.ndarray]] = []
+        for i, m in enumerate(live):
+            router.current = m.key
             try:
-                act(m, greedy_of(i))
+                ready.append((i, m, *explore_draws(m)))
+            except Exception as exc:
+                self._failed(m, exc)
+        actions = choose_actions(learner, live, ready)
+        sent: list[Member] = []
+        for (_, m, _, _), a in zip(ready, actions, strict=True):  # every member's actions go out before any
+            router.current = m.key                                   # member's step comes back: envs that step in
+            try:                                                     # their own threads (Atari's) play side by side
+                m.session.env_send(a)  # type: ignore[union-attr]
                 sent.append(m)
             except Exception as exc:
                 self._failed(m, exc)
@@ -463,14 +459,36 @@ class Population:
             m.slot.index = i
 
 
-def act(m: Member, greedy: Any) -> None:
-    """Act (the member's own epsilon and draws) and send the actions to its envs: DQN's loop, one member."""
+def explore_draws(m: Member) -> tuple[float, np.ndarray]:
+    """Member ``m``'s epsilon at this step and its uniform draws ``(2E,)`` from its own generator: what its solo
+    run's `dqnrun.acting.epsilon_greedy` draws (the first E decide who explores, the last E the random actions)."""
     faults.point("act")
     dqn, session = m.dqn, m.session
     assert session is not None
     step = session.step
     epsilon = 1.0 if step < dqn.learning_starts else dqn.schedule(step)
-    session.env_send(epsilon_greedy(session.cursor.obs, greedy, epsilon, session.rng, dqn.n_actions))
+    return epsilon, session.rng.random(2 * session.n_envs)
+
+
+def choose_actions(learner: PopulationLearner, live: Sequence[Member],
+                   ready: Sequence[tuple[int, Member, float, np.ndarray]]) -> list[np.ndarray]:
+    """Each ready member's actions ``(E,)`` from its draws (`explore_draws`), as `epsilon_greedy` chooses them for
+    its solo run: a random action where its draw says explore, else its greedy one. One greedy forward serves
+    every member (``live``: the members in slot order, ``i`` of ``ready`` their slot), and only where one of them
+    acts greedily."""
+    if not ready:
+        return []
+    n_actions = ready[0][1].dqn.n_actions
+    if len({len(u) for _, _, _, u in ready}) > 1:  # members with different env counts: one at a time
+        return [choose_actions(learner, live, [r])[0] for r in ready]
+    u = np.stack([u for _, _, _, u in ready])  # (R, 2E)
+    n = u.shape[1] // 2
+    actions = (u[:, n:] * n_actions).astype(np.int64)
+    explore = u[:, :n] < np.asarray([eps for _, _, eps, _ in ready])[:, None]
+    if np.count_nonzero(explore) < explore.size:
+        greedy = learner.greedy(np.stack([m.session.cursor.obs for m in live]))  # type: ignore[union-attr]
+        actions = np.where(explore, actions, greedy[[i for i, _, _, _ in ready]])
+    return list(actions)
 
 
 def receive_and_store(m: Member, stepped: Any = None) -> Any:

@@ -86,10 +86,16 @@ class StackedRows:
         ``(K, G, B, ...)`` batch; a slot without a draw gets row 0 of the first member's storage, and its update
         is masked out."""
         first = next(iter(draws.values()))[0]
-        idx = torch.zeros((k, *first.shape), dtype=torch.int64, device=self.device)
-        for slot, (rows, _, replay) in draws.items():
-            torch.add(torch.as_tensor(rows, device=self.device), self.row[id(replay.store)] * self.capacity,
-                      out=idx[slot])
+        if self.device.type == "cpu":  # numpy's calls cost a fifth of torch's on these tiny index arrays
+            at = np.zeros((k, *first.shape), dtype=np.int64)
+            for slot, (rows, _, replay) in draws.items():
+                np.add(np.asarray(rows), self.row[id(replay.store)] * self.capacity, out=at[slot])
+            idx = torch.from_numpy(at)
+        else:
+            idx = torch.zeros((k, *first.shape), dtype=torch.int64, device=self.device)
+            for slot, (rows, _, replay) in draws.items():
+                torch.add(torch.as_tensor(rows, device=self.device), self.row[id(replay.store)] * self.capacity,
+                          out=idx[slot])
         picked = self.packed.index_select(0, idx.view(-1))  # (K*G*B, W): one row fetch per drawn row
         names = ("obs", "next_obs", "action", "reward", "terminated") + (("discount",) if self.with_discount else ())
         cols = {name: column_view(picked, *self.layout[name]).reshape(*idx.shape, *self.layout[name][2])

@@ -434,8 +434,12 @@ class PopulationLearner:
         update and add their loss and mean Q to the sums read at logging time."""
         self._clip()
         self.adam.step(self.online.rows, self.grad.rows, act)
-        self.loss_sum += torch.where(mask, loss, 0.0)
-        self.q_sum += torch.where(mask, q_mean, 0.0)
+        if all(act):  # every member learned: nothing to mask out
+            self.loss_sum += loss
+            self.q_sum += q_mean
+        else:
+            self.loss_sum += torch.where(mask, loss, 0.0)
+            self.q_sum += torch.where(mask, q_mean, 0.0)
         on = np.asarray(act, dtype=np.int64)
         self.n += on
         self.updates += on
