@@ -69,43 +69,54 @@ class CartPoleTogether:
                 ref = theta
         return True
 
-    def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | None]:
+    def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | Exception | None]:
         """``actions[m]`` (E_m,) for member ``m``'s envs, or None for a member that does not step now -> what each
-        member's ``envs.step(actions[m])`` returns (None for the others), every env left as that call leaves it."""
+        member's ``envs.step(actions[m])`` returns (None for the others), every env left as that call leaves it.
+        A member whose envs raise (an invalid action, its env's own reset or step) gets the exception in place of
+        its step, and the others step on: a failure stays its member's."""
         plain: list[tuple[Any, ...]] = []  # (vec, i, unwrapped, time limit) of the envs that take the numpy step
         plain_actions: list[int] = []
-        infos: list[dict[str, Any]] = []
-        for vec, act in zip(self.vecs, actions, strict=True):
-            info: dict[str, Any] = {}
-            infos.append(info)
+        infos: list[dict[str, Any]] = [{} for _ in self.vecs]
+        failed: dict[int, Exception] = {}
+        for m, (vec, act) in enumerate(zip(self.vecs, actions, strict=True)):
             if act is None:
                 continue
-            auto = vec._autoreset_envs.tolist()
-            for i, (env, chain) in enumerate(zip(vec.envs, self._chains(vec), strict=True)):
-                if auto[i]:  # NEXT_STEP: this step only resets (the env's own generator draws the new state)
-                    obs, env_info = env.reset()
-                    _put(vec, i, obs, 0.0, False, False)
-                elif chain is not None and _plain(chain):
-                    plain.append((vec, i, chain[0], chain[1]))
-                    plain_actions.append(int(act[i]))
-                    continue
-                else:  # outside the plain path: the env's own step
-                    obs, reward, terminated, truncated, env_info = env.step(act[i])
-                    _put(vec, i, obs, reward, terminated, truncated)
-                if env_info:
-                    infos[-1] = vec._add_info(infos[-1], env_info, i)
+            mine: list[tuple[Any, ...]] = []
+            mine_actions: list[int] = []
+            try:
+                if np.count_nonzero((act != 0) & (act != 1)):  # what CartPoleEnv's own assert refuses
+                    raise AssertionError(f"{act!r} holds an invalid action: CartPole's are 0 and 1")
+                auto = vec._autoreset_envs.tolist()
+                for i, (env, chain) in enumerate(zip(vec.envs, self._chains(vec), strict=True)):
+                    if auto[i]:  # NEXT_STEP: this step only resets (the env's own generator draws the new state)
+                        obs, env_info = env.reset()
+                        _put(vec, i, obs, 0.0, False, False)
+                    elif chain is not None and _plain(chain):
+                        mine.append((vec, i, chain[0], chain[1]))
+                        mine_actions.append(int(act[i]))
+                        continue
+                    else:  # outside the plain path: the env's own step
+                        obs, reward, terminated, truncated, env_info = env.step(act[i])
+                        _put(vec, i, obs, reward, terminated, truncated)
+                    if env_info:
+                        infos[m] = vec._add_info(infos[m], env_info, i)
+            except Exception as exc:
+                failed[m] = exc
+                continue
+            plain += mine
+            plain_actions += mine_actions
         if plain:
             self.stepped_together += len(plain)
             self._physics(plain, np.asarray(plain_actions))
-        out: list[Step | None] = []
-        for vec, act, info in zip(self.vecs, actions, infos, strict=True):
-            if act is None:
-                out.append(None)
+        out: list[Step | Exception | None] = []
+        for m, (vec, act) in enumerate(zip(self.vecs, actions, strict=True)):
+            if act is None or m in failed:
+                out.append(failed.get(m))
                 continue
             vec._autoreset_envs = np.logical_or(vec._terminations, vec._truncations)
             obs = vec._observations
             out.append((np.copy(obs) if vec.copy else obs, np.copy(vec._rewards), np.copy(vec._terminations),
-                        np.copy(vec._truncations), info))
+                        np.copy(vec._truncations), infos[m]))
         return out
 
     def _chains(self, vec: SyncVectorEnv) -> list[tuple[Any, ...] | None]:
@@ -129,22 +140,9 @@ class CartPoleTogether:
         """CartPoleEnv.step's arithmetic for every plain env at once (float64, in its order of operations)."""
         c = self.c
         state = np.array([u.state for _, _, u, _ in envs], dtype=np.float64)  # (n, 4)
-        x, x_dot, theta, theta_dot = state[:, 0], state[:, 1], state[:, 2], state[:, 3]
-        force = np.where(actions == 1, c["force_mag"], -c["force_mag"])
-        costheta = np.cos(theta)
-        sintheta = np.sin(theta)
-        temp = (force + c["polemass_length"] * np.square(theta_dot) * sintheta) / c["total_mass"]
-        thetaacc = (c["gravity"] * sintheta - costheta * temp) / (
-            c["length"] * (4.0 / 3.0 - c["masspole"] * np.square(costheta) / c["total_mass"]))
-        xacc = temp - c["polemass_length"] * thetaacc * costheta / c["total_mass"]
-        tau = c["tau"]
-        new = np.empty_like(state)
-        new[:, 0] = x + tau * x_dot
-        new[:, 1] = x_dot + tau * xacc
-        new[:, 2] = theta + tau * theta_dot
-        new[:, 3] = theta_dot + tau * thetaacc
-        xt, tt = c["x_threshold"], self.theta_limit
-        terminated = (new[:, 0] < -xt) | (new[:, 0] > xt) | (new[:, 2] < -tt) | (new[:, 2] > tt)
+        force = np.where(actions == 1, c["force_mag"], -c["force_mag"])  # CartPoleEnv's: one env, one action
+        new = np.stack(euler_step(c, *state.T, force), axis=1)  # (n, 4): each row one env's next state
+        terminated = fallen(c, new[:, 0], new[:, 2], self.theta_limit)
         obs = new.astype(np.float32)
         for j, ((vec, i, u, limit), done) in enumerate(zip(envs, terminated.tolist(), strict=True)):
             u.state = new[j]
@@ -155,6 +153,26 @@ class CartPoleTogether:
                 limit._elapsed_steps += 1
                 truncated = limit._elapsed_steps >= limit._max_episode_steps
             _put(vec, i, obs[j], 1.0, done, truncated)
+
+
+def euler_step(c: dict[str, Any], x: np.ndarray, x_dot: np.ndarray, theta: np.ndarray, theta_dot: np.ndarray,
+               force: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CartPole's Euler step for arrays of envs: the expressions of ``CartPoleEnv.step`` and ``CartPoleVectorEnv.step``
+    (the same in both), term for term in their order, so every element rounds as it would there."""
+    costheta = np.cos(theta)
+    sintheta = np.sin(theta)
+    temp = (force + c["polemass_length"] * np.square(theta_dot) * sintheta) / c["total_mass"]
+    thetaacc = (c["gravity"] * sintheta - costheta * temp) / (
+        c["length"] * (4.0 / 3.0 - c["masspole"] * np.square(costheta) / c["total_mass"]))
+    xacc = temp - c["polemass_length"] * thetaacc * costheta / c["total_mass"]
+    tau = c["tau"]
+    return x + tau * x_dot, x_dot + tau * xacc, theta + tau * theta_dot, theta_dot + tau * thetaacc
+
+
+def fallen(c: dict[str, Any], x: np.ndarray, theta: np.ndarray, theta_limit: float) -> np.ndarray:
+    """Whether each cart left the track or its pole tipped past the limit (CartPole's termination)."""
+    xt = c["x_threshold"]
+    return (x < -xt) | (x > xt) | (theta < -theta_limit) | (theta > theta_limit)
 
 
 def _put(vec: SyncVectorEnv, i: int, obs: np.ndarray, reward: float, terminated: bool, truncated: bool) -> None:
@@ -171,8 +189,9 @@ def _plain(chain: tuple[Any, ...]) -> bool:
     """Whether the env's next step is CartPoleEnv's plain step: reset, its checker's first steps done, the pole not
     already down."""
     u, _, order, checker = chain
-    return ((order is None or order._has_reset) and (checker is None or (checker.checked_step
-                                                                         and checker.checked_data_reuse))
+    # checked_data_reuse: Gymnasium 1.4's second check; earlier versions have none
+    return ((order is None or order._has_reset) and (checker is None or (
+        checker.checked_step and getattr(checker, "checked_data_reuse", True)))
             and u.steps_beyond_terminated is None and u.state is not None)
 
 
@@ -196,29 +215,19 @@ class CartPoleVectorTogether:
 
     def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | None]:
         """``actions[m]`` (E_m,) for member ``m``'s envs, or None for a member that does not step now -> what each
-        member's ``envs.step(actions[m])`` returns (None for the others)."""
+        member's ``envs.step(actions[m])`` returns (None for the others). Raises before any env moves where an action
+        is not CartPole's (its caller then steps each member's envs on their own)."""
         live = [(v, np.asarray(a)) for v, a in zip(self.vecs, actions, strict=True) if a is not None]
         if not live:
             return [None] * len(self.vecs)
+        if any(np.count_nonzero((a != 0) & (a != 1)) for _, a in live):  # nothing stepped: each env's own step,
+            raise ValueError("an action outside CartPole's 0 and 1")    # its own assert, says whose it was
         c = self.c
         state = np.concatenate([v.state for v, _ in live], axis=1)  # (4, n): CartPoleVectorEnv's own layout
         action = np.concatenate([a for _, a in live])
-        x, x_dot, theta, theta_dot = state
-        force = np.sign(action - 0.5) * c["force_mag"]
-        costheta = np.cos(theta)
-        sintheta = np.sin(theta)
-        temp = (force + c["polemass_length"] * np.square(theta_dot) * sintheta) / c["total_mass"]
-        thetaacc = (c["gravity"] * sintheta - costheta * temp) / (
-            c["length"] * (4.0 / 3.0 - c["masspole"] * np.square(costheta) / c["total_mass"]))
-        xacc = temp - c["polemass_length"] * thetaacc * costheta / c["total_mass"]
-        tau = c["tau"]
-        x = x + tau * x_dot
-        x_dot = x_dot + tau * xacc
-        theta = theta + tau * theta_dot
-        theta_dot = theta_dot + tau * thetaacc
-        new = np.stack((x, x_dot, theta, theta_dot))
-        xt, tt = c["x_threshold"], c["theta_threshold_radians"]
-        fell = (x < -xt) | (x > xt) | (theta < -tt) | (theta > tt)
+        force = np.sign(action - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
+        new = np.stack(euler_step(c, *state, force))  # (4, n), as CartPoleVectorEnv keeps it
+        fell = fallen(c, new[0], new[2], c["theta_threshold_radians"])
         results: dict[int, Step] = {}
         at = 0
         for v, a in live:

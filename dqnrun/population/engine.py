@@ -478,9 +478,7 @@ def choose_actions(learner: PopulationLearner, live: Sequence[Member],
     acts greedily."""
     if not ready:
         return []
-    n_actions = ready[0][1].dqn.n_actions
-    if len({len(u) for _, _, _, u in ready}) > 1:  # members with different env counts: one at a time
-        return [choose_actions(learner, live, [r])[0] for r in ready]
+    n_actions = ready[0][1].dqn.n_actions  # members share their env (grouping): one action space, one env count
     u = np.stack([u for _, _, _, u in ready])  # (R, 2E)
     n = u.shape[1] // 2
     actions = (u[:, n:] * n_actions).astype(np.int64)

@@ -154,7 +154,7 @@ class PQNPopulationLearner:
         ``rows`` (slots) only those members, in that order (``cache`` as for `PopulationLearner.greedy`)."""
         full = rows is None or list(rows) == list(range(self.k))
         params = self.online if full else subset_of(  # type: ignore[arg-type]
-            cache, tuple(rows), lambda: self.online.like(self.online.flat[list(rows)]))  # type: ignore[arg-type]
+            cache, ("params", *rows), lambda: self.online.like(self.online.flat[list(rows)]))  # type: ignore[arg-type]
         with torch.inference_mode():
             return q_of(self.net, self._stacked_q, params, obs, self.device).float().cpu().numpy()
 

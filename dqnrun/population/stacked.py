@@ -195,14 +195,16 @@ class StackedMLP:
 
 
 def subset_of(cache: dict | None, key: tuple, make: Callable[[], Any]) -> Any:
-    """``make()`` (some members' weights, copied out of the stack), kept in ``cache`` under ``key`` where there is
-    a cache: an evaluation asks for the same members' weights at every env step until one of them is done."""
+    """``make()`` (some members' weights, copied out of the stack), kept in ``cache`` where there is a cache: an
+    evaluation asks for the same members' weights at every env step until one of them is done. ``key``: what is
+    copied (its first item) and for which members; one subset is kept per kind of copy."""
     if cache is None:
         return make()
-    if key not in cache:
-        cache.clear()  # a new subset: the members left are fewer, the old one is never asked for again
-        cache[key] = make()
-    return cache[key]
+    kind, members = key[0], key[1:]
+    held = cache.get(kind)
+    if held is None or held[0] != members:  # a new subset: fewer members left, the old one is not asked for again
+        held = cache[kind] = (members, make())
+    return held[1]
 
 
 class BatchedAdam:

@@ -252,6 +252,8 @@ class Session:
         c, state, actions = self.cursor, self.state, self._sent
         obs = c.obs
         try:
+            if isinstance(stepped, Exception):  # its envs, stepped with others', raised
+                raise stepped
             if stepped is not None:
                 next_obs, reward, terminated, truncated, info = stepped
             elif self._two_halves:

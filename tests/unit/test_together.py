@@ -138,3 +138,59 @@ def test_members_numpy_cartpoles_stepped_together_return_and_keep_what_each_step
         assert a.np_random.bit_generator.state == b.np_random.bit_generator.state
     assert ended["terminated"] > 10 and ended["truncated"] > 0
     assert not CartPoleVectorTogether.fits([*together, make_vector_env("CartPole-v1", 4)])  # a SyncVectorEnv
+
+
+def test_a_member_whose_env_raises_gets_its_exception_and_the_others_step_on() -> None:
+    """One member's invalid action, another's env failing in its own reset: each gets its exception in place of its
+    step (its runner records it as failed and stops stepping it), and the others step as they would alone."""
+    alone, together = _members(3), _members(3)
+    stepper = CartPoleTogether(together)
+    rng = np.random.default_rng(2)
+    gone: set[int] = set()
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("reset exploded")
+
+    for t in range(60):
+        acts: list = [None if m in gone else rng.integers(0, 2, 4) for m in range(3)]
+        if t == 20:
+            acts[1] = np.array([0, 2, 1, 0])  # an action CartPole refuses
+        if t == 30:
+            together[2].envs[3].reset = broken  # member 2's fourth env fails at its next reset
+            together[2]._autoreset_envs[3] = True
+        got = stepper.step(acts)
+        for m, vec in enumerate(alone):
+            if m in gone:
+                assert got[m] is None
+            elif (t, m) == (20, 1):
+                assert isinstance(got[m], AssertionError), got[m]
+                gone.add(m)
+            elif (t, m) == (30, 2):
+                assert isinstance(got[m], RuntimeError) and "reset exploded" in str(got[m])
+                gone.add(m)
+            else:
+                want = vec.step(acts[m])
+                assert all(np.array_equal(a, b) for a, b in zip(got[m][:4], want[:4], strict=True)), (t, m)
+    assert gone == {1, 2}
+    assert _same(capture(alone[0]), capture(together[0]))
+
+
+def test_an_env_checker_without_the_data_reuse_check_steps_together() -> None:
+    """Gymnasium before 1.4: the env checker has no ``checked_data_reuse``."""
+    alone, together = _members(2), _members(2)
+    for vec in together:
+        for env in vec.envs:
+            link = env
+            while hasattr(link, "env"):
+                if "checked_data_reuse" in vars(link):
+                    del link.checked_data_reuse
+                link = link.env
+    stepper = CartPoleTogether(together)
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        acts = [rng.integers(0, 2, 4) for _ in range(2)]
+        got = stepper.step(acts)
+        for m, vec in enumerate(alone):
+            want = vec.step(acts[m])
+            assert all(np.array_equal(a, b) for a, b in zip(got[m][:4], want[:4], strict=True))
+    assert stepper.stepped_together > 0.8 * 100 * 8
