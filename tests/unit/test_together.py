@@ -32,6 +32,27 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _same_step(got: tuple, want: tuple) -> bool:
+    """Two vector steps' returns alike: observations, rewards and flags equal in dtype, shape and every bit."""
+    return all(a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+               for a, b in zip(got[:4], want[:4], strict=True)) and got[4] == want[4]
+
+
+def _step_alike(stepper, alone: list, acts: list) -> list:
+    """Step ``stepper``'s members together and each twin in ``alone`` on its own with ``acts`` (None: that member
+    sits out); assert the returns alike and give the twins' (None where one sat out)."""
+    got = stepper.step(acts)
+    wants: list = []
+    for m, vec in enumerate(alone):
+        if acts[m] is None:
+            assert got[m] is None
+            wants.append(None)
+            continue
+        wants.append(vec.step(acts[m]))
+        assert _same_step(got[m], wants[-1]), m
+    return wants
+
+
 def test_members_stepped_together_return_and_keep_what_each_sync_step_does() -> None:
     alone, together = _members(3), _members(3)
     assert CartPoleTogether.fits(together)
@@ -42,15 +63,10 @@ def test_members_stepped_together_return_and_keep_what_each_sync_step_does() -> 
     for t in range(1500):
         acts = [_policy(rng, o) for o in obs]
         acts[1] = None if t % 7 == 3 else acts[1]  # a member that does not step this round
-        got = stepper.step(acts)
-        for m, vec in enumerate(alone):
-            if acts[m] is None:
-                assert got[m] is None
+        for m, want in enumerate(_step_alike(stepper, alone, acts)):
+            if want is None:
                 continue
-            want = vec.step(acts[m])
-            for a, b in zip(got[m][:4], want[:4], strict=True):
-                assert a.dtype == b.dtype and np.array_equal(a, b), (t, m)
-            assert got[m][4] == want[4] == {}
+            assert want[4] == {}
             obs[m] = want[0].copy()
             ends["terminated"] += int(want[2].sum())
             ends["truncated"] += int(want[3].sum())
@@ -77,10 +93,7 @@ def test_a_member_restored_from_a_checkpoint_steps_on_together_as_alone() -> Non
     stepper = CartPoleTogether(fresh)
     for _ in range(200):
         acts = [rng.integers(0, 2, 4) for _ in range(2)]
-        got = stepper.step(acts)
-        for m, vec in enumerate(alone):
-            want = vec.step(acts[m])
-            assert all(np.array_equal(a, b) for a, b in zip(got[m][:4], want[:4], strict=True))
+        _step_alike(stepper, alone, acts)
     assert all(_same(capture(a), capture(b)) for a, b in zip(alone, fresh, strict=True))
 
 
@@ -121,14 +134,9 @@ def test_members_numpy_cartpoles_stepped_together_return_and_keep_what_each_step
         acts: list = [_policy(rng, o) for o in obs]
         if t % 5 == 2:
             acts[2] = None
-        got = stepper.step(acts)
-        for m, vec in enumerate(alone):
-            if acts[m] is None:
-                assert got[m] is None
+        for m, want in enumerate(_step_alike(stepper, alone, acts)):
+            if want is None:
                 continue
-            want = vec.step(acts[m])
-            for a, b in zip(got[m][:4], want[:4], strict=True):
-                assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), (t, m)
             obs[m] = want[0]
             ended["terminated"] += int(want[2].sum())
             ended["truncated"] += int(want[3].sum())
@@ -170,7 +178,7 @@ def test_a_member_whose_env_raises_gets_its_exception_and_the_others_step_on() -
                 gone.add(m)
             else:
                 want = vec.step(acts[m])
-                assert all(np.array_equal(a, b) for a, b in zip(got[m][:4], want[:4], strict=True)), (t, m)
+                assert _same_step(got[m], want), (t, m)
     assert gone == {1, 2}
     assert _same(capture(alone[0]), capture(together[0]))
 
@@ -189,8 +197,5 @@ def test_an_env_checker_without_the_data_reuse_check_steps_together() -> None:
     rng = np.random.default_rng(4)
     for _ in range(100):
         acts = [rng.integers(0, 2, 4) for _ in range(2)]
-        got = stepper.step(acts)
-        for m, vec in enumerate(alone):
-            want = vec.step(acts[m])
-            assert all(np.array_equal(a, b) for a, b in zip(got[m][:4], want[:4], strict=True))
+        _step_alike(stepper, alone, acts)
     assert stepper.stepped_together > 0.8 * 100 * 8
