@@ -162,8 +162,7 @@ class Population:
         self.threads, self.name = int(threads), name
         self.learner: PopulationLearner | None = None
         self.rows: StackedRows | StackedFrames | None = None
-        self.together: CartPoleTogether | None = None  # the members' envs stepped as one, where they can be
-        self.together_slot: dict[int, int] = {}
+        self.together: TogetherEnvs | None = None  # the members' envs stepped as one, where they can be
         self._live: list[Member] = []
 
     # --- the whole population ---------------------------------------------------------------------------
@@ -174,7 +173,7 @@ class Population:
             self._stack()
             for m in self._live:
                 self._open_session(m)
-            self._together()
+            self.together = TogetherEnvs.of(self._live)
             self._loop()
         except BaseException as exc:  # a second Ctrl-C: every member records itself interrupted, at once
             for m in self._live:
@@ -275,14 +274,6 @@ class Population:
                 member_evaluation(m) if run.eval_envs is not None else None, run.save, run.stop,
                 env_id=str(cfg.env.id))
 
-    def _together(self) -> None:
-        """Where the members' envs can be stepped as one (`dqnrun.envs.together`: CartPole's), a stepper for them;
-        each member's envs stay its own (its seeds, generators and checkpoints) and step as they would alone."""
-        envs = [m.run.envs for m in self._live]  # type: ignore[union-attr]
-        if len(envs) > 1 and CartPoleTogether.fits(envs):
-            self.together = CartPoleTogether(envs)
-            self.together_slot = {id(m): i for i, m in enumerate(self._live)}
-
     # --- the lockstep loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
         if self._live:
@@ -346,7 +337,7 @@ class Population:
                 self._failed(m, exc)
         results: list[Any] = [None] * len(sent)
         if self.together is not None and sent:
-            results = self._step_together(sent)
+            results = self.together.step(sent)
         stepped: list[tuple[Member, Any]] = []
         for m, result in zip(sent, results, strict=True):
             router.current = m.key
@@ -356,17 +347,6 @@ class Population:
                 self._failed(m, exc)
         router.current = None
         return stepped
-
-    def _step_together(self, sent: list[Member]) -> list[Any]:
-        """The sent members' env steps, taken together: what each one's ``envs.step`` returns. An env failing here
-        fails every member that sent (the steps are one computation), each recorded with the error."""
-        together = self.together
-        assert together is not None
-        actions: list[Any] = [None] * len(together.vecs)
-        for m in sent:
-            actions[self.together_slot[id(m)]] = m.session._sent  # type: ignore[union-attr]
-        out = together.step(actions)
-        return [out[self.together_slot[id(m)]] for m in sent]
 
     def _evaluate(self, stepped: list[tuple[Member, Any]]) -> None:
         """Every member whose evaluation is due after this step, evaluated side by side; each member's session
@@ -457,6 +437,29 @@ class Population:
                 m.slot.index = None
         for i, m in enumerate(self._live):
             m.slot.index = i
+
+
+class TogetherEnvs:
+    """The members' envs stepped as one where they can be (`dqnrun.envs.together`: CartPole's); each member's envs
+    stay its own (its seeds, generators and checkpoints) and step as they would alone."""
+
+    def __init__(self, stepper: CartPoleTogether, members: Sequence[Member]) -> None:
+        self.stepper = stepper
+        self.slot = {id(m): i for i, m in enumerate(members)}  # a member's place in the stepper, for good
+
+    @classmethod
+    def of(cls, members: Sequence[Member]) -> TogetherEnvs | None:
+        envs = [m.run.envs for m in members]  # type: ignore[union-attr]
+        return cls(CartPoleTogether(envs), members) if len(envs) > 1 and CartPoleTogether.fits(envs) else None
+
+    def step(self, sent: Sequence[Member]) -> list[Any]:
+        """The sent members' env steps, taken together: what each one's ``envs.step`` returns, or the exception its
+        own envs raised (its member alone fails: `Session.env_recv` raises it)."""
+        actions: list[Any] = [None] * len(self.stepper.vecs)
+        for m in sent:
+            actions[self.slot[id(m)]] = m.session._sent  # type: ignore[union-attr]
+        out = self.stepper.step(actions)
+        return [out[self.slot[id(m)]] for m in sent]
 
 
 def explore_draws(m: Member) -> tuple[float, np.ndarray]:

@@ -55,3 +55,30 @@ def test_hydra_optuna_sweeper_internals_the_dqnrun_sweeper_builds_on() -> None:
         "trials", "search_space_distributions", "fixed_params"]
     space, fixed = _impl.create_params_from_overrides(["a=choice(1,2)", "b=3"])
     assert set(space) == {"a"} and fixed == {"b": "3"}
+
+
+def test_gymnasium_cartpole_and_vector_env_internals_the_together_steppers_write() -> None:
+    """dqnrun.envs.together steps several runs' CartPole envs as one and writes back what each env's own step would
+    leave: these attributes (tests/unit/test_together.py checks the results against the envs' own steps)."""
+    import gymnasium as gym
+    import numpy as np
+    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+    vec = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+    vec.reset(seed=0)
+    vec.step(np.array([0, 1]))
+    for name in ("_autoreset_envs", "_env_obs", "_observations", "_rewards", "_terminations", "_truncations"):
+        assert isinstance(getattr(vec, name), np.ndarray | list), name
+    assert callable(vec._add_info)
+    chain: dict[str, object] = {}
+    link = vec.envs[0]
+    while isinstance(link, gym.Wrapper):
+        chain[type(link).__name__] = link
+        link = link.env
+    assert isinstance(chain["TimeLimit"]._elapsed_steps, int) and chain["TimeLimit"]._max_episode_steps == 500
+    assert chain["OrderEnforcing"]._has_reset is True and chain["PassiveEnvChecker"].checked_step is True
+    assert link.state.shape == (4,) and link.steps_beyond_terminated is None
+    numpy_vec = CartPoleVectorEnv(num_envs=3)
+    numpy_vec.reset(seed=0)
+    assert numpy_vec.state.shape == (4, 3) and numpy_vec.steps.dtype == np.int32
+    assert numpy_vec.prev_done.dtype == np.bool_ and (numpy_vec.low, numpy_vec.high) == (-0.05, 0.05)
