@@ -300,10 +300,9 @@ class ActQuery:
 @dataclass(frozen=True)
 class Stepped:
     """What a driver may send `episode_rounds` in place of the actions where it stepped the envs itself (a
-    population steps its members' eval envs together, `dqnrun.envs.together`): the actions and what
-    ``envs.step(actions)`` returned."""
+    population steps its members' eval envs together, `dqnrun.envs.together`): what ``envs.step(actions)``
+    returned."""
 
-    actions: np.ndarray
     result: tuple
 
 

@@ -28,10 +28,15 @@ from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
 Step = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
 
-# CartPoleEnv's constants, as CartPole-v1 makes it; an env with others steps on its own
+# CartPole-v1's constants (CartPoleEnv and CartPoleVectorEnv alike); envs with others step on their own
 _CONSTANTS = {"gravity": 9.8, "masscart": 1.0, "masspole": 0.1, "total_mass": 1.1, "length": 0.5,
               "polemass_length": 0.05, "force_mag": 10.0, "tau": 0.02, "kinematics_integrator": "euler",
-              "x_threshold": 2.4, "render_mode": None, "_sutton_barto_reward": False}
+              "x_threshold": 2.4, "theta_threshold_radians": 12 * 2 * np.pi / 360, "render_mode": None,
+              "_sutton_barto_reward": False}
+
+
+def _cartpole_constants(env: Any) -> bool:
+    return all(getattr(env, k, object()) == v for k, v in _CONSTANTS.items())
 
 
 class CartPoleTogether:
@@ -39,35 +44,18 @@ class CartPoleTogether:
 
     def __init__(self, vector_envs: Sequence[gym.vector.VectorEnv]) -> None:
         self.vecs = list(vector_envs)
-        ref = self.vecs[0].envs[0].unwrapped  # type: ignore[attr-defined]
-        self.theta_limit = float(ref.theta_threshold_radians)
-        self.c = {name: getattr(ref, name) for name in _CONSTANTS}
+        self.c = {name: getattr(self.vecs[0].envs[0].unwrapped, name) for name in _CONSTANTS}  # type: ignore[attr-defined]
+        self.chains = [[_chain(env) for env in vec.envs] for vec in self.vecs]  # wrappers never change
         self.stepped_together = 0  # env steps taken by the numpy step (the others went through their env)
-        self._chain_of: dict[int, list[tuple[Any, ...] | None]] = {}
 
     @staticmethod
     def fits(vector_envs: Sequence[gym.vector.VectorEnv]) -> bool:
         """Whether every one is a plain ``SyncVectorEnv`` (NEXT_STEP autoreset) of ``CartPoleEnv``s with CartPole-v1's
         constants, under no wrapper but the time limit, order enforcing and the env checker."""
-        if not vector_envs:
-            return False
-        ref: float | None = None
-        for vec in vector_envs:
-            if type(vec) is not SyncVectorEnv or vec.autoreset_mode != AutoresetMode.NEXT_STEP:
-                return False
-            for env in vec.envs:
-                link = env
-                while isinstance(link, gym.Wrapper):
-                    if type(link) not in (TimeLimit, OrderEnforcing, PassiveEnvChecker):
-                        return False
-                    link = link.env
-                if type(link) is not CartPoleEnv or any(getattr(link, k, object()) != v for k, v in _CONSTANTS.items()):
-                    return False
-                theta = float(link.theta_threshold_radians)
-                if ref is not None and theta != ref:
-                    return False
-                ref = theta
-        return True
+        return bool(vector_envs) and all(
+            type(vec) is SyncVectorEnv and vec.autoreset_mode == AutoresetMode.NEXT_STEP
+            and all((chain := _chain(env)) is not None and _cartpole_constants(chain[0]) for env in vec.envs)
+            for vec in vector_envs)
 
     def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | Exception | None]:
         """``actions[m]`` (E_m,) for member ``m``'s envs, or None for a member that does not step now -> what each
@@ -78,7 +66,7 @@ class CartPoleTogether:
         plain_actions: list[int] = []
         infos: list[dict[str, Any]] = [{} for _ in self.vecs]
         failed: dict[int, Exception] = {}
-        for m, (vec, act) in enumerate(zip(self.vecs, actions, strict=True)):
+        for m, (vec, act, chains) in enumerate(zip(self.vecs, actions, self.chains, strict=True)):
             if act is None:
                 continue
             mine: list[tuple[Any, ...]] = []
@@ -87,7 +75,7 @@ class CartPoleTogether:
                 if np.count_nonzero((act != 0) & (act != 1)):  # what CartPoleEnv's own assert refuses
                     raise AssertionError(f"{act!r} holds an invalid action: CartPole's are 0 and 1")
                 auto = vec._autoreset_envs.tolist()
-                for i, (env, chain) in enumerate(zip(vec.envs, self._chains(vec), strict=True)):
+                for i, (env, chain) in enumerate(zip(vec.envs, chains, strict=True)):
                     if auto[i]:  # NEXT_STEP: this step only resets (the env's own generator draws the new state)
                         obs, env_info = env.reset()
                         _put(vec, i, obs, 0.0, False, False)
@@ -119,30 +107,13 @@ class CartPoleTogether:
                         np.copy(vec._truncations), infos[m]))
         return out
 
-    def _chains(self, vec: SyncVectorEnv) -> list[tuple[Any, ...] | None]:
-        """Each env's (CartPoleEnv, TimeLimit or None, OrderEnforcing or None, PassiveEnvChecker or None), found
-        once per vector env (its wrappers never change); None for an env with any other wrapper."""
-        chains = self._chain_of.get(id(vec))
-        if chains is None:
-            chains = self._chain_of[id(vec)] = []
-            for env in vec.envs:
-                found: dict[type, Any] = {}
-                link = env
-                while isinstance(link, gym.Wrapper):
-                    found[type(link)] = link
-                    link = link.env
-                ok = type(link) is CartPoleEnv and set(found) <= {TimeLimit, OrderEnforcing, PassiveEnvChecker}
-                chains.append((link, found.get(TimeLimit), found.get(OrderEnforcing), found.get(PassiveEnvChecker))
-                              if ok else None)
-        return chains
-
     def _physics(self, envs: list[tuple[Any, ...]], actions: np.ndarray) -> None:
         """CartPoleEnv.step's arithmetic for every plain env at once (float64, in its order of operations)."""
         c = self.c
         state = np.array([u.state for _, _, u, _ in envs], dtype=np.float64)  # (n, 4)
         force = np.where(actions == 1, c["force_mag"], -c["force_mag"])  # CartPoleEnv's: one env, one action
         new = np.stack(euler_step(c, *state.T, force), axis=1)  # (n, 4): each row one env's next state
-        terminated = fallen(c, new[:, 0], new[:, 2], self.theta_limit)
+        terminated = fallen(c, new[:, 0], new[:, 2])
         obs = new.astype(np.float32)
         for j, ((vec, i, u, limit), done) in enumerate(zip(envs, terminated.tolist(), strict=True)):
             u.state = new[j]
@@ -169,10 +140,23 @@ def euler_step(c: dict[str, Any], x: np.ndarray, x_dot: np.ndarray, theta: np.nd
     return x + tau * x_dot, x_dot + tau * xacc, theta + tau * theta_dot, theta_dot + tau * thetaacc
 
 
-def fallen(c: dict[str, Any], x: np.ndarray, theta: np.ndarray, theta_limit: float) -> np.ndarray:
+def fallen(c: dict[str, Any], x: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Whether each cart left the track or its pole tipped past the limit (CartPole's termination)."""
-    xt = c["x_threshold"]
-    return (x < -xt) | (x > xt) | (theta < -theta_limit) | (theta > theta_limit)
+    xt, tt = c["x_threshold"], c["theta_threshold_radians"]
+    return (x < -xt) | (x > xt) | (theta < -tt) | (theta > tt)
+
+
+def _chain(env: gym.Env) -> tuple[Any, Any, Any, Any] | None:
+    """An env's (CartPoleEnv, TimeLimit or None, OrderEnforcing or None, PassiveEnvChecker or None); None for
+    anything else under or around it."""
+    found: dict[type, Any] = {}
+    link = env
+    while isinstance(link, gym.Wrapper):
+        found[type(link)] = link
+        link = link.env
+    if type(link) is not CartPoleEnv or not set(found) <= {TimeLimit, OrderEnforcing, PassiveEnvChecker}:
+        return None
+    return link, found.get(TimeLimit), found.get(OrderEnforcing), found.get(PassiveEnvChecker)
 
 
 def _put(vec: SyncVectorEnv, i: int, obs: np.ndarray, reward: float, terminated: bool, truncated: bool) -> None:
@@ -203,7 +187,7 @@ class CartPoleVectorTogether:
 
     def __init__(self, vector_envs: Sequence[gym.vector.VectorEnv]) -> None:
         self.vecs = list(vector_envs)
-        self.c = {name: getattr(self.vecs[0], name) for name in _VECTOR_CONSTANTS}
+        self.c = {name: getattr(self.vecs[0], name) for name in _CONSTANTS}
 
     @staticmethod
     def fits(vector_envs: Sequence[gym.vector.VectorEnv]) -> bool:
@@ -211,7 +195,7 @@ class CartPoleVectorTogether:
         reset at least once."""
         return bool(vector_envs) and all(
             type(v) is CartPoleVectorEnv and v.state is not None and "step" not in vars(v)
-            and all(getattr(v, k, object()) == val for k, val in _VECTOR_CONSTANTS.items()) for v in vector_envs)
+            and _cartpole_constants(v) for v in vector_envs)
 
     def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | None]:
         """``actions[m]`` (E_m,) for member ``m``'s envs, or None for a member that does not step now -> what each
@@ -227,8 +211,8 @@ class CartPoleVectorTogether:
         action = np.concatenate([a for _, a in live])
         force = np.sign(action - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
         new = np.stack(euler_step(c, *state, force))  # (4, n), as CartPoleVectorEnv keeps it
-        fell = fallen(c, new[0], new[2], c["theta_threshold_radians"])
-        results: dict[int, Step] = {}
+        fell = fallen(c, new[0], new[2])
+        results: list[Step] = []
         at = 0
         for v, a in live:
             n = len(a)
@@ -245,12 +229,6 @@ class CartPoleVectorTogether:
             terminated[done] = False
             truncated[done] = False
             v.prev_done = np.logical_or(terminated, truncated)
-            results[id(v)] = (v.state.T.astype(np.float32), reward, terminated, truncated, {})
-        return [results[id(v)] if a is not None else None for v, a in zip(self.vecs, actions, strict=True)]
-
-
-# CartPoleVectorEnv's constants as CartPole-v1 makes it; vector envs with others are stepped on their own
-_VECTOR_CONSTANTS = {"gravity": 9.8, "masscart": 1.0, "masspole": 0.1, "total_mass": 1.1, "length": 0.5,
-                     "polemass_length": 0.05, "force_mag": 10.0, "tau": 0.02, "kinematics_integrator": "euler",
-                     "x_threshold": 2.4, "theta_threshold_radians": 12 * 2 * np.pi / 360, "render_mode": None,
-                     "_sutton_barto_reward": False}
+            results.append((v.state.T.astype(np.float32), reward, terminated, truncated, {}))
+        stepped = iter(results)  # in the order of the members that stepped
+        return [None if a is None else next(stepped) for a in actions]

@@ -39,10 +39,9 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
             continue
         live[slot] = (rounds, query, rng, float(run.cfg.eval.epsilon), int(run.spec.n_actions))
     weights: dict = {}  # the evaluating members' weights, copied out once per set of members (they do not change)
-    slot_envs = {slot: run.eval_envs for slot, run in members if slot in live}
-    together = CartPoleVectorTogether(list(slot_envs.values())) if len(live) > 1 and CartPoleVectorTogether.fits(
-        list(slot_envs.values())) else None  # the members' eval envs stepped as one (each its own generator)
-    order = list(slot_envs)
+    order = list(live)  # the members' eval envs stepped as one where they can be (each its own generator)
+    envs = [run.eval_envs for slot, run in members if slot in live]
+    together = CartPoleVectorTogether(envs) if len(envs) > 1 and CartPoleVectorTogether.fits(envs) else None
     while live:
         slots = list(live)
         picks = [np.flatnonzero(live[s][1].active) for s in slots]
@@ -65,7 +64,7 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
         if together is not None:
             try:
                 stepped = together.step([chosen.get(s) for s in order])
-                replies = {s: Stepped(chosen[s], r) for s, r in zip(order, stepped, strict=True) if s in chosen}
+                replies = {s: Stepped(r) for s, r in zip(order, stepped, strict=True) if s in chosen}
             except Exception:  # each member's envs step on their own from here, so that a failure is its alone
                 together = None
         for s in slots:

@@ -248,7 +248,7 @@ class FuncPopulationLearner(PopulationLearner):
         subset = self._subset(rows)
 
         def rows_of(s: StackedParams) -> StackedParams:
-            return s if subset is None else subset_of(cache, (id(s), *subset), lambda: s.like(s.flat[subset]))
+            return s if subset is None else subset_of(cache, id(s), subset, lambda: s.like(s.flat[subset]))
 
         noise = None if self.noise is None else rows_of(self.noise[0])
         with torch.inference_mode():
@@ -347,9 +347,8 @@ class FuncPopulationLearner(PopulationLearner):
         prioritized replay."""
         k, g_steps, _ = batch.action.shape
         act = [True] * k if active is None else list(active)
-        mask = torch.tensor(act, device=self.device)
         if self._grouped is not None:
-            return [self._grouped_step(batch, g, act, mask) for g in range(g_steps)]
+            return [self._grouped_step(batch, g, act) for g in range(g_steps)]
         iqn = self.solo.tau_gen is not None
         solo = self.solo
         y_burst = (self._burst_targets(batch) if self.noise is not None and not (solo.double or solo.distributional)
@@ -375,11 +374,11 @@ class FuncPopulationLearner(PopulationLearner):
                                                      None if y_burst is None else y_burst[:, g])
             for view, name in zip(self.grad.views, self.grad.names, strict=True):  # type: ignore[attr-defined]
                 view.copy_(grads["online." + name])
-            self._step(loss, q_mean, act, mask)
+            self._step(loss, q_mean, act)
             out.append(td_abs.cpu().numpy() if weights is not None else None)
         return out
 
-    def _grouped_step(self, batch: Batch, g: int, act: list[bool], mask: torch.Tensor) -> np.ndarray | None:
+    def _grouped_step(self, batch: Batch, g: int, act: list[bool]) -> np.ndarray | None:
         """Gradient step ``g`` of a burst for every member at once through `StackedQ`: the TD targets from the
         target networks (Double DQN's a* from the online ones), each member's loss as its solo ``_loss_terms``
         reduces it, and d(sum of the members' losses)/d(params) by one backward (a member's loss depends on its
@@ -400,7 +399,7 @@ class FuncPopulationLearner(PopulationLearner):
             return per_sample.sum(1) if solo.loss_name == "half_sse" else per_sample.mean(1)
 
         loss, q_sa = grouped_gradients(q_fn, self.online, self.grad, obs, action, loss_of)
-        self._step(loss, q_sa.mean(1), act, mask)
+        self._step(loss, q_sa.mean(1), act)
         return (q_sa - y).abs().cpu().numpy() if weights is not None else None
 
 

@@ -37,7 +37,7 @@ from dqnrun.algos.base import Algorithm
 from dqnrun.algos.pqn import LOSSES, q_lambda_returns
 from dqnrun.population.engine import Member, Population
 from dqnrun.population.functional import StackedParams, StackedQ, grouped_gradients, q_of
-from dqnrun.population.stacked import subset_of
+from dqnrun.population.stacked import count_update, subset_of
 from dqnrun.run import faults
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class PQNPopulationLearner:
         ``rows`` (slots) only those members, in that order (``cache`` as for `PopulationLearner.greedy`)."""
         full = rows is None or list(rows) == list(range(self.k))
         params = self.online if full else subset_of(  # type: ignore[arg-type]
-            cache, ("params", *rows), lambda: self.online.like(self.online.flat[list(rows)]))  # type: ignore[arg-type]
+            cache, "params", rows, lambda: self.online.like(self.online.flat[list(rows)]))  # type: ignore[arg-type]
         with torch.inference_mode():
             return q_of(self.net, self._stacked_q, params, obs, self.device).float().cpu().numpy()
 
@@ -189,12 +189,7 @@ class PQNPopulationLearner:
         total = torch.linalg.vector_norm(flat, dim=1)
         flat.mul_((caps / (total + 1e-6)).clamp_(max=1.0).unsqueeze(1))  # as clip_grad_norm_ scales
         self.radam.step(self.online.flat, flat, self.lr, active)
-        mask = torch.tensor(list(active), device=self.device)
-        self.loss_sum += torch.where(mask, loss, 0.0)
-        self.q_sum += torch.where(mask, q_mean, 0.0)
-        on = np.asarray(active, dtype=np.int64)
-        self.n += on
-        self.updates += on
+        count_update(self, loss, q_mean, active)
 
     def learn(self, members: Sequence[tuple[int, Session]]) -> None:
         """Each of ``members`` (slot, its session), whose rollout is full: Q(lambda) returns from its own values,

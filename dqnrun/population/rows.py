@@ -1,11 +1,10 @@
-"""The members' replays with a member axis: one ``(K, N, ...)`` tensor per column, one gather for every member.
+"""The members' replays with a member axis: one shared tensor for every member's rows, one gather for all.
 
 Each member keeps its own `dqnrun.replay.ReplayBuffer` (its accumulator, its sampler and its RNG streams, its
-checkpoints: a solo run's), but the columns of its row storage become views of row k of shared tensors
-(`RowStorage.home`). A batched update then draws each member's rows with its own sampler, as its solo run does,
-and gathers all of them with one index per column (a member's rows offset by k N) instead of one gather per member
-and a stack of the results: 336-340 us against 416-423 us for 8 CartPole members at batch 128 with full 50k-row
-buffers (one core; most of either is fetching 1,024 random rows from memory).
+checkpoints: a solo run's), but the columns of its row storage become views of member k's slice of one packed
+``(K, N, W)`` byte tensor (`RowStorage.home`, `StackedRows`). A batched update then draws each member's rows with
+its own sampler, as its solo run does, and gathers all of them with one ``index_select`` (a member's rows offset by
+k N) instead of one gather per member and column and a stack of the results (`StackedRows` says what it measured).
 
 It takes what a row storage holds: transitions (``replay.storage=transitions``) with uniform or prioritized
 sampling. `StackedFrames` does the same for frame rings (the Atari presets): the members' rings are rows of one
@@ -68,8 +67,7 @@ class StackedRows:
         self.capacity, self.device = first.capacity, first.device
         self.with_discount = first.with_discount
         k, n = len(stores), self.capacity
-        self.layout = packed_layout({name: getattr(first, name) for name in RowStorage.COLUMNS})
-        self.width = self.layout.pop("")[0]
+        self.layout, self.width = packed_layout({name: getattr(first, name) for name in RowStorage.COLUMNS})
         packed = torch.zeros((k, n, self.width), dtype=torch.uint8, device=self.device)
         for m, store in enumerate(stores):
             store.home({name: column_view(packed[m], *spec) for name, spec in self.layout.items()})  # type: ignore[union-attr]
@@ -105,10 +103,10 @@ class StackedRows:
                      cols.get("discount"), weights)
 
 
-def packed_layout(columns: dict[str, torch.Tensor]) -> dict[str, tuple[int, torch.dtype, tuple[int, ...]]]:
-    """Where each column ``(N, *shape)`` sits in a packed row: ``{name: (byte offset, dtype, shape)}``, widest
-    elements first so that every offset is a multiple of its element size; ``""`` holds the row's width in bytes
-    (a multiple of the widest element, so every row starts aligned too)."""
+def packed_layout(columns: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[int, torch.dtype, tuple[int, ...]]], int]:
+    """Where each column ``(N, *shape)`` sits in a packed row, ``{name: (byte offset, dtype, shape)}``, widest
+    elements first so that every offset is a multiple of its element size, and the row's width in bytes (a
+    multiple of the widest element, so every row starts aligned too)."""
     out: dict[str, tuple[int, torch.dtype, tuple[int, ...]]] = {}
     off, widest = 0, 1
     for name, t in sorted(columns.items(), key=lambda kv: -kv[1].element_size()):
@@ -117,15 +115,13 @@ def packed_layout(columns: dict[str, torch.Tensor]) -> dict[str, tuple[int, torc
         off = -(-off // size) * size
         out[name] = (off, t.dtype, tuple(t.shape[1:]))
         off += size * int(np.prod(t.shape[1:], dtype=np.int64))
-    out[""] = (-(-off // widest) * widest, torch.uint8, ())
-    return out
+    return out, -(-off // widest) * widest
 
 
 def column_view(rows: torch.Tensor, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """The column at ``offset`` of packed byte rows ``(N, W)``: a strided ``(N, *shape)`` view of ``dtype``."""
-    n = rows.shape[0]
-    nbytes = torch.empty((), dtype=dtype).element_size() * int(np.prod(shape, dtype=np.int64))
-    return rows[:, offset:offset + nbytes].view(dtype).view(n, *shape)
+    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    return rows[:, offset:offset + nbytes].view(dtype).view(rows.shape[0], *shape)
 
 
 class StackedFrames:

@@ -197,17 +197,30 @@ class StackedMLP:
         return out
 
 
-def subset_of(cache: dict | None, key: tuple, make: Callable[[], Any]) -> Any:
-    """``make()`` (some members' weights, copied out of the stack), kept in ``cache`` where there is a cache: an
-    evaluation asks for the same members' weights at every env step until one of them is done. ``key``: what is
-    copied (its first item) and for which members; one subset is kept per kind of copy."""
+def subset_of(cache: dict | None, kind: Any, members: Sequence[int], make: Callable[[], Any]) -> Any:
+    """``make()`` (``members``' weights, copied out of the stack), kept in ``cache`` where there is a cache: an
+    evaluation asks for the same members' weights at every env step until one of them is done. One subset is kept
+    per ``kind`` of copy; a new subset (fewer members left) replaces it."""
     if cache is None:
         return make()
-    kind, members = key[0], key[1:]
     held = cache.get(kind)
-    if held is None or held[0] != members:  # a new subset: fewer members left, the old one is not asked for again
-        held = cache[kind] = (members, make())
+    if held is None or held[0] != list(members):
+        held = cache[kind] = (list(members), make())
     return held[1]
+
+
+def count_update(learner: Any, loss: torch.Tensor, q_mean: torch.Tensor, active: Sequence[bool]) -> None:
+    """After a batched gradient step: count it for the ``active`` members (``learner.n``, ``learner.updates``) and
+    add their loss and mean Q ``(K,)`` to the sums read at logging time (``loss_sum``, ``q_sum``); the others add
+    nothing."""
+    if not all(active):
+        mask = torch.tensor(list(active), device=loss.device)
+        loss, q_mean = torch.where(mask, loss, 0.0), torch.where(mask, q_mean, 0.0)
+    learner.loss_sum += loss
+    learner.q_sum += q_mean
+    on = np.asarray(active, dtype=np.int64)
+    learner.n += on
+    learner.updates += on
 
 
 class BatchedAdam:
@@ -349,14 +362,13 @@ class PopulationLearner:
         subset = self._subset(rows)
         if self._np_layers is None or e >= TORCH_ACTING_ROWS:
             net = self.online if subset is None else subset_of(
-                cache, ("net", *subset), lambda: self.online.like(self.online.flat[subset]))
+                cache, "net", subset, lambda: self.online.like(self.online.flat[subset]))
             with torch.inference_mode():
                 q = net.forward(self._feats(torch.as_tensor(obs, device=self.device)))
                 return q.argmax(2).cpu().numpy()
         layers = self._np_layers
         if subset is not None:
-            layers = subset_of(cache, ("numpy", *subset),
-                               lambda: [(w_t[subset], b[subset]) for w_t, b in self._np_layers])
+            layers = subset_of(cache, "numpy", subset, lambda: [(w_t[subset], b[subset]) for w_t, b in self._np_layers])
         conv = self.online.conv
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged member: its finite check reports it
             if conv is not None:
@@ -416,7 +428,6 @@ class PopulationLearner:
         """
         k, g_steps, b = batch.action.shape
         act = [True] * k if active is None else list(active)
-        mask = None if all(act) else torch.tensor(act, device=self.device)  # None: every member learns
         y_all = self.targets(batch)
         out: list[np.ndarray | None] = []
         for g in range(g_steps):
@@ -430,24 +441,16 @@ class PopulationLearner:
                               self.online.forward(nf))  # type: ignore[arg-type]
             weights = None if batch.weights is None else batch.weights[:, g]
             loss, q_mean, diff = self._gradient(self._feats(obs), action, y, weights)
-            self._step(loss, q_mean, act, mask)
+            self._step(loss, q_mean, act)
             out.append(diff.abs().cpu().numpy() if weights is not None else None)
         return out
 
-    def _step(self, loss: torch.Tensor, q_mean: torch.Tensor, act: list[bool], mask: torch.Tensor | None) -> None:
+    def _step(self, loss: torch.Tensor, q_mean: torch.Tensor, act: list[bool]) -> None:
         """With the gradient in ``self.grad``: cap it per member, step the active members' Adam, count their
         update and add their loss and mean Q to the sums read at logging time."""
         self._clip()
         self.adam.step(self.online.rows, self.grad.rows, act)
-        if mask is None:  # every member learned: nothing to mask out
-            self.loss_sum += loss
-            self.q_sum += q_mean
-        else:
-            self.loss_sum += torch.where(mask, loss, 0.0)
-            self.q_sum += torch.where(mask, q_mean, 0.0)
-        on = np.asarray(act, dtype=np.int64)
-        self.n += on
-        self.updates += on
+        count_update(self, loss, q_mean, act)
 
     def _gradient(self, x: torch.Tensor, action: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

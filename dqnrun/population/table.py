@@ -137,7 +137,6 @@ class TablePopulationLearner(PopulationLearner):
         number of rows (the rest of its B is padding), all B by default."""
         k, g_steps, b = batch.action.shape
         act = [True] * k if active is None else list(active)
-        mask = torch.tensor(act, device=self.device)
         width = torch.tensor([b] * k if widths is None else list(widths), device=self.device)
         valid = (torch.arange(b, device=self.device) < width.unsqueeze(1)).float()  # (K, B)
         count = width.clamp(min=1).float()
@@ -169,7 +168,7 @@ class TablePopulationLearner(PopulationLearner):
             loss = per_sample.sum(1) if self.loss == "half_sse" else per_sample.sum(1) / count
             self.grad.flat.zero_()
             self.grad.table.index_put_((members, s, a), grad_q, accumulate=True)
-            self._step(loss, (q_sa * valid).sum(1) / count, act, mask)
+            self._step(loss, (q_sa * valid).sum(1) / count, act)
             out.append(diff.abs().cpu().numpy() if weights is not None else None)
         return out
 

@@ -248,7 +248,6 @@ class FrameStorage(RowRing):
     def _frames_at(self, serials: np.ndarray) -> torch.Tensor:
         """Frames (..., *frame) for serials (...): index_select, which on the CPU is ~15x faster than
         advanced indexing for rows this large."""
-        self.flush()
         slots = torch.from_numpy((serials % self._slots).ravel()).to(self.device)
         return self.frames.index_select(0, slots).view(*serials.shape, *self._frame)
 
@@ -256,8 +255,7 @@ class FrameStorage(RowRing):
     def state_dict(self) -> dict:
         """The rows, the filled part of the frame ring and the envs' current observations. On the CPU the
         frames are returned without a copy (a copy of a 7 GB ring would double peak memory just to be saved):
-        save the dict before the next add. Everything else is copied."""
-        self.flush()
+        save the dict before the next add. Everything else is copied (``frames`` writes the waiting frames first)."""
         state = super().state_dict()
         n, m = self.size, min(self._head, self._slots)
         # from_numpy of the filled slice shares memory but has storage of its own size, so torch.save writes
