@@ -40,6 +40,8 @@ def epsilon_greedy(obs: np.ndarray, greedy: Greedy, epsilon: float, rng: np.rand
     n = len(obs)
     u = rng.random(2 * n)
     actions = (u[n:] * n_actions).astype(np.int64) if mask is None else legal_random(u[n:], mask)
+    if epsilon >= 1.0:  # every draw in [0, 1) explores (acting before learning starts): nothing to compare
+        return actions
     explore = u[:n] < epsilon
     # np.count_nonzero: ~0.4 us against ~1.5 us for ndarray.all()/.any() on a tiny array
     if np.count_nonzero(explore) < n:

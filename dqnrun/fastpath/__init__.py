@@ -10,8 +10,8 @@ Each is tested against its autograd / torch counterpart (`tests/unit/test_fastpa
 """
 
 from dqnrun.fastpath.actor import NumpyGreedyActor
-from dqnrun.fastpath.mlp import ManualMLPGradient, clip_grad_norm, mlp_forward, supports
+from dqnrun.fastpath.mlp import ManualMLPGradient, MLPPlan, clip_grad_norm, mlp_forward, supports
 from dqnrun.fastpath.optim import FusedAdamStep, LeanStep
 
-__all__ = ["FusedAdamStep", "LeanStep", "ManualMLPGradient", "NumpyGreedyActor", "clip_grad_norm", "mlp_forward",
-           "supports"]
+__all__ = ["FusedAdamStep", "LeanStep", "MLPPlan", "ManualMLPGradient", "NumpyGreedyActor", "clip_grad_norm",
+           "mlp_forward", "supports"]

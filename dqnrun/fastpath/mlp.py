@@ -120,13 +120,16 @@ def gather_patches_numpy(obs: np.ndarray, index: np.ndarray, fan_in: int, scale:
 
 
 def mlp_forward(net: QNetwork, obs: torch.Tensor, acts: list[torch.Tensor] | None = None,
-                conv_acts: list[torch.Tensor] | None = None) -> torch.Tensor:
+                conv_acts: list[torch.Tensor] | None = None, plan: MLPPlan | None = None) -> torch.Tensor:
     """Q-values (B, A) without building an autograd graph (same arithmetic as ``net(obs)``).
 
     If ``acts`` is given, each layer's input (the features, then every hidden activation) is appended to it,
-    which is what the backward pass needs; ``conv_acts`` gets the conv torso's patches and output.
+    which is what the backward pass needs; ``conv_acts`` gets the conv torso's patches and output. ``plan``:
+    the network's `MLPPlan`, read once by a caller that runs this every update (else read here).
     """
-    conv = single_conv(net) if net.torso is not None else None
+    if plan is None:
+        plan = MLPPlan(net)
+    conv = plan.conv
     if conv is None:
         h = net.features(obs)
     else:
@@ -137,8 +140,7 @@ def mlp_forward(net: QNetwork, obs: torch.Tensor, acts: list[torch.Tensor] | Non
         h = hc.view(b, -1, conv.out_channels).transpose(1, 2).reshape(b, -1)
         if conv_acts is not None:
             conv_acts += [patches, hc]
-    layers = net.linears
-    relu = activation_of(net) == "relu"
+    layers, relu = plan.linears, plan.relu
     for layer in layers[:-1]:
         if acts is not None:
             acts.append(h)
@@ -148,6 +150,20 @@ def mlp_forward(net: QNetwork, obs: torch.Tensor, acts: list[torch.Tensor] | Non
         acts.append(h)
     last = layers[-1]
     return torch.addmm(last.bias, h, last.weight.t())
+
+
+class MLPPlan:
+    """What `mlp_forward` reads off a network's structure: its Linear layers, whether its activation is ReLU (else
+    tanh) and its one convolution (None without a torso). Read once by the callers that run every update or act:
+    walking the modules costs a few microseconds a call. Parameters are updated in place, never replaced, so a plan
+    stays valid for its network's life (a load_state_dict copies into the same tensors)."""
+
+    __slots__ = ("linears", "relu", "conv")
+
+    def __init__(self, net: QNetwork) -> None:
+        self.linears: list[nn.Linear] = net.linears
+        self.relu = activation_of(net) == "relu"
+        self.conv = single_conv(net) if net.torso is not None else None
 
 
 class ManualMLPGradient:
@@ -160,7 +176,8 @@ class ManualMLPGradient:
         self.net = online
         self.loss = loss
         self.derivative = _DERIVATIVES[activation_of(online)]
-        self.conv = single_conv(online) if online.torso is not None else None
+        self.plan = MLPPlan(online)
+        self.conv = self.plan.conv
         self.params = [p for layer in online.linears for p in (layer.weight, layer.bias)]
         if self.conv is not None:
             self.params += [self.conv.weight, self.conv.bias]
@@ -182,10 +199,10 @@ class ManualMLPGradient:
 
         ``weights`` (B,): per-sample importance weights (prioritized replay) multiplying each sample's loss.
         """
-        layers = self.net.linears
+        layers = self.plan.linears
         acts: list[torch.Tensor] = []
         conv_acts: list[torch.Tensor] = []
-        q = mlp_forward(self.net, obs, acts, conv_acts)
+        q = mlp_forward(self.net, obs, acts, conv_acts, self.plan)
         b = q.shape[0]
         q_sa = q.gather(1, action.unsqueeze(1)).squeeze(1)
         diff = q_sa - y

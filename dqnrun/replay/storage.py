@@ -49,6 +49,7 @@ class RowRing:
         self.size = 0
         self.last = (0, 0)  # (start, count) of the rows written by the last add
         self._host_obs = host_obs
+        self._cross = rows_at != self.device  # the columns live on the host, batches on the device
         # On the CPU, numpy views of the same memory take a vector step's rows ~5x cheaper than torch indexing.
         self._views: list[np.ndarray] | None = [] if rows_at.type == "cpu" else None
         self._bind(obs_columns)
@@ -104,9 +105,12 @@ class RowRing:
     def _scalars(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """action, reward, terminated and (n-step only) discount of rows ``idx`` (any shape, where the columns
         are), on the device."""
-        cols = (self.action, self.reward, self.terminated) + ((self.discount,) if self.with_discount else ())
-        out = [c[idx].to(self.device) for c in cols]
-        return out[0], out[1], out[2], out[3] if self.with_discount else None
+        a, r, t = self.action[idx], self.reward[idx], self.terminated[idx]
+        d = self.discount[idx] if self.with_discount else None
+        if self._cross:  # host columns, device batches: one copy each
+            dev = self.device
+            a, r, t, d = a.to(dev), r.to(dev), t.to(dev), None if d is None else d.to(dev)
+        return a, r, t, d
 
     def valid(self, rows: np.ndarray) -> np.ndarray:
         """Whether each of ``rows`` (any shape) can be sampled; same shape, bool. Every row can, here."""

@@ -110,7 +110,7 @@ class EnvCursor:
         return cls(obs, np.zeros(n, bool), np.zeros(n, np.float64), np.zeros(n, np.int64), mask)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built every env step: slots, not frozen (a frozen dataclass's __init__ costs 4x)
 class Transition:
     """One vector step, (E,) leading dims: what an algorithm stores or learns from. ``before`` is the env step
     count before it; ``valid`` is False for autoreset steps, which are not transitions."""
@@ -212,6 +212,7 @@ class Session:
         self._seg_start = time.perf_counter()
         hook = os.environ.get("DQNRUN_TEST_SIGNAL_AT_STEP")  # test hook: a real signal at a chosen env step
         self._signal_at = int(hook) if hook else None
+        self._quiet_until = self._next_due(state.step)
 
     @property
     def step(self) -> int:
@@ -231,7 +232,10 @@ class Session:
 
     def env_step(self, actions: np.ndarray) -> Transition:
         """Step the vector env with ``actions`` (E,), keep the episode statistics, count the steps."""
-        self.env_send(actions)
+        if self._two_halves:
+            self.env_send(actions)
+        else:
+            self._sent = actions  # env_recv steps the env (one call less on the path every step takes)
         return self.env_recv()
 
     def env_send(self, actions: np.ndarray) -> None:
@@ -252,14 +256,15 @@ class Session:
         c, state, actions = self.cursor, self.state, self._sent
         obs = c.obs
         try:
-            if isinstance(stepped, Exception):  # its envs, stepped with others', raised
+            if stepped is None:
+                if self._two_halves:
+                    next_obs, reward, terminated, truncated, info = self.envs.recv()  # type: ignore[attr-defined]
+                else:
+                    next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+            elif isinstance(stepped, Exception):  # its envs, stepped with others', raised
                 raise stepped
-            if stepped is not None:
-                next_obs, reward, terminated, truncated, info = stepped
-            elif self._two_halves:
-                next_obs, reward, terminated, truncated, info = self.envs.recv()  # type: ignore[attr-defined]
             else:
-                next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+                next_obs, reward, terminated, truncated, info = stepped
         except Exception as exc:  # the env's own bug: named by the lifecycle (`dqnrun.envs.diagnose`)
             raise EnvError(f"step() raised {type(exc).__name__}: {exc}", "step", exc) from exc
         valid = ~c.autoreset
@@ -290,6 +295,9 @@ class Session:
         """Log, evaluate and checkpoint where the step from ``before`` crossed their cadences. Returns True when
         the run must stop now (``stop_when_solved`` and the evaluation reached the solved score)."""
         s, state = self.cadence, self.state
+        if state.step < self._quiet_until:  # no cadence crossed since the last check (most steps)
+            return False
+        self._quiet_until = self._next_due(state.step)
         if crossings(before, state.step, s.log_every) or state.step >= s.total_steps:
             self._log(before)
         do_eval = self.eval_due(before)
@@ -305,6 +313,14 @@ class Session:
             self.checkpoint("periodic")
         self._seg_start = time.perf_counter()
         return False
+
+    def _next_due(self, step: int) -> int:
+        """The first env step after ``step`` at which a step may cross a cadence (log, eval, checkpoint, the end):
+        until the count reaches it, `after_step` has nothing to do. Steps only grow and each `after_step` gets the
+        count before its step (at least the count of the previous call), so no crossing is skipped."""
+        s = self.cadence
+        return min([s.total_steps] + [(step // e + 1) * e for e in (s.log_every, s.eval_every, s.checkpoint_every)
+                                      if e > 0])
 
     def eval_due(self, before: int) -> bool:
         """Whether `after_step` evaluates after the step from ``before`` (an eval interval crossed, or the end)."""

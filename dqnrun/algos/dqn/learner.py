@@ -14,7 +14,15 @@ from torch import nn
 from dqnrun.algos.dqn.quantile import quantile_huber_loss, quantile_target
 from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, dead_end, legal, munchausen_target, td_target
 from dqnrun.errors import UsageError
-from dqnrun.fastpath import LeanStep, ManualMLPGradient, NumpyGreedyActor, clip_grad_norm, mlp_forward, supports
+from dqnrun.fastpath import (
+    LeanStep,
+    ManualMLPGradient,
+    MLPPlan,
+    NumpyGreedyActor,
+    clip_grad_norm,
+    mlp_forward,
+    supports,
+)
 from dqnrun.networks import fixed_taus
 from dqnrun.replay import Batch
 
@@ -93,6 +101,8 @@ class Learner:
         manual_ok = (fast_mlp and not self.compiled and self.head == "q" and supports(online)
                      and loss in ("huber", "mse"))
         self.manual = ManualMLPGradient(online, loss) if manual_ok else None
+        # each network's structure for the lean forward, read once (the modules live as long as the learner)
+        self._plans = {id(online): self.manual.plan, id(self.target): MLPPlan(self.target)} if manual_ok else {}
         # optimizer.step() without its per-call bookkeeping (fused Adam, RAdam, RMSprop; any other falls back to
         # step()), bit-identical to it, on the hand-written path and autograd's alike
         self.step_optimizer = LeanStep(optimizer)
@@ -117,7 +127,9 @@ class Learner:
 
     def _q(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """No-grad Q-values (B, A), through the lean MLP forward where it applies."""
-        return mlp_forward(net, obs) if self.manual is not None else net(obs)  # type: ignore[arg-type]
+        if self.manual is None:
+            return net(obs)
+        return mlp_forward(net, obs, plan=self._plans.get(id(net)))  # type: ignore[arg-type]
 
     @torch.no_grad()
     def targets(self, batch: Batch) -> torch.Tensor | None:
