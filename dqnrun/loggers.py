@@ -15,12 +15,17 @@ rewrites history (``purge_step``).
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import math
 import os
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+import google_crc32c
 
 from dqnrun import metrics as M
 
@@ -39,27 +44,23 @@ class TensorBoardLogger:
     """TensorBoard event files under ``run_dir/tb/<label>``: the label names the TensorBoard run (env, name,
     seed and a sweep job's overrides) instead of only a date.
 
-    Written with tensorboard's own ``EventFileWriter``, the writer behind ``torch.utils.tensorboard``'s
-    SummaryWriter, whose package also imports torch's ONNX exporter. Events are the same protos, so TensorBoard
-    (and its EventAccumulator) reads both the same.
+    Written by `EventFile` (the same records as tensorboard's ``EventFileWriter``, the writer behind
+    ``torch.utils.tensorboard``'s SummaryWriter, without its writer thread), so TensorBoard and its
+    EventAccumulator read them as they read SummaryWriter's.
 
     ``purge_step`` (on resume) drops any events at or after that step left by the interrupted run, as
     SummaryWriter(purge_step=...) does, so a resumed curve has neither duplicated nor missing points.
 
     Each ``log`` call writes one event holding all its scalars, which is what ``add_scalar`` writes one by
-    one. The queue is long enough that the loop's burst of episode records at each log point never waits for
-    the writer thread: with SummaryWriter's default of 10, that handoff cost ~60 µs per record
-    (docs/benchmarks.md, section 5).
+    one.
     """
 
     def __init__(self, run_dir: str | Path, label: str = "run", purge_step: int | None = None,
                  run_config: dict[str, Any] | None = None) -> None:
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.log_dir = Path(run_dir) / "tb" / label
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._events = EventFileWriter(str(self.log_dir), max_queue_size=4096, flush_secs=30)
+        self._events = EventFile(self.log_dir)
         if purge_step is not None:  # TensorBoard drops earlier-written events at steps >= purge_step
             self._events.add_event(Event(step=purge_step, file_version="brain.Event:2"))
             self._events.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
@@ -84,6 +85,64 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self._events.close()
+
+
+class EventFile:
+    """A TensorBoard event file written in the caller's thread: ``add_event(event)`` frames the serialized
+    ``Event`` as a TFRecord (length, masked CRC-32C of the length, data, masked CRC-32C of the data) into a buffered
+    file, which reaches the disk at the first record ``flush_s`` seconds or more after the oldest one waiting, and at
+    ``flush``/``close`` (the thread it replaces flushed every 30 s). The file name and the first
+    record (``file_version``) are tensorboard's ``EventFileWriter``'s.
+
+    Why not ``EventFileWriter``: it hands every record to a writer thread that computes both CRCs in pure Python
+    (tensorboard's stub of TensorFlow's ``masked_crc32c``), holding the GIL for tens of microseconds per record. A
+    run logs a record per finished episode (thousands in a CartPole run), so that thread kept taking the GIL
+    whenever the training loop released it (every torch op, every numpy random draw): a 30k-step CartPole run
+    spent a third of its time waiting for it (docs/benchmarks.md, section 14). Here the CRCs come from
+    ``google_crc32c`` (C; well under a microsecond a record) and a record costs the loop a few microseconds.
+    """
+
+    _uid = itertools.count()  # distinct names for several files opened in one process within the same second
+
+    def __init__(self, log_dir: str | Path, flush_s: float = 5.0) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event, SourceMetadata
+
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.log_dir / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                                    f"{os.getpid()}.{next(EventFile._uid)}")
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self.flush_s = float(flush_s)
+        self._flush_at: float | None = None  # when buffered records must reach the file, None if none wait
+        self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2",
+                             source_metadata=SourceMetadata(writer="dqnrun.loggers.EventFile")))
+        self.flush()
+
+    def add_event(self, event: Any) -> None:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._file.write(b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
+                                   struct.pack("<I", masked_crc32c(data)))))
+        now = time.monotonic()
+        if self._flush_at is None:  # the oldest record waiting in the buffer
+            self._flush_at = now + self.flush_s
+        if now >= self._flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        self._flush_at = None
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's checksum: CRC-32C rotated right by 15 bits plus a constant (TensorFlow's ``crc32c::Mask``)."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def hparams_summaries(hparams: dict[str, Any], metric_tags: list[str]) -> list[Any]:
