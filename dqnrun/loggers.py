@@ -5,6 +5,8 @@ The loop and the run lifecycle write through the small interface every logger he
     log(scalars: {name: value}, step)      step = env steps summed over the vector envs
     log_hparams(hparams, metrics, step)     once, when a run finishes (TensorBoard's HParams tab)
     close()
+    flush()                                 optional: what was logged reaches the disk (at every log point and
+                                            before every checkpoint, so a killed run's files hold all it saved)
 
 Scalar names are the constants in ``dqnrun.metrics`` for every backend. A logger is chosen by the config
 group ``logger`` (``logger=csv``, ``logger=[tensorboard,csv]``); each option is one ``_target_`` here, built
@@ -83,6 +85,9 @@ class TensorBoardLogger:
             self._add(record, 0)
         self.log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
 
+    def flush(self) -> None:
+        self._events.flush()
+
     def close(self) -> None:
         self._events.close()
 
@@ -90,9 +95,9 @@ class TensorBoardLogger:
 class EventFile:
     """A TensorBoard event file written in the caller's thread: ``add_event(event)`` frames the serialized
     ``Event`` as a TFRecord (length, masked CRC-32C of the length, data, masked CRC-32C of the data) into a buffered
-    file, which reaches the disk at the first record ``flush_s`` seconds or more after the oldest one waiting, and at
-    ``flush``/``close`` (the thread it replaces flushed every 30 s). The file name and the first
-    record (``file_version``) are tensorboard's ``EventFileWriter``'s.
+    file, which reaches the disk at ``flush``/``close`` (the session flushes at every log point and before every
+    checkpoint) and at the first record ``flush_s`` seconds or more after the oldest one waiting. The file name and
+    the first record (``file_version``) are tensorboard's ``EventFileWriter``'s.
 
     Why not ``EventFileWriter``: it hands every record to a writer thread that computes both CRCs in pure Python
     (tensorboard's stub of TensorFlow's ``masked_crc32c``), holding the GIL for tens of microseconds per record. A
@@ -137,6 +142,13 @@ class EventFile:
         if not self._file.closed:
             self.flush()
             self._file.close()
+
+
+def flush_logger(logger: Any) -> None:
+    """``logger.flush()`` where the logger has one (a user's own logger need not: W&B's buffers itself)."""
+    flush = getattr(logger, "flush", None)
+    if flush is not None:
+        flush()
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -204,6 +216,9 @@ class CSVLogger:
     def log(self, scalars: dict[str, float], step: int) -> None:
         self._writer.writerow({"step": step, **{k: repr(float(v)) for k, v in scalars.items()}})
 
+    def flush(self) -> None:
+        self._file.flush()
+
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
         self.log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
 
@@ -268,6 +283,10 @@ class MultiLogger:
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
         for logger in self.loggers:
             logger.log_hparams(hparams, metrics, step)
+
+    def flush(self) -> None:
+        for logger in self.loggers:
+            flush_logger(logger)
 
     def close(self) -> None:
         errors = []

@@ -59,6 +59,10 @@ class AggregateBoard:
             scalars[MEMBERS] = float(members)
         self._writer(setting).log(scalars, step)
 
+    def flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()

@@ -66,6 +66,7 @@ class Watch:
             if evaluated:
                 for setting, values in evals.items():
                     self.aggregate.log(setting, EVAL, values, step)
+            self.aggregate.flush()
         if logged:
             self._show(members, alive, step, returns, evals)
 

@@ -39,7 +39,7 @@ from dqnrun import metrics as M
 from dqnrun.envs import GAME_OVER, shares_obs_buffer, steps_in_two_halves
 from dqnrun.envs.masks import vector_mask
 from dqnrun.errors import EnvError, TrainingError
-from dqnrun.loggers import Logger
+from dqnrun.loggers import Logger, flush_logger
 
 progress_log = logging.getLogger(M.PROGRESS_LOGGER)
 
@@ -310,6 +310,7 @@ class Session:
             self.reason = "solved"
             return True
         if do_ckpt:
+            flush_logger(self.logger)  # every record up to the checkpoint's step on disk before it is written
             self.checkpoint("periodic")
         self._seg_start = time.perf_counter()
         return False
@@ -339,6 +340,7 @@ class Session:
         self._last_log_step = state.step
         self._flush_episodes()  # in step order, before the interval's scalars
         self.logger.log(scalars, state.step)
+        flush_logger(self.logger)  # what an interval logged reaches the disk now, not at the next log point
         progress_log.info("%s", self._progress_line(scalars))
         self._show()
 
@@ -373,6 +375,7 @@ class Session:
         state.last_eval_return = ret
         state.eval_history.append((state.step, ret))
         self.logger.log({M.EVAL_RETURN: ret}, state.step)
+        flush_logger(self.logger)
         solved = s.solved_score is not None and ret >= s.solved_score
         if solved and state.solved_at_step is None:
             state.solved_at_step, state.solved_at_seconds = state.step, state.train_seconds

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,12 @@ def test_masked_crc32c_is_tensorboards() -> None:
 
 
 def test_tensorboard_logger_writes_what_tensorboard_reads_without_a_thread(tmp_path: Path) -> None:
-    before = threading.active_count()
+    before = set(threading.enumerate())
     logger = TensorBoardLogger(tmp_path, label="run", purge_step=7)
     for step in range(10, 60, 10):
         logger.log({M.EPISODIC_RETURN: step * 1.5, M.EPISODIC_LENGTH: step}, step)
     logger.log({M.SPS: 123.0}, 50)
-    assert threading.active_count() == before  # nothing runs beside the loop
+    assert not set(threading.enumerate()) - before  # nothing runs beside the loop
     logger.close()
     (path,) = (tmp_path / "tb" / "run").glob("events.out.tfevents.*")
     events = [Event.FromString(r) for r in records(path)]
@@ -70,7 +71,13 @@ def test_event_file_reaches_the_disk_at_flush_and_close(tmp_path: Path) -> None:
     assert len(records(eager.path)) == 6  # flush_s=0: every record reaches the disk as it is added
     lazy.flush()
     assert len(records(lazy.path)) == 6
-    for f in (lazy, eager):
+    late = EventFile(tmp_path / "late", flush_s=0.05)
+    late.add_event(Event(step=1, wall_time=1.0))
+    assert len(records(late.path)) == 1
+    time.sleep(0.1)
+    late.add_event(Event(step=2, wall_time=1.0))  # the first waited longer than flush_s: both reach the disk
+    assert len(records(late.path)) == 3
+    for f in (lazy, eager, late):
         f.close()
         f.close()  # closing twice is harmless
     assert [Event.FromString(r).step for r in records(eager.path)[1:]] == list(range(5))
@@ -91,6 +98,34 @@ class _Logger:
     def log(self, scalars: dict[str, float], step: int) -> None:
         if M.SPS in scalars:
             self.logged.append(step)
+
+
+def test_session_flushes_its_logs_at_log_points_and_before_checkpoints(tmp_path: Path) -> None:
+    """A run killed after a checkpoint keeps, on disk, every record up to that checkpoint's step: the session
+    flushes the logger at each log point, after each evaluation and before each periodic checkpoint."""
+    envs = make_vector_env("CartPole-v1", 2)
+    logger = TensorBoardLogger(tmp_path, label="run")
+    logger._events.flush_s = 3600.0  # nothing reaches the disk by age: only the session's flushes
+    on_disk: list[tuple[str, int, int]] = []
+
+    def checkpoint(kind: str) -> None:
+        steps = [Event.FromString(r).step for r in records(logger._events.path)[1:]]
+        on_disk.append((kind, state.step, max(steps, default=-1)))
+
+    state = LoopState()
+    cadence = Cadence(total_steps=120, eval_every=50, log_every=20, checkpoint_every=30, progress=False)
+    session = Session(envs, EnvCursor.start(envs.reset(seed=0)[0]), state, cadence, np.random.default_rng(0),
+                      _Algo(), logger, lambda: 1.0, checkpoint)
+    while session.running():
+        t = session.env_step(np.zeros(2, dtype=np.int64))
+        session.after_step(t.before)
+    periodic = [(step, last) for kind, step, last in on_disk if kind == "periodic"]
+    assert [s for s, _ in periodic] == [30, 60, 90, 120]
+    assert all(last >= step - 10 for step, last in periodic)  # the last log point (every 20) is on disk
+    best = [(step, last) for kind, step, last in on_disk if kind == "best"]
+    assert best and all(last == step for step, last in best)  # the evaluation's own record, at its step
+    logger.close()
+    envs.close()
 
 
 @pytest.mark.parametrize("n_envs, start", [(3, 0), (4, 0), (3, 57), (7, 1)])
