@@ -31,21 +31,30 @@ def epsilon_greedy(obs: np.ndarray, greedy: Greedy, epsilon: float, rng: np.rand
     ``greedy(obs)``. With ``mask`` (E, A) bool (the legal actions of each observation), the random action is
     uniform over the legal ones and the greedy one is ``greedy(obs, mask)``.
 
-    One uniform draw per env and purpose, ``u = rng.random(2E)``: ``u[:E] < epsilon`` decides who explores and
-    ``u[E:] * n_actions`` picks the random action (one array call: ``Generator.integers`` costs ~4x more per call
-    on tiny arrays). ``greedy`` (a Q forward) runs only if some env acts greedily, so ``epsilon=1`` (uniform
-    random acting before learning starts) costs no forward. The draws do not depend on ``epsilon`` or the
-    mask, so the stream of a run is the same whatever its schedule.
+    One uniform draw per env and purpose, ``u = rng.random(2E)`` (`actions_from_draws` says what each decides;
+    one array call: ``Generator.integers`` costs ~4x more per call on tiny arrays). The draws do not depend on
+    ``epsilon`` or the mask, so the stream of a run is the same whatever its schedule.
     """
-    n = len(obs)
-    u = rng.random(2 * n)
-    actions = (u[n:] * n_actions).astype(np.int64) if mask is None else legal_random(u[n:], mask)
-    if epsilon >= 1.0:  # every draw in [0, 1) explores (acting before learning starts): nothing to compare
+    u = rng.random(2 * len(obs))
+    return actions_from_draws(u, epsilon, n_actions, (lambda: greedy(obs)) if mask is None else (
+        lambda: greedy(obs, mask)), mask)
+
+
+def actions_from_draws(u: np.ndarray, epsilon: float | np.ndarray, n_actions: int, greedy: Callable[[], np.ndarray],
+                       mask: np.ndarray | None = None) -> np.ndarray:
+    """Uniform draws ``u`` (..., 2E) in [0, 1) -> actions (..., E) int64: ``u[..., :E] < epsilon`` decides which
+    envs explore, ``u[..., E:] * n_actions`` picks their random action (among the legal ones of ``mask`` (E, A)),
+    and ``greedy()`` (..., E) gives the others'. ``epsilon`` is a float, or an array broadcasting against (..., E)
+    (a population's members, each with its own). ``greedy`` (a Q forward) runs only if some env acts greedily, so
+    ``epsilon=1`` (uniform random acting before learning starts) costs no forward."""
+    n = u.shape[-1] // 2
+    actions = (u[..., n:] * n_actions).astype(np.int64) if mask is None else legal_random(u[n:], mask)
+    if not isinstance(epsilon, np.ndarray) and epsilon >= 1.0:  # every draw in [0, 1) explores: nothing to compare
         return actions
-    explore = u[:n] < epsilon
+    explore = u[..., :n] < epsilon
     # np.count_nonzero: ~0.4 us against ~1.5 us for ndarray.all()/.any() on a tiny array
-    if np.count_nonzero(explore) < n:
-        actions = np.where(explore, actions, greedy(obs) if mask is None else greedy(obs, mask))
+    if np.count_nonzero(explore) < explore.size:
+        actions = np.where(explore, actions, greedy())
     return actions
 
 

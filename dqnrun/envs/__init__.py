@@ -185,7 +185,7 @@ class SingleVectorEnv(gym.vector.VectorEnv):
         self._obs[0], reward, terminated, truncated, info = self.env.step(actions[0])
         self._autoreset = terminated or truncated
         return (self._obs, np.array([reward], np.float64), np.array([terminated], bool), np.array([truncated], bool),
-                _batched_mask(info) if info else {})
+                _batched_mask(info))
 
     def render(self) -> Any:
         return (self.env.render(),)

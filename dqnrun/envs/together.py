@@ -39,6 +39,11 @@ def _cartpole_constants(env: Any) -> bool:
     return all(getattr(env, k, object()) == v for k, v in _CONSTANTS.items())
 
 
+def _invalid(actions: np.ndarray) -> bool:
+    """Whether any action is not CartPole's 0 or 1 (what its envs' own step refuses)."""
+    return bool(np.count_nonzero((actions != 0) & (actions != 1)))
+
+
 class CartPoleTogether:
     """The members' ``SyncVectorEnv``s of ``CartPoleEnv`` (``fits``), stepped together by `step`."""
 
@@ -72,7 +77,7 @@ class CartPoleTogether:
             mine: list[tuple[Any, ...]] = []
             mine_actions: list[int] = []
             try:
-                if np.count_nonzero((act != 0) & (act != 1)):  # what CartPoleEnv's own assert refuses
+                if _invalid(act):  # what CartPoleEnv's own assert refuses
                     raise AssertionError(f"{act!r} holds an invalid action: CartPole's are 0 and 1")
                 auto = vec._autoreset_envs.tolist()
                 for i, (env, chain) in enumerate(zip(vec.envs, chains, strict=True)):
@@ -204,8 +209,8 @@ class CartPoleVectorTogether:
         live = [(v, np.asarray(a)) for v, a in zip(self.vecs, actions, strict=True) if a is not None]
         if not live:
             return [None] * len(self.vecs)
-        if any(np.count_nonzero((a != 0) & (a != 1)) for _, a in live):  # nothing stepped: each env's own step,
-            raise ValueError("an action outside CartPole's 0 and 1")    # its own assert, says whose it was
+        if any(_invalid(a) for _, a in live):  # nothing stepped: each env's own step,
+            raise ValueError("an action outside CartPole's 0 and 1")  # its own assert, says whose it was
         c = self.c
         state = np.concatenate([v.state for v, _ in live], axis=1)  # (4, n): CartPoleVectorEnv's own layout
         action = np.concatenate([a for _, a in live])

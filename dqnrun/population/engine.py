@@ -36,6 +36,7 @@ import torch
 from omegaconf import DictConfig
 
 from dqnrun import builders
+from dqnrun.acting import actions_from_draws
 from dqnrun.envs.together import CartPoleTogether
 from dqnrun.errors import EnvError, UsageError, write_failure
 from dqnrun.population.evaluation import evaluate_together
@@ -328,16 +329,18 @@ class Population:
                 self._failed(m, exc)
         actions = choose_actions(learner, live, ready)
         sent: list[Member] = []
+        sent_actions: list[np.ndarray] = []
         for (_, m, _, _), a in zip(ready, actions, strict=True):  # every member's actions go out before any
             router.current = m.key                                   # member's step comes back: envs that step in
             try:                                                     # their own threads (Atari's) play side by side
                 m.session.env_send(a)  # type: ignore[union-attr]
                 sent.append(m)
+                sent_actions.append(a)
             except Exception as exc:
                 self._failed(m, exc)
         results: list[Any] = [None] * len(sent)
         if self.together is not None and sent:
-            results = self.together.step(sent)
+            results = self.together.step(sent, sent_actions)
         stepped: list[tuple[Member, Any]] = []
         for m, result in zip(sent, results, strict=True):
             router.current = m.key
@@ -452,13 +455,13 @@ class TogetherEnvs:
         envs = [m.run.envs for m in members]  # type: ignore[union-attr]
         return cls(CartPoleTogether(envs), members) if len(envs) > 1 and CartPoleTogether.fits(envs) else None
 
-    def step(self, sent: Sequence[Member]) -> list[Any]:
-        """The sent members' env steps, taken together: what each one's ``envs.step`` returns, or the exception its
-        own envs raised (its member alone fails: `Session.env_recv` raises it)."""
-        actions: list[Any] = [None] * len(self.stepper.vecs)
-        for m in sent:
-            actions[self.slot[id(m)]] = m.session._sent  # type: ignore[union-attr]
-        out = self.stepper.step(actions)
+    def step(self, sent: Sequence[Member], actions: Sequence[np.ndarray]) -> list[Any]:
+        """The sent members' env steps on their ``actions``, taken together: what each one's ``envs.step`` returns,
+        or the exception its own envs raised (its member alone fails: `Session.env_recv` raises it)."""
+        by_slot: list[Any] = [None] * len(self.stepper.vecs)
+        for m, a in zip(sent, actions, strict=True):
+            by_slot[self.slot[id(m)]] = a
+        out = self.stepper.step(by_slot)
         return [out[self.slot[id(m)]] for m in sent]
 
 
@@ -476,20 +479,18 @@ def explore_draws(m: Member) -> tuple[float, np.ndarray]:
 def choose_actions(learner: PopulationLearner, live: Sequence[Member],
                    ready: Sequence[tuple[int, Member, float, np.ndarray]]) -> list[np.ndarray]:
     """Each ready member's actions ``(E,)`` from its draws (`explore_draws`), as `epsilon_greedy` chooses them for
-    its solo run: a random action where its draw says explore, else its greedy one. One greedy forward serves
+    its solo run (`dqnrun.acting.actions_from_draws`, each member with its own epsilon). One greedy forward serves
     every member (``live``: the members in slot order, ``i`` of ``ready`` their slot), and only where one of them
     acts greedily."""
     if not ready:
         return []
     n_actions = ready[0][1].dqn.n_actions  # members share their env (grouping): one action space, one env count
     u = np.stack([u for _, _, _, u in ready])  # (R, 2E)
-    n = u.shape[1] // 2
-    actions = (u[:, n:] * n_actions).astype(np.int64)
-    explore = u[:, :n] < np.asarray([eps for _, _, eps, _ in ready])[:, None]
-    if np.count_nonzero(explore) < explore.size:
-        greedy = learner.greedy(np.stack([m.session.cursor.obs for m in live]))  # type: ignore[union-attr]
-        actions = np.where(explore, actions, greedy[[i for i, _, _, _ in ready]])
-    return list(actions)
+    epsilon = np.asarray([eps for _, _, eps, _ in ready])[:, None]
+    slots = [i for i, _, _, _ in ready]
+    return list(actions_from_draws(
+        u, epsilon, n_actions,
+        lambda: learner.greedy(np.stack([m.session.cursor.obs for m in live]))[slots]))  # type: ignore[union-attr]
 
 
 def receive_and_store(m: Member, stepped: Any = None) -> Any:

@@ -232,10 +232,7 @@ class Session:
 
     def env_step(self, actions: np.ndarray) -> Transition:
         """Step the vector env with ``actions`` (E,), keep the episode statistics, count the steps."""
-        if self._two_halves:
-            self.env_send(actions)
-        else:
-            self._sent = actions  # env_recv steps the env (one call less on the path every step takes)
+        self.env_send(actions)
         return self.env_recv()
 
     def env_send(self, actions: np.ndarray) -> None:

@@ -102,7 +102,7 @@ class Learner:
                      and loss in ("huber", "mse"))
         self.manual = ManualMLPGradient(online, loss) if manual_ok else None
         # each network's structure for the lean forward, read once (the modules live as long as the learner)
-        self._plans = {id(online): self.manual.plan, id(self.target): MLPPlan(self.target)} if manual_ok else {}
+        self._plans = {online: self.manual.plan, self.target: MLPPlan(self.target)} if self.manual is not None else {}
         # optimizer.step() without its per-call bookkeeping (fused Adam, RAdam, RMSprop; any other falls back to
         # step()), bit-identical to it, on the hand-written path and autograd's alike
         self.step_optimizer = LeanStep(optimizer)
@@ -129,7 +129,7 @@ class Learner:
         """No-grad Q-values (B, A), through the lean MLP forward where it applies."""
         if self.manual is None:
             return net(obs)
-        return mlp_forward(net, obs, plan=self._plans.get(id(net)))  # type: ignore[arg-type]
+        return mlp_forward(net, obs, plan=self._plans.get(net))  # type: ignore[arg-type]
 
     @torch.no_grad()
     def targets(self, batch: Batch) -> torch.Tensor | None:
