@@ -175,8 +175,13 @@ class Composer:
 
         ensure_plugins()  # hydra/sweeper=dqnrun_optuna must be known before anything composes
 
+        from hydra.core.global_hydra import GlobalHydra
+
+        from dqnrun.config.derive import deriving
+
         self._init = initialize_config_module(config_module=CONFIG_MODULE, version_base=None)
         self._init.__enter__()
+        deriving(GlobalHydra.instance().hydra.config_loader)  # a sweep's jobs: each shape composed once
         return self
 
     def __exit__(self, *exc: Any) -> None:

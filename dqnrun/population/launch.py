@@ -25,6 +25,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from dqnrun.population import grouping
 from dqnrun.population.engine import MemberSpec, Population
 from dqnrun.population.logs import FORMAT, MemberLogs, routed
 from dqnrun.population.stats import iqm
+from dqnrun.population.workers import Workers
 from dqnrun.sweep import SWEEP_ID_ENV, available_cores, limit_threads
 
 log = logging.getLogger("dqnrun.population")
@@ -95,11 +97,22 @@ class MemberRecord:
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     setup_globals()
-    config, ctx = launcher.config, launcher.hydra_context
-    opts = launcher.options
+    config, opts = launcher.config, launcher.options
     console()
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    n_workers = min(opts.n_jobs, len(job_overrides) * opts.seeds_per_job)
+    workers = Workers(n_workers, available_cores()) if n_workers > 1 and not opts.submitit else None
+    try:  # the workers import while the jobs compose
+        return _launch(launcher, job_overrides, initial_job_idx, sweep_dir, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, sweep_dir: Path,
+            workers: Workers | None) -> list[JobReturn]:
+    config, ctx, opts = launcher.config, launcher.hydra_context, launcher.options
     jobs, members = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, 1)
     alone_jobs = {j.num: grouping.eligibility(members[j.members[0]].spec.cfg, opts.autograd) for j in jobs}
     eligible = [i for i, r in enumerate(members) if alone_jobs[jobs[r.job].num] is None]
@@ -116,7 +129,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     share = max(1, available_cores() // max(1, min(opts.n_jobs, len(units))))  # each unit's cores
     for r in members:
         r.spec.job = replace(r.spec.job, cpu_share=share)
-    outcomes = run_units(launcher, units, opts, share, sweep_dir)
+    outcomes = run_units(launcher, units, opts, share, sweep_dir, workers)
     results: dict[int, dict[str, Any]] = {}
     alone_returns: dict[int, JobReturn] = {}
     for (kind, _payload), outcome, members_of in zip(units, outcomes, _member_indices(units, populations, jobs,
@@ -267,8 +280,10 @@ def say_plan(jobs: list[JobSlot], members: list[MemberRecord], populations: list
 
 
 # --- running ----------------------------------------------------------------------------------------------
-def run_units(launcher: Any, units: list[tuple[str, Any]], opts: Options, share: int, sweep_dir: Path) -> list[Any]:
-    """Each unit's outcome: a population's member results, or an ordinary job's JobReturn."""
+def run_units(launcher: Any, units: list[tuple[str, Any]], opts: Options, share: int, sweep_dir: Path,
+              workers: Workers | None = None) -> list[Any]:
+    """Each unit's outcome: a population's member results, or an ordinary job's JobReturn; side by side in
+    ``workers`` where there are more units than one."""
     sweep_id = os.environ.get(SWEEP_ID_ENV)
     threads = opts.torch_threads  # None: each population takes its members' torch_threads, capped to its share
     calls = [Unit(kind, payload, launcher.hydra_context, launcher.config, launcher.task_function, threads, share,
@@ -276,12 +291,10 @@ def run_units(launcher: Any, units: list[tuple[str, Any]], opts: Options, share:
              for i, (kind, payload) in enumerate(units)]
     if opts.submitit:
         return _via_submitit(calls, opts.submitit, sweep_dir)
-    if opts.n_jobs > 1 and len(calls) > 1:
-        from joblib import Parallel, delayed
-
+    if workers is not None and len(calls) > 1:
         state = Singleton.get_state()
         with forwarded_signals():  # the workers save their members and return, then this process leaves
-            return list(Parallel(n_jobs=opts.n_jobs, backend="loky")(delayed(c.remote)(state) for c in calls))
+            return workers.run([partial(c.remote, state) for c in calls])
     out = []
     for c in calls:
         outcome = c()

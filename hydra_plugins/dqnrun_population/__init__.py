@@ -30,9 +30,11 @@ class PopulationLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from dqnrun.config.derive import deriving
         from dqnrun.population.launch import Options
 
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+        deriving(hydra_context.config_loader)  # the sweeper checking the batch, the launcher: each shape composed once
         params = {k: (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v)
                   for k, v in self.params.items()}
         try:

@@ -36,6 +36,7 @@ def test_a_population_sweep_trains_real_runs_that_equal_their_solo_twins(tmp_pat
     assert lines[1] == "  population 1: 2 members (jobs 0, 2)"
     assert "job 1 runs on its own: optimizer RMSprop: a population steps Adam" in lines[2], lines[2]
     assert "all 4 jobs finished" in proc.stdout
+    assert "leaked" not in proc.stderr  # the workers it killed at the end held no semaphore (dqnrun.population.workers)
     for job in ("0", "1", "2", "3"):  # members and ordinary jobs alike: a solo sweep job's directory
         d = sweep / job
         for f in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt", "checkpoints/best.pt",

@@ -1,0 +1,68 @@
+"""The worker processes that train populations side by side: started while the sweep is still composing its jobs,
+killed once every population has returned.
+
+A fresh worker takes ~1.5 s on this machine to import what a population needs (torch alone is 1.1 s); joblib's
+``Parallel`` starts its workers only when the first population is handed over, after the sweep composed every job
+and wrote every member's directory, so the two waits came one after the other. Here the workers start first and
+import in an initializer, on the other core, while this process composes (`dqnrun.population.launch.launch`). And
+at the end, joblib's executor lets its idle workers exit at their own pace, which the sweep's own exit waited
+for (0.9 s measured: loky's exit handler joins them); the workers hold nothing by then (every member closed its
+files and released its lock before its population returned), so they are killed.
+
+They are loky's reusable workers, as joblib's (the ``hydra/launcher=joblib`` sweeps use the same), with joblib's
+thread caps in their environment (cores / workers for OpenMP, MKL, OpenBLAS..., where the user has not set them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# the thread-pool variables joblib's loky backend caps in its workers (joblib._parallel_backends)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def warm() -> None:
+    """In a fresh worker: import what a population imports (torch and its dynamo, the engine, the DQN family, the
+    networks). And
+    give tqdm a thread lock: its default lock holds a multiprocessing semaphore (a process's bars share it with
+    the processes it forks), which a killed worker would leave behind for the resource tracker to report."""
+    import threading
+
+    import torch._dynamo  # noqa: F401  (torch.optim's optimizers import it when the first one is made: 1 s here)
+    from tqdm import tqdm
+
+    import dqnrun.algos.dqn  # noqa: F401
+    import dqnrun.networks  # noqa: F401
+    import dqnrun.population.engine  # noqa: F401
+
+    tqdm.set_lock(threading.RLock())
+
+
+class Workers:
+    """``n`` worker processes, started now (each imports in `warm`).
+
+    Args:
+        n: how many.
+        cores: the machine's cores (each worker's thread cap is cores // n).
+    """
+
+    def __init__(self, n: int, cores: int) -> None:
+        from joblib.externals.loky import get_reusable_executor
+
+        self.n = int(n)
+        share = str(max(1, cores // self.n))
+        env = {name: os.environ.get(name, share) for name in THREAD_VARS}
+        self.executor = get_reusable_executor(max_workers=self.n, initializer=warm, env=env, reuse=False)
+        self.executor.submit(int)  # the executor starts its processes on its first task
+
+    def run(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+        """``[c() for c in calls]``, in the workers (at most ``n`` at a time, in order of submission)."""
+        futures = [self.executor.submit(c) for c in calls]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Kill the workers (whatever they hold is closed by then: see the module's docstring)."""
+        self.executor.shutdown(wait=True, kill_workers=True)
