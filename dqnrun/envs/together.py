@@ -195,11 +195,11 @@ class CartPoleVectorTogether:
         self.c = {name: getattr(self.vecs[0], name) for name in _CONSTANTS}
 
     @staticmethod
-    def fits(vector_envs: Sequence[gym.vector.VectorEnv]) -> bool:
+    def fits(vector_envs: Sequence[gym.vector.VectorEnv], reset: bool = True) -> bool:
         """Whether every one is a bare ``CartPoleVectorEnv`` with CartPole-v1's constants (and its own ``step``),
-        reset at least once."""
+        reset at least once (with ``reset``: a caller that resets them first needs no state yet)."""
         return bool(vector_envs) and all(
-            type(v) is CartPoleVectorEnv and v.state is not None and "step" not in vars(v)
+            type(v) is CartPoleVectorEnv and (v.state is not None or not reset) and "step" not in vars(v)
             and _cartpole_constants(v) for v in vector_envs)
 
     def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | None]:
@@ -209,31 +209,56 @@ class CartPoleVectorTogether:
         live = [(v, np.asarray(a)) for v, a in zip(self.vecs, actions, strict=True) if a is not None]
         if not live:
             return [None] * len(self.vecs)
-        if any(_invalid(a) for _, a in live):  # nothing stepped: each env's own step,
-            raise ValueError("an action outside CartPole's 0 and 1")  # its own assert, says whose it was
-        c = self.c
-        state = np.concatenate([v.state for v, _ in live], axis=1)  # (4, n): CartPoleVectorEnv's own layout
-        action = np.concatenate([a for _, a in live])
-        force = np.sign(action - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
-        new = np.stack(euler_step(c, *state, force))  # (4, n), as CartPoleVectorEnv keeps it
-        fell = fallen(c, new[0], new[2])
+        obs, reward, terminated, truncated = self.step_rows([v for v, _ in live], np.concatenate([a for _, a in live]))
         results: list[Step] = []
         at = 0
-        for v, a in live:
-            n = len(a)
-            v.state = new[:, at:at + n].copy()
-            terminated = fell[at:at + n].copy()
+        for v, _ in live:
+            n = v.num_envs
+            results.append((obs[at:at + n], reward[at:at + n], terminated[at:at + n], truncated[at:at + n], {}))
             at += n
-            v.steps += 1
-            truncated = v.steps >= v.max_episode_steps
-            reward = np.ones_like(terminated, dtype=np.float32)
-            done = v.prev_done  # last step's ends: this step resets them, from this env's own generator
-            v.state[:, done] = v.np_random.uniform(low=v.low, high=v.high, size=(4, done.sum()))
-            v.steps[done] = 0
+        stepped = iter(results)  # in the order of the members that stepped
+        return [None if a is None else next(stepped) for a in actions]
+
+    def step_rows(self, vecs: Sequence[CartPoleVectorEnv], action: np.ndarray,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``vecs`` (some of this stepper's envs, in any order) stepped on ``action``, their actions one after
+        another: their observations ``(n, 4)`` float32, rewards, terminations and truncations ``(n,)``, row for row
+        what each one's ``step`` returns, each env left as its ``step`` leaves it. Raises before any env moves where
+        an action is not CartPole's."""
+        if _invalid(action):  # nothing stepped: each env's own step,
+            raise ValueError("an action outside CartPole's 0 and 1")  # its own assert, says whose it was
+        c = self.c
+        state = np.concatenate([v.state for v in vecs], axis=1)  # (4, n): CartPoleVectorEnv's own layout
+        force = np.sign(action - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
+        new = np.stack(euler_step(c, *state, force))  # (4, n), as CartPoleVectorEnv keeps it
+        terminated = fallen(c, new[0], new[2])
+        steps = np.concatenate([v.steps for v in vecs])
+        steps += 1
+        limits = {v.max_episode_steps for v in vecs}
+        limit = limits.pop() if len(limits) == 1 else np.concatenate(
+            [np.full(v.num_envs, v.max_episode_steps) for v in vecs])
+        truncated = steps >= limit
+        reward = np.ones_like(terminated, dtype=np.float32)
+        done = np.concatenate([v.prev_done for v in vecs])  # last step's ends: this step resets them
+        if done.any():
+            at = 0
+            for v in vecs:  # each env's new states from its own generator, as its step draws them
+                n = v.num_envs
+                mine = done[at:at + n]
+                if mine.any():
+                    rows = new[:, at:at + n]
+                    rows[:, mine] = v.np_random.uniform(low=v.low, high=v.high, size=(4, int(mine.sum())))
+                at += n
+            steps[done] = 0
             reward[done] = 0.0
             terminated[done] = False
             truncated[done] = False
-            v.prev_done = np.logical_or(terminated, truncated)
-            results.append((v.state.T.astype(np.float32), reward, terminated, truncated, {}))
-        stepped = iter(results)  # in the order of the members that stepped
-        return [None if a is None else next(stepped) for a in actions]
+        prev_done = np.logical_or(terminated, truncated)
+        at = 0
+        for v in vecs:
+            n = v.num_envs
+            v.state = new[:, at:at + n].copy()
+            v.steps = steps[at:at + n].copy()
+            v.prev_done = prev_done[at:at + n].copy()
+            at += n
+        return new.T.astype(np.float32), reward, terminated, truncated

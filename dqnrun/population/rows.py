@@ -73,6 +73,10 @@ class StackedRows:
             store.home({name: column_view(packed[m], *spec) for name, spec in self.layout.items()})  # type: ignore[union-attr]
         self.packed = packed.view(k * n, self.width)
         self.row = {id(s): m for m, s in enumerate(stores)}
+        names = ("obs", "next_obs", "action", "reward", "terminated") + (("discount",) if self.with_discount else ())
+        # what a batch reads of each column, worked out once: (name, first byte, end byte, dtype, shape of a row)
+        self._reads = [(name, off, off + dtype.itemsize * int(np.prod(shape, dtype=np.int64)), dtype, shape)
+                       for name in names for off, dtype, shape in [self.layout[name]]]
 
     @staticmethod
     def fits(replays: Sequence[ReplayBuffer]) -> bool:
@@ -95,9 +99,8 @@ class StackedRows:
                 torch.add(torch.as_tensor(rows, device=self.device), self.row[id(replay.store)] * self.capacity,
                           out=idx[slot])
         picked = self.packed.index_select(0, idx.view(-1))  # (K*G*B, W): one row fetch per drawn row
-        names = ("obs", "next_obs", "action", "reward", "terminated") + (("discount",) if self.with_discount else ())
-        cols = {name: column_view(picked, *self.layout[name]).reshape(*idx.shape, *self.layout[name][2])
-                for name in names}
+        cols = {name: picked[:, start:end].view(dtype).view(*idx.shape, *shape)
+                for name, start, end, dtype, shape in self._reads}
         weights = stacked_weights(draws, k, self.device)
         return Batch(cols["obs"], cols["action"], cols["reward"], cols["next_obs"], cols["terminated"],
                      cols.get("discount"), weights)

@@ -62,6 +62,18 @@ FROZEN_ON_RESUME = ("algo._target_", "env.id", "env.kwargs", "env.num_envs", "en
 
 
 @dataclass(frozen=True)
+class EvalPlan:
+    """One evaluation of a run: ``episodes`` episodes on its eval envs, reset from env seed ``seed`` on, acting with
+    exploration ``epsilon`` drawn from ``rng``; ``masked``: its env has action masks."""
+
+    episodes: int
+    seed: int
+    epsilon: float
+    rng: np.random.Generator
+    masked: bool
+
+
+@dataclass(frozen=True)
 class Job:
     """Where a run sits: its directory, the overrides it was started with, and its place in a sweep."""
 
@@ -383,12 +395,17 @@ class Run:
         """This step's evaluation, not yet run: its episodes (`dqnrun.envs.episode_rounds` on the eval envs, their
         seeds this run's) and the generator of its epsilon draws. `evaluate` drives it with this run's policy; a
         population drives its members' side by side (`dqnrun.population.engine`)."""
+        plan = self.eval_plan()
+        rounds = episode_rounds(self.eval_envs, plan.episodes, plan.seed, masked=plan.masked)
+        return rounds, plan.rng
+
+    def eval_plan(self) -> EvalPlan:
+        """What this step's evaluation is: how many episodes, from which env seed, its epsilon and the generator of
+        its epsilon draws (seeded from the run's seed and this step)."""
         cfg = self.cfg
-        eval_rng = np.random.default_rng([cfg.seed, self.state.step])
-        seed = IN_TRAINING_EVAL_SEED_BASE + cfg.seed * SEED_STRIDE
-        rounds = episode_rounds(self.eval_envs, cfg.eval.episodes, seed,
-                                masked=bool(cfg.env.get("action_mask", False)))
-        return rounds, eval_rng
+        return EvalPlan(int(cfg.eval.episodes), IN_TRAINING_EVAL_SEED_BASE + cfg.seed * SEED_STRIDE,
+                        float(cfg.eval.epsilon), np.random.default_rng([cfg.seed, self.state.step]),
+                        bool(cfg.env.get("action_mask", False)))
 
     def save(self, kind: str) -> None:
         """``best`` -> best.pt; ``progress`` -> a results.json with status running; ``periodic`` and ``last``

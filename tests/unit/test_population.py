@@ -322,26 +322,38 @@ class _EvalRun:
 
         self.eval_envs = self.envs = make_vector_env("CartPole-v1", n_envs, evaluation=True)
         self.seed, self.episodes = seed, episodes
-        self.cfg = SimpleNamespace(eval=SimpleNamespace(epsilon=epsilon))
+        self.cfg = SimpleNamespace(eval=SimpleNamespace(epsilon=epsilon, episodes=episodes), env={})
         self.spec = SimpleNamespace(n_actions=2)
+
+    def eval_plan(self):
+        from dqnrun.run.lifecycle import EvalPlan
+
+        return EvalPlan(self.episodes, 1000 + self.seed, self.cfg.eval.epsilon, np.random.default_rng(self.seed),
+                        False)
 
     def eval_rounds(self):
         from dqnrun.envs import episode_rounds
 
-        return episode_rounds(self.envs, self.episodes, 1000 + self.seed), np.random.default_rng(self.seed)
+        plan = self.eval_plan()
+        return episode_rounds(self.envs, plan.episodes, plan.seed), plan.rng
 
 
-@pytest.mark.parametrize("n_envs", [6, 20])  # numpy's products act for few envs, torch's for many; 20 envs are
-def test_members_evaluated_side_by_side_return_their_own_evaluations(n_envs: int) -> None:  # stepped together
+# numpy's products act for few envs, torch's for many; CartPoleVectorEnvs are stepped together; episodes within one
+# round of the envs take the evaluation in arrays (`evaluate_cartpoles`), more take each member's episode rounds
+@pytest.mark.parametrize(("n_envs", "rounds"), [(6, 1.5), (20, 1.5), (6, 1), (20, 1), (20, 0.7)])
+def test_members_evaluated_side_by_side_return_their_own_evaluations(n_envs: int, rounds: float) -> None:
     from dqnrun.acting import greedy_actor
     from dqnrun.envs import drive
+    from dqnrun.population import evaluation
     from dqnrun.population.evaluation import evaluate_together
 
     dqns = [_dqn(m) for m in MEMBERS]
     pop = stack_members(dqns)
-    # 3 members, 1.5 rounds of episodes (the second round keeps half of its envs); one member explores
-    runs = [_EvalRun(seed=i, epsilon=0.3 if i == 1 else 0.0, episodes=n_envs * 3 // 2, n_envs=n_envs)
+    # 3 members; one member explores
+    runs = [_EvalRun(seed=i, epsilon=0.3 if i == 1 else 0.0, episodes=int(n_envs * rounds), n_envs=n_envs)
             for i in range(len(dqns))]
+    # (6 CartPoles are a SyncVectorEnv of CartPoleEnvs, 20 Gymnasium's numpy CartPoleVectorEnv)
+    assert evaluation.cartpoles_fit([(i, r) for i, r in enumerate(runs)]) == (rounds <= 1 and n_envs == 20)
     got = evaluate_together(pop, [(1, runs[1]), (0, runs[0]), (2, runs[2])])
     for i, (d, run) in enumerate(zip(dqns, runs, strict=True)):
         rounds, rng = run.eval_rounds()
@@ -350,9 +362,13 @@ def test_members_evaluated_side_by_side_return_their_own_evaluations(n_envs: int
     assert len({got[0], got[1], got[2]}) > 1  # the members differ: each got its own weights' result
 
     # a member whose env fails gets its exception; the others their returns
-    def broken(*_: object) -> None:
+    def broken(*_: object, **__: object) -> None:
         raise RuntimeError("physics exploded")
 
+    runs[2].envs.reset = broken  # type: ignore[method-assign]  # (in arrays: the whole try fails, each goes alone)
+    out = evaluate_together(pop, [(0, runs[0]), (2, runs[2])])
+    assert out[0] == got[0] and isinstance(out[2], RuntimeError)
+    del runs[2].envs.reset
     runs[2].envs.step = broken  # type: ignore[method-assign]
     out = evaluate_together(pop, [(0, runs[0]), (2, runs[2])])
     assert out[0] == got[0] and isinstance(out[2], RuntimeError)
