@@ -246,7 +246,6 @@ def _guess_key(word: str) -> str:
 def run_app(command: str, rest: list[str]) -> None:
     """``dqnrun train|eval ARGS``: rewrite, check, then run the Hydra app."""
     from dqnrun.config.compose import remember_typed, rewrite
-    from dqnrun.config.preflight import preflight, quote
 
     try:
         rest = habits(command, rest)
@@ -260,6 +259,19 @@ def run_app(command: str, rest: list[str]) -> None:
     if multirun and command == "train":
         rest = continue_sweep(rest)
     info = [a for a in rest if a.split("=")[0] in _INFO_FLAGS]
+    try:
+        _run_app(command, rest, flags, typed, info)
+    finally:
+        if multirun:  # a population sweep's workers (started early, kept between launches): killed at the end
+            from dqnrun.population.workers import release
+
+            release()
+
+
+def _run_app(command: str, rest: list[str], flags: list[str], typed: dict[str, str], info: list[str]) -> None:
+    from dqnrun.config.preflight import expand, preflight, quote
+
+    multirun = bool(flags)
     lock = None
     try:
         if info and info[0] in ("--cfg", "-c") and _cfg_section(rest) == "job":
@@ -268,6 +280,11 @@ def run_app(command: str, rest: list[str]) -> None:
             sys.exit(print_sweep_configs(command, rest) if multirun else print_job_config(command, rest))
         if not any(a.split("=")[0] in _INFO_FLAGS | _CONFIG_FLAGS for a in rest):
             overrides = [a for a in rest if not a.startswith("-")]
+            if multirun and command == "train":  # a population sweep's workers import while the jobs are checked
+                from dqnrun.population.workers import start_early
+                from dqnrun.sweep import available_cores
+
+                start_early(overrides, len(expand(overrides, True)), available_cores())
             checked = preflight(command, overrides, multirun)
             rest += checked.extra
             if checked.run_dir is not None:  # own the run's directory before Hydra writes into it

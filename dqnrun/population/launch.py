@@ -39,7 +39,7 @@ from dqnrun.population import grouping
 from dqnrun.population.engine import MemberSpec, Population
 from dqnrun.population.logs import FORMAT, MemberLogs, routed
 from dqnrun.population.stats import iqm
-from dqnrun.population.workers import Workers
+from dqnrun.population.workers import Workers, release, workers_for
 from dqnrun.sweep import SWEEP_ID_ENV, available_cores, limit_threads
 
 log = logging.getLogger("dqnrun.population")
@@ -102,12 +102,12 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     n_workers = min(opts.n_jobs, len(job_overrides) * opts.seeds_per_job)
-    workers = Workers(n_workers, available_cores()) if n_workers > 1 and not opts.submitit else None
+    workers = workers_for(n_workers, available_cores()) if n_workers > 1 and not opts.submitit else None
     try:  # the workers import while the jobs compose
         return _launch(launcher, job_overrides, initial_job_idx, sweep_dir, workers)
-    finally:
-        if workers is not None:
-            workers.close()
+    except BaseException:  # a worker may have died with it: the next launch starts fresh ones
+        release()
+        raise
 
 
 def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, sweep_dir: Path,

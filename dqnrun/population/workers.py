@@ -1,5 +1,6 @@
-"""The worker processes that train populations side by side: started while the sweep is still composing its jobs,
-killed once every population has returned.
+"""The worker processes that train populations side by side: started while the sweep is still composing its jobs
+(by the command line, before its preflight, where it can tell: `start_early`), kept from one launch to the next
+(an Optuna study launches a batch of trials at a time) and killed when the command ends.
 
 A fresh worker takes ~1.5 s on this machine to import what a population needs (torch alone is 1.1 s); joblib's
 ``Parallel`` starts its workers only when the first population is handed over, after the sweep composed every job
@@ -66,3 +67,45 @@ class Workers:
     def close(self) -> None:
         """Kill the workers (whatever they hold is closed by then: see the module's docstring)."""
         self.executor.shutdown(wait=True, kill_workers=True)
+
+
+_held: Workers | None = None  # this process's workers, kept from one launch to the next (an Optuna study's batches)
+
+
+def start_early(overrides: list[str], n_jobs_count: int, cores: int) -> None:
+    """``dqnrun train -m ... hydra/launcher=population``: start the workers the launcher will want now, so that they
+    import while this process checks and composes the jobs. ``n_jobs_count``: the sweep's jobs (1 where only the
+    sweeper knows them: an Optuna study's); ``cores``: the machine's. Nothing for a launcher on submitit or with one
+    worker."""
+    global _held
+    values = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
+    if values.get("hydra/launcher") != "population" or "hydra.launcher.submitit" in values:
+        return
+    try:
+        n_jobs = int(values.get("hydra.launcher.n_jobs", -1))
+        seeds = int(values.get("hydra.launcher.seeds_per_job", 1))
+    except ValueError:  # the launcher says what is wrong with them
+        return
+    n = min(max(1, cores + 1 + n_jobs) if n_jobs < 0 else n_jobs,  # joblib's convention, as the launcher's options
+            max(1, n_jobs_count) * max(1, seeds))
+    if n > 1 and _held is None:
+        _held = Workers(n, cores)
+
+
+def workers_for(n: int, cores: int) -> Workers:
+    """``n`` workers: this process's, where it holds as many (started early, or by the last launch), else fresh
+    ones, held for the next launch."""
+    global _held
+    if _held is not None and _held.n != n:
+        release()
+    if _held is None:
+        _held = Workers(n, cores)
+    return _held
+
+
+def release() -> None:
+    """Kill this process's workers: at the end of the command, or after a launch that failed."""
+    global _held
+    held, _held = _held, None
+    if held is not None:
+        held.close()

@@ -441,3 +441,13 @@ def test_a_kill_between_two_members_saves_resumes_each_member_bit_for_bit(tmp_pa
         assert r["status"] == "completed" and r["resumed_from_step"] == start
         ours = _ckpt_tensors(cut / job / "checkpoints" / "last.pt")
         assert ours[".step"] == 2000 and not _same_bits(ours, _ckpt_tensors(whole / job / "checkpoints" / "last.pt"))
+
+
+def test_bad_input_to_a_population_sweep_is_one_line_after_its_early_workers_are_gone(tmp_path: Path) -> None:
+    """The command line starts a population sweep's workers before its preflight (dqnrun.population.workers); bad
+    input still gets its one line, no directory, and nothing else on stderr (no worker left to report)."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "seed=0,1,2,3", "network.hiden=[8]", *POP, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "did you mean network.hidden" in proc.stderr, proc.stderr
+    assert not sweep.exists()

@@ -37,3 +37,32 @@ def test_a_thread_cap_the_user_set_is_kept(monkeypatch) -> None:
         assert workers.run([lambda: os.environ.get("OMP_NUM_THREADS")]) == ["3"]
     finally:
         workers.close()
+
+
+def test_a_population_sweeps_workers_start_early_are_kept_between_launches_and_released(monkeypatch) -> None:
+    from dqnrun.population import workers as W
+
+    W.start_early(["env=cartpole", "hydra/launcher=joblib"], 16, 2)  # another launcher: nothing started
+    assert W._held is None
+    W.start_early(["hydra/launcher=population", "hydra.launcher.n_jobs=1"], 16, 2)  # one worker: none
+    assert W._held is None
+    try:
+        W.start_early(["env=cartpole", "hydra/launcher=population"], 16, 2)  # n_jobs=-1 on 2 cores: 2 workers
+        early = W._held
+        assert early is not None and early.n == 2
+        assert W.workers_for(2, 2) is early and W.workers_for(2, 2) is early  # the launches take them, and keep them
+        pid = early.run([os.getpid])[0]
+        other = W.workers_for(3, 2)  # another count: the held ones go, fresh ones come
+        assert other is not early and other.n == 3
+        deadline = time.time() + 10
+        while time.time() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        W.release()
+    assert W._held is None
+    W.start_early(["hydra/launcher=population", "hydra.launcher.seeds_per_job=2"], 1, 2)  # 1 job x 2 seeds: 2
+    try:
+        assert W._held is not None and W._held.n == 2
+    finally:
+        W.release()
