@@ -77,18 +77,16 @@ class Deriver:
     def shape(self, parsed: Sequence[Any]) -> Shape | None:
         """What two jobs must share to derive one from the other: every override but a plain value's word for word,
         a plain value (``key=v``, ``++key=v``) by its kind and key. None: compose it (a sweep)."""
-        out: list[Any] = []
-        for o in parsed:
-            if o.is_sweep_override():
-                return None
-            out.append(("value", o.is_force_add(), o.key_or_group) if is_value(o, self.group_exists)
-                       else ("exact", o.input_line))
-        values = {o.key_or_group for o in parsed if is_value(o, self.group_exists)}
-        if any(o.key_or_group in values for o in parsed if not is_value(o, self.group_exists)):
+        if any(o.is_sweep_override() for o in parsed):
+            return None
+        plain = [is_value(o, self.group_exists) for o in parsed]
+        values = {o.key_or_group for o, v in zip(parsed, plain, strict=True) if v}
+        if any(o.key_or_group in values for o, v in zip(parsed, plain, strict=True) if not v):
             return None  # a key both set and added or deleted: what the base did to it decides, compose it
         if any(a.startswith(b + ".") for a in values for b in values):
             return None  # a key and a key inside it (eval.every=1 eval=null): the same, compose it
-        return tuple(out)
+        return tuple(("value", o.is_force_add(), o.key_or_group) if v else ("exact", o.input_line)
+                     for o, v in zip(parsed, plain, strict=True))
 
 
 def is_value(o: Any, group_exists: Callable[[str], bool]) -> bool:

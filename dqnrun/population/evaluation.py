@@ -49,22 +49,10 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
     together = CartPoleVectorTogether(envs) if len(envs) > 1 and CartPoleVectorTogether.fits(envs) else None
     while live:
         slots = list(live)
-        picks = [np.flatnonzero(live[s][1].active) for s in slots]
-        width = max(len(p) for p in picks)
-        first = live[slots[0]][1].obs
-        obs = np.zeros((len(slots), max(width, 1), *first.shape[1:]), dtype=first.dtype)
-        for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
-            obs[i, :len(p)] = live[s][1].obs[p]
-        with learner.evaluation():  # NoisyNet layers on their mean weights, as a solo evaluation acts
-            greedy = learner.greedy(obs, rows=slots, cache=weights)
-        chosen: dict[int, np.ndarray] = {}
-        for i, (s, p) in enumerate(zip(slots, picks, strict=True)):
-            rounds, query, rng, epsilon, n_actions = live[s]
-            actions = np.zeros(len(query.obs), dtype=np.int64)
-            actions[p] = greedy[i, :len(p)]
-            if epsilon > 0.0:  # the member's own draws, as `greedy_actor` makes them for its solo run
-                actions = epsilon_greedy(query.obs, lambda _, a=actions: a, epsilon, rng, n_actions)
-            chosen[s] = actions
+        queries = [live[s][1] for s in slots]
+        chosen: dict[int, np.ndarray] = dict(zip(slots, counted_actions(
+            learner, [q.obs for q in queries], [q.active for q in queries], slots, weights,
+            [(live[s][3], live[s][2], live[s][4]) for s in slots]), strict=True))
         replies: dict[int, Any] = chosen
         if together is not None:
             try:
@@ -82,6 +70,30 @@ def evaluate_together(learner: PopulationLearner, members: Sequence[tuple[int, R
             except Exception as exc:
                 out[s] = exc
                 del live[s]
+    return out
+
+
+def counted_actions(learner: PopulationLearner, obs: Sequence[np.ndarray], active: Sequence[np.ndarray],
+                    slots: Sequence[int], cache: dict, explore: Sequence[tuple[float, np.random.Generator, int]],
+                    ) -> list[np.ndarray]:
+    """Each evaluating member's actions ``(E_m,)`` for its eval envs' ``obs`` ``(E_m, ...)``: one batched greedy
+    forward (members ``slots``, their weights kept in ``cache``) over the envs whose episode still counts
+    (``active``), each member's packed to the front; action 0 for the others (nothing returned depends on them,
+    `ActQuery.active`); then, where a member's ``explore`` ``(epsilon, rng, n_actions)`` has an epsilon, its own
+    draws, as `greedy_actor` makes them for its solo run."""
+    picks = [np.flatnonzero(a) for a in active]
+    x = np.zeros((len(obs), max(max(len(p) for p in picks), 1), *obs[0].shape[1:]), dtype=obs[0].dtype)
+    for i, (o, p) in enumerate(zip(obs, picks, strict=True)):
+        x[i, :len(p)] = o[p]
+    with learner.evaluation():  # NoisyNet layers on their mean weights, as a solo evaluation acts
+        greedy = learner.greedy(x, rows=slots, cache=cache)
+    out = []
+    for i, (o, p, (epsilon, rng, n_actions)) in enumerate(zip(obs, picks, explore, strict=True)):
+        actions = np.zeros(len(o), dtype=np.int64)
+        actions[p] = greedy[i, :len(p)]
+        if epsilon > 0.0:
+            actions = epsilon_greedy(o, lambda _, a=actions: a, epsilon, rng, n_actions)
+        out.append(actions)
     return out
 
 
@@ -119,20 +131,10 @@ def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, 
     out: dict[int, Any] = {}
     while live.size:
         rows = active[live]
-        rank = np.cumsum(rows, axis=1) - 1  # each counted env's place among its member's counted envs
-        kk, ee = np.nonzero(rows)
-        x = np.zeros((live.size, max(int(rank[:, -1].max()) + 1, 1), obs.shape[2]), dtype=obs.dtype)
-        x[kk, rank[kk, ee]] = obs[live][kk, ee]
-        with learner.evaluation():
-            greedy = learner.greedy(x, rows=[slots[k] for k in live], cache=weights)
-        actions = np.zeros((live.size, n_envs), dtype=np.int64)
-        actions[kk, ee] = greedy[kk, rank[kk, ee]]
-        for i, k in enumerate(live.tolist()):
-            p = plans[k]
-            if p.epsilon > 0.0:  # the member's own draws, as `greedy_actor` makes them for its solo run
-                actions[i] = epsilon_greedy(obs[k], lambda _, a=actions[i]: a, p.epsilon, p.rng,
-                                            int(runs[k].spec.n_actions))
-        new_obs, reward, terminated, truncated = stepper.step_rows([vecs[k] for k in live], actions.reshape(-1))
+        ks = live.tolist()
+        actions = counted_actions(learner, list(obs[live]), list(rows), [slots[k] for k in ks], weights,
+                                  [(plans[k].epsilon, plans[k].rng, int(runs[k].spec.n_actions)) for k in ks])
+        new_obs, reward, terminated, truncated = stepper.step_rows([vecs[k] for k in ks], np.concatenate(actions))
         shape = (live.size, n_envs)
         obs[live] = new_obs.reshape(*shape, -1)
         ep_ret[live] += np.where(rows, reward.reshape(shape), 0.0)

@@ -39,7 +39,7 @@ from dqnrun.population import grouping
 from dqnrun.population.engine import MemberSpec, Population
 from dqnrun.population.logs import FORMAT, MemberLogs, routed
 from dqnrun.population.stats import iqm
-from dqnrun.population.workers import Workers, release, workers_for
+from dqnrun.population.workers import Workers, release, resolve_n_jobs, worker_count, workers_for
 from dqnrun.sweep import SWEEP_ID_ENV, available_cores, limit_threads
 
 log = logging.getLogger("dqnrun.population")
@@ -64,8 +64,7 @@ class Options:
             raise ValueError(f"hydra.launcher: unknown option(s) {', '.join(unknown)} of hydra/launcher=population; "
                              f"it takes {', '.join(cls.__dataclass_fields__)}")
         out = cls(**known)
-        if int(out.n_jobs) < 0:  # joblib's convention: -1 = one population per core, -2 = all cores but one
-            out.n_jobs = max(1, available_cores() + 1 + int(out.n_jobs))
+        out.n_jobs = resolve_n_jobs(int(out.n_jobs), available_cores())  # -1: one population per core
         flag = str(out.autograd).lower()
         if flag not in ("auto", "true", "false"):
             raise ValueError(f"hydra.launcher.autograd={out.autograd} must be auto, true or false")
@@ -101,7 +100,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     console()
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    n_workers = min(opts.n_jobs, len(job_overrides) * opts.seeds_per_job)
+    n_workers = worker_count(opts.n_jobs, len(job_overrides), opts.seeds_per_job)
     workers = workers_for(n_workers, available_cores()) if n_workers > 1 and not opts.submitit else None
     try:  # the workers import while the jobs compose
         return _launch(launcher, job_overrides, initial_job_idx, sweep_dir, workers)

@@ -75,8 +75,7 @@ class StackedRows:
         self.row = {id(s): m for m, s in enumerate(stores)}
         names = ("obs", "next_obs", "action", "reward", "terminated") + (("discount",) if self.with_discount else ())
         # what a batch reads of each column, worked out once: (name, first byte, end byte, dtype, shape of a row)
-        self._reads = [(name, off, off + dtype.itemsize * int(np.prod(shape, dtype=np.int64)), dtype, shape)
-                       for name in names for off, dtype, shape in [self.layout[name]]]
+        self._reads = [(name, *column_span(*self.layout[name]), *self.layout[name][1:]) for name in names]
 
     @staticmethod
     def fits(replays: Sequence[ReplayBuffer]) -> bool:
@@ -121,10 +120,15 @@ def packed_layout(columns: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[int
     return out, -(-off // widest) * widest
 
 
+def column_span(offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The bytes ``[start, end)`` of a packed row that the column at ``offset`` takes."""
+    return offset, offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+
+
 def column_view(rows: torch.Tensor, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """The column at ``offset`` of packed byte rows ``(N, W)``: a strided ``(N, *shape)`` view of ``dtype``."""
-    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    return rows[:, offset:offset + nbytes].view(dtype).view(rows.shape[0], *shape)
+    start, end = column_span(offset, dtype, shape)
+    return rows[:, start:end].view(dtype).view(rows.shape[0], *shape)
 
 
 class StackedFrames:

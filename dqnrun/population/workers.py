@@ -69,6 +69,16 @@ class Workers:
         self.executor.shutdown(wait=True, kill_workers=True)
 
 
+def resolve_n_jobs(n_jobs: int, cores: int) -> int:
+    """``hydra.launcher.n_jobs`` as a count: joblib's convention, -1 = one per core, -2 = all cores but one."""
+    return max(1, cores + 1 + n_jobs) if n_jobs < 0 else n_jobs
+
+
+def worker_count(n_jobs: int, jobs: int, seeds: int) -> int:
+    """The workers a sweep of ``jobs`` jobs x ``seeds`` seeds wants with ``n_jobs`` (resolved): no more than runs."""
+    return min(n_jobs, max(1, jobs) * max(1, seeds))
+
+
 _held: Workers | None = None  # this process's workers, kept from one launch to the next (an Optuna study's batches)
 
 
@@ -86,8 +96,7 @@ def start_early(overrides: list[str], n_jobs_count: int, cores: int) -> None:
         seeds = int(values.get("hydra.launcher.seeds_per_job", 1))
     except ValueError:  # the launcher says what is wrong with them
         return
-    n = min(max(1, cores + 1 + n_jobs) if n_jobs < 0 else n_jobs,  # joblib's convention, as the launcher's options
-            max(1, n_jobs_count) * max(1, seeds))
+    n = worker_count(resolve_n_jobs(n_jobs, cores), n_jobs_count, seeds)  # what the launcher will ask for
     if n > 1 and _held is None:
         _held = Workers(n, cores)
 
