@@ -35,11 +35,16 @@ _CONSTANTS = {"gravity": 9.8, "masscart": 1.0, "masspole": 0.1, "total_mass": 1.
               "_sutton_barto_reward": False}
 
 
-def _cartpole_constants(env: Any) -> bool:
+def cartpole_constants(env: Any) -> dict[str, Any]:
+    """The constants of a CartPole env (``CartPoleEnv`` or ``CartPoleVectorEnv``) that its step reads."""
+    return {name: getattr(env, name) for name in _CONSTANTS}
+
+
+def _has_cartpole_constants(env: Any) -> bool:
     return all(getattr(env, k, object()) == v for k, v in _CONSTANTS.items())
 
 
-def _invalid(actions: np.ndarray) -> bool:
+def invalid_actions(actions: np.ndarray) -> bool:
     """Whether any action is not CartPole's 0 or 1 (what its envs' own step refuses)."""
     return bool(np.count_nonzero((actions != 0) & (actions != 1)))
 
@@ -49,8 +54,15 @@ class CartPoleTogether:
 
     def __init__(self, vector_envs: Sequence[gym.vector.VectorEnv]) -> None:
         self.vecs = list(vector_envs)
-        self.c = {name: getattr(self.vecs[0].envs[0].unwrapped, name) for name in _CONSTANTS}  # type: ignore[attr-defined]
+        self.c = cartpole_constants(self.vecs[0].envs[0].unwrapped)  # type: ignore[attr-defined]
         self.chains = [[_chain(env) for env in vec.envs] for vec in self.vecs]  # wrappers never change
+        # each env's place in the numpy step: (vec, i, CartPoleEnv, TimeLimit or None)
+        self.rows = [[(vec, i, c[0], c[1]) if c is not None else None for i, c in enumerate(chains)]
+                     for vec, chains in zip(self.vecs, self.chains, strict=True)]
+        # whether each env was seen on the plain path (`_plain`) and has only taken the numpy step since: it stays
+        # there until its pole falls (its next step is then its own reset, after which it is checked again)
+        self.plain = [[False] * vec.num_envs for vec in self.vecs]
+        self.member = {id(vec): m for m, vec in enumerate(self.vecs)}
         self.stepped_together = 0  # env steps taken by the numpy step (the others went through their env)
 
     @staticmethod
@@ -59,7 +71,7 @@ class CartPoleTogether:
         constants, under no wrapper but the time limit, order enforcing and the env checker."""
         return bool(vector_envs) and all(
             type(vec) is SyncVectorEnv and vec.autoreset_mode == AutoresetMode.NEXT_STEP
-            and all((chain := _chain(env)) is not None and _cartpole_constants(chain[0]) for env in vec.envs)
+            and all((chain := _chain(env)) is not None and _has_cartpole_constants(chain[0]) for env in vec.envs)
             for vec in vector_envs)
 
     def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | Exception | None]:
@@ -68,27 +80,34 @@ class CartPoleTogether:
         A member whose envs raise (an invalid action, its env's own reset or step) gets the exception in place of
         its step, and the others step on: a failure stays its member's."""
         plain: list[tuple[Any, ...]] = []  # (vec, i, unwrapped, time limit) of the envs that take the numpy step
-        plain_actions: list[int] = []
+        plain_actions: list[np.ndarray] = []
+        blocks: list[tuple[int, list[int] | None]] = []  # (member, its envs in ``plain``; None: all of them)
         infos: list[dict[str, Any]] = [{} for _ in self.vecs]
         failed: dict[int, Exception] = {}
         sent = [a for a in actions if a is not None]
-        check = bool(sent) and _invalid(np.concatenate(sent))  # one check for all; whose it is, below
+        check = bool(sent) and invalid_actions(np.concatenate(sent))  # one check for all; whose it is, below
         for m, (vec, act, chains) in enumerate(zip(self.vecs, actions, self.chains, strict=True)):
             if act is None:
                 continue
-            mine: list[tuple[Any, ...]] = []
-            mine_actions: list[int] = []
             try:
-                if check and _invalid(act):  # what CartPoleEnv's own assert refuses
+                if check and invalid_actions(act):  # what CartPoleEnv's own assert refuses
                     raise AssertionError(f"{act!r} holds an invalid action: CartPole's are 0 and 1")
+                known = self.plain[m]
+                if all(known) and not np.count_nonzero(vec._autoreset_envs):  # the common case: all of them
+                    plain += self.rows[m]
+                    plain_actions.append(act)
+                    blocks.append((m, None))
+                    continue
+                mine: list[int] = []
                 auto = vec._autoreset_envs.tolist()
                 for i, (env, chain) in enumerate(zip(vec.envs, chains, strict=True)):
                     if auto[i]:  # NEXT_STEP: this step only resets (the env's own generator draws the new state)
+                        known[i] = False
                         obs, env_info = env.reset()
                         _put(vec, i, obs, 0.0, False, False)
-                    elif chain is not None and _plain(chain):
-                        mine.append((vec, i, chain[0], chain[1]))
-                        mine_actions.append(int(act[i]))
+                    elif known[i] or (chain is not None and _plain(chain)):
+                        known[i] = True
+                        mine.append(i)
                         continue
                     else:  # outside the plain path: the env's own step
                         obs, reward, terminated, truncated, env_info = env.step(act[i])
@@ -98,11 +117,14 @@ class CartPoleTogether:
             except Exception as exc:
                 failed[m] = exc
                 continue
-            plain += mine
-            plain_actions += mine_actions
+            if mine:
+                rows = self.rows[m]
+                plain += [rows[i] for i in mine]
+                plain_actions.append(np.asarray(act)[mine])
+                blocks.append((m, mine))
         if plain:
             self.stepped_together += len(plain)
-            self._physics(plain, np.asarray(plain_actions))
+            self._physics(plain, np.concatenate(plain_actions), blocks)
         out: list[Step | Exception | None] = []
         for m, (vec, act) in enumerate(zip(self.vecs, actions, strict=True)):
             if act is None or m in failed:
@@ -114,23 +136,43 @@ class CartPoleTogether:
                         np.copy(vec._truncations), infos[m]))
         return out
 
-    def _physics(self, envs: list[tuple[Any, ...]], actions: np.ndarray) -> None:
-        """CartPoleEnv.step's arithmetic for every plain env at once (float64, in its order of operations)."""
+    def _physics(self, envs: list[tuple[Any, ...]], actions: np.ndarray,
+                 blocks: list[tuple[int, list[int] | None]]) -> None:
+        """CartPoleEnv.step's arithmetic for every plain env at once (float64, in its order of operations); each
+        member's results written where its ``SyncVectorEnv.step`` keeps them, all of its envs at once where they all
+        stepped here (``blocks``: each member's envs in ``envs``, in order)."""
         c = self.c
         state = np.array([u.state for _, _, u, _ in envs], dtype=np.float64)  # (n, 4)
         force = np.where(actions == 1, c["force_mag"], -c["force_mag"])  # CartPoleEnv's: one env, one action
         new = np.stack(euler_step(c, *state.T, force), axis=1)  # (n, 4): each row one env's next state
         terminated = fallen(c, new[:, 0], new[:, 2])
         obs = new.astype(np.float32)
-        for j, ((vec, i, u, limit), done) in enumerate(zip(envs, terminated.tolist(), strict=True)):
+        truncated = np.zeros(len(envs), dtype=bool)
+        for j, (_, _, u, limit) in enumerate(envs):
             u.state = new[j]
-            if done:
-                u.steps_beyond_terminated = 0  # the pole just fell (reward 1.0, as CartPoleEnv gives it)
-            truncated = False
             if limit is not None:
                 limit._elapsed_steps += 1
-                truncated = limit._elapsed_steps >= limit._max_episode_steps
-            _put(vec, i, obs[j], 1.0, done, truncated)
+                truncated[j] = limit._elapsed_steps >= limit._max_episode_steps
+        if np.count_nonzero(terminated):
+            for j in np.flatnonzero(terminated).tolist():
+                vec, i, u, _ = envs[j]
+                u.steps_beyond_terminated = 0  # the pole just fell (reward 1.0, as CartPoleEnv gives it)
+                self.plain[self.member[id(vec)]][i] = False  # its next step is its reset
+        at = 0
+        for m, mine in blocks:
+            vec = self.vecs[m]
+            if mine is None:  # every env of the member: whole rows, as SyncVectorEnv's concatenate writes them
+                rows = slice(at, at + vec.num_envs)
+                vec._env_obs[:] = obs[rows]
+                vec._observations[:] = obs[rows]
+                vec._rewards[:] = 1.0
+                vec._terminations[:] = terminated[rows]
+                vec._truncations[:] = truncated[rows]
+                at += vec.num_envs
+                continue
+            for i in mine:
+                _put(vec, i, obs[at], 1.0, bool(terminated[at]), bool(truncated[at]))
+                at += 1
 
 
 def euler_step(c: dict[str, Any], x: np.ndarray, x_dot: np.ndarray, theta: np.ndarray, theta_dot: np.ndarray,
@@ -194,7 +236,7 @@ class CartPoleVectorTogether:
 
     def __init__(self, vector_envs: Sequence[gym.vector.VectorEnv]) -> None:
         self.vecs = list(vector_envs)
-        self.c = {name: getattr(self.vecs[0], name) for name in _CONSTANTS}
+        self.c = cartpole_constants(self.vecs[0])
 
     @staticmethod
     def fits(vector_envs: Sequence[gym.vector.VectorEnv], reset: bool = True) -> bool:
@@ -202,7 +244,7 @@ class CartPoleVectorTogether:
         reset at least once (with ``reset``: a caller that resets them first needs no state yet)."""
         return bool(vector_envs) and all(
             type(v) is CartPoleVectorEnv and (v.state is not None or not reset) and "step" not in vars(v)
-            and _cartpole_constants(v) for v in vector_envs)
+            and _has_cartpole_constants(v) for v in vector_envs)
 
     def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | None]:
         """``actions[m]`` (E_m,) for member ``m``'s envs, or None for a member that does not step now -> what each
@@ -227,7 +269,7 @@ class CartPoleVectorTogether:
         another: their observations ``(n, 4)`` float32, rewards, terminations and truncations ``(n,)``, row for row
         what each one's ``step`` returns, each env left as its ``step`` leaves it. Raises before any env moves where
         an action is not CartPole's."""
-        if _invalid(action):  # nothing stepped: each env's own step,
+        if invalid_actions(action):  # nothing stepped: each env's own step,
             raise ValueError("an action outside CartPole's 0 and 1")  # its own assert, says whose it was
         c = self.c
         state = np.concatenate([v.state for v in vecs], axis=1)  # (4, n): CartPoleVectorEnv's own layout

@@ -18,7 +18,7 @@ import numpy as np
 
 from dqnrun.acting import epsilon_greedy
 from dqnrun.envs import Stepped
-from dqnrun.envs.together import CartPoleVectorTogether
+from dqnrun.envs.together import CartPoleVectorTogether, cartpole_constants, euler_step, fallen, invalid_actions
 
 if TYPE_CHECKING:
     from dqnrun.population.stacked import PopulationLearner
@@ -109,38 +109,54 @@ def cartpoles_fit(members: Sequence[tuple[int, Run]]) -> bool:
 
 def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, Run]]) -> dict[int, Any]:
     """`evaluate_together` for members whose evaluations are one round of CartPole envs each (`cartpoles_fit`): what
-    `dqnrun.envs.episode_rounds` does for each member (reset its envs from its seed, step until every counted
-    episode ended, sum each one's rewards), done for all of them in ``(members, envs)`` arrays, the envs stepped
-    as one (`CartPoleVectorTogether.step_rows`). Each member acts as `evaluate_together` has it act: one batched
-    greedy forward over the envs still counting, action 0 for the others, its own epsilon draws, and stops stepping
-    when its last counted episode ends. A failure (an env raising) fails every member here: the caller then
-    evaluates them each on its own."""
+    `dqnrun.envs.episode_rounds` returns for each member (reset its envs from its seed, step until every counted
+    episode ended, sum each one's rewards), computed for all of them in ``(members, envs)`` arrays. Each member acts
+    as `evaluate_together` has it act: one batched greedy forward over the envs still counting, action 0 for the
+    others, its own epsilon draws, and stops when its last counted episode ends.
+
+    Only the counted episodes are stepped, with ``CartPoleVectorEnv.step``'s arithmetic (`euler_step`, `fallen`, its
+    step count and time limit): an env whose episode has ended only resets and steps on in its solo evaluation, and
+    nothing it returns depends on that. The envs themselves are reset and read, never stepped: an evaluation starts
+    by reseeding them, and nothing else reads them. A failure (an env raising, an action outside CartPole's) fails
+    every member here: the caller then evaluates them each on its own."""
     slots = [s for s, _ in members]
     runs = [run for _, run in members]
     plans = [run.eval_plan() for run in runs]  # type: ignore[attr-defined]
     vecs = [run.eval_envs for run in runs]
-    stepper = CartPoleVectorTogether(vecs)
-    n_envs = vecs[0].num_envs
-    obs = np.stack([v.reset(seed=p.seed)[0] for v, p in zip(vecs, plans, strict=True)])  # (K, E, 4)
-    ep_ret = np.zeros((len(runs), n_envs), dtype=np.float64)
-    active = np.zeros((len(runs), n_envs), dtype=bool)
+    c = cartpole_constants(vecs[0])
+    for v, p in zip(vecs, plans, strict=True):
+        v.reset(seed=p.seed)
+    state = np.stack([v.state for v in vecs], axis=1)  # (4, K, E) float64: each member's (4, E), as its env keeps it
+    limit = np.array([v.max_episode_steps for v in vecs])
+    k_all, n_envs = state.shape[1:]
+    steps = np.zeros((k_all, n_envs), dtype=np.int64)
+    ep_ret = np.zeros((k_all, n_envs), dtype=np.float64)
+    active = np.zeros((k_all, n_envs), dtype=bool)
     for k, p in enumerate(plans):
         active[k, :p.episodes] = True
-    live = np.arange(len(runs))  # the members still stepping, as rows of the arrays above
+    live = np.arange(k_all)  # the members still stepping, as rows of the arrays above
     weights: dict = {}
     out: dict[int, Any] = {}
     while live.size:
         rows = active[live]
         ks = live.tolist()
-        actions = counted_actions(learner, list(obs[live]), list(rows), [slots[k] for k in ks], weights,
+        obs = state[:, live].transpose(1, 2, 0).astype(np.float32)  # (L, E, 4), as CartPoleVectorEnv returns it
+        actions = counted_actions(learner, list(obs), list(rows), [slots[k] for k in ks], weights,
                                   [(plans[k].epsilon, plans[k].rng, int(runs[k].spec.n_actions)) for k in ks])
-        new_obs, reward, terminated, truncated = stepper.step_rows([vecs[k] for k in ks], np.concatenate(actions))
-        shape = (live.size, n_envs)
-        obs[live] = new_obs.reshape(*shape, -1)
-        ep_ret[live] += np.where(rows, reward.reshape(shape), 0.0)
-        active[live] = rows & ~(terminated | truncated).reshape(shape)
-        ended = ~active[live].any(axis=1)
-        for k in live[ended].tolist():
+        act = np.stack(actions)
+        if invalid_actions(act):
+            raise ValueError("an action outside CartPole's 0 and 1")
+        li, ei = np.nonzero(rows)  # the counted envs still in their episode
+        ki = live[li]
+        force = np.sign(act[li, ei] - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
+        new = np.stack(euler_step(c, *state[:, ki, ei], force))  # (4, n): contiguous rows, as its own state's
+        state[:, ki, ei] = new
+        steps[ki, ei] += 1
+        ended = fallen(c, new[0], new[2]) | (steps[ki, ei] >= limit[ki])
+        ep_ret[ki, ei] += 1.0  # CartPole's reward, the step that ends an episode included
+        active[ki[ended], ei[ended]] = False
+        done = ~active[live].any(axis=1)
+        for k in live[done].tolist():
             out[slots[k]] = float(ep_ret[k, :plans[k].episodes].mean())
-        live = live[~ended]
+        live = live[~done]
     return out
