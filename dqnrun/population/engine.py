@@ -320,17 +320,18 @@ class Population:
         live, learner = list(self._live), self.learner  # over a copy: a member failing leaves ``_live``
         assert learner is not None
         router = self.router
-        ready: list[tuple[int, Member, float, np.ndarray]] = []
+        ready: list[tuple[int, Member, float]] = []
+        draws = np.empty((len(live), 2 * live[0].session.n_envs))  # type: ignore[union-attr]  # one env count
         for i, m in enumerate(live):
             router.current = m.key
             try:
-                ready.append((i, m, *explore_draws(m)))
+                ready.append((i, m, explore_draws(m, draws[len(ready)])))
             except Exception as exc:
                 self._failed(m, exc)
-        actions = choose_actions(learner, live, ready)
+        actions = choose_actions(learner, live, ready, draws[:len(ready)])
         sent: list[Member] = []
         sent_actions: list[np.ndarray] = []
-        for (_, m, _, _), a in zip(ready, actions, strict=True):  # every member's actions go out before any
+        for (_, m, _), a in zip(ready, actions, strict=True):  # every member's actions go out before any
             router.current = m.key                                   # member's step comes back: envs that step in
             try:                                                     # their own threads (Atari's) play side by side
                 m.session.env_send(a)  # type: ignore[union-attr]
@@ -465,29 +466,29 @@ class TogetherEnvs:
         return [out[self.slot[id(m)]] for m in sent]
 
 
-def explore_draws(m: Member) -> tuple[float, np.ndarray]:
-    """Member ``m``'s epsilon at this step and its uniform draws ``(2E,)`` from its own generator: what its solo
-    run's `dqnrun.acting.epsilon_greedy` draws (the first E decide who explores, the last E the random actions)."""
+def explore_draws(m: Member, out: np.ndarray) -> float:
+    """Member ``m``'s epsilon at this step; its uniform draws ``(2E,)`` from its own generator into ``out``: what its
+    solo run's `dqnrun.acting.epsilon_greedy` draws (the first E decide who explores, the last E the random
+    actions)."""
     faults.point("act")
     dqn, session = m.dqn, m.session
     assert session is not None
     step = session.step
-    epsilon = 1.0 if step < dqn.learning_starts else dqn.schedule(step)
-    return epsilon, session.rng.random(2 * session.n_envs)
+    session.rng.random(out=out)
+    return 1.0 if step < dqn.learning_starts else dqn.schedule(step)
 
 
-def choose_actions(learner: PopulationLearner, live: Sequence[Member],
-                   ready: Sequence[tuple[int, Member, float, np.ndarray]]) -> list[np.ndarray]:
-    """Each ready member's actions ``(E,)`` from its draws (`explore_draws`), as `epsilon_greedy` chooses them for
-    its solo run (`dqnrun.acting.actions_from_draws`, each member with its own epsilon). One greedy forward serves
-    every member (``live``: the members in slot order, ``i`` of ``ready`` their slot), and only where one of them
-    acts greedily."""
+def choose_actions(learner: PopulationLearner, live: Sequence[Member], ready: Sequence[tuple[int, Member, float]],
+                   u: np.ndarray) -> list[np.ndarray]:
+    """Each ready member's actions ``(E,)`` from its epsilon and draws ``u`` ``(R, 2E)`` (`explore_draws`), as
+    `epsilon_greedy` chooses them for its solo run (`dqnrun.acting.actions_from_draws`, each member with its own
+    epsilon). One greedy forward serves every member (``live``: the members in slot order, ``i`` of ``ready`` their
+    slot), and only where one of them acts greedily."""
     if not ready:
         return []
     n_actions = ready[0][1].dqn.n_actions  # members share their env (grouping): one action space, one env count
-    u = np.stack([u for _, _, _, u in ready])  # (R, 2E)
-    epsilon = np.asarray([eps for _, _, eps, _ in ready])[:, None]
-    slots = [i for i, _, _, _ in ready]
+    epsilon = np.asarray([eps for _, _, eps in ready])[:, None]
+    slots = [i for i, _, _ in ready]
     return list(actions_from_draws(
         u, epsilon, n_actions,
         lambda: learner.greedy(np.stack([m.session.cursor.obs for m in live]))[slots]))  # type: ignore[union-attr]

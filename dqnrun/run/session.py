@@ -294,10 +294,10 @@ class Session:
         s, state = self.cadence, self.state
         if state.step < self._quiet_until:  # no cadence crossed since the last check (most steps)
             return False
+        do_eval = self.eval_due(before)
         self._quiet_until = self._next_due(state.step)
         if crossings(before, state.step, s.log_every) or state.step >= s.total_steps:
             self._log(before)
-        do_eval = self.eval_due(before)
         do_ckpt = crossings(before, state.step, s.checkpoint_every) > 0
         if not (do_eval or do_ckpt):
             return False
@@ -321,8 +321,11 @@ class Session:
                                       if e > 0])
 
     def eval_due(self, before: int) -> bool:
-        """Whether `after_step` evaluates after the step from ``before`` (an eval interval crossed, or the end)."""
+        """Whether `after_step` evaluates after the step from ``before`` (an eval interval crossed, or the end).
+        Called before that `after_step`."""
         s, step = self.cadence, self.state.step
+        if step < self._quiet_until:  # no cadence can have been crossed: `after_step` will return at once
+            return False
         return self.evaluate is not None and (crossings(before, step, s.eval_every) or step >= s.total_steps)
 
     def _log(self, before: int) -> None:
