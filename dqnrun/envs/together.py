@@ -35,6 +35,10 @@ _CONSTANTS = {"gravity": 9.8, "masscart": 1.0, "masspole": 0.1, "total_mass": 1.
               "_sutton_barto_reward": False}
 
 
+# what SyncVectorEnv.step leaves behind for each env, one array each: `CartPoleTogether` keeps every member's as rows
+_STEP_ARRAYS = ("_observations", "_rewards", "_terminations", "_truncations", "_autoreset_envs")
+
+
 def cartpole_constants(env: Any) -> dict[str, Any]:
     """The constants of a CartPole env (``CartPoleEnv`` or ``CartPoleVectorEnv``) that its step reads."""
     return {name: getattr(env, name) for name in _CONSTANTS}
@@ -64,6 +68,29 @@ class CartPoleTogether:
         self.plain = [[False] * vec.num_envs for vec in self.vecs]
         self.member = {id(vec): m for m, vec in enumerate(self.vecs)}
         self.stepped_together = 0  # env steps taken by the numpy step (the others went through their env)
+        # members with as many envs each keep their step arrays as rows of shared ones (`_adopt`)
+        self.arrays: tuple[np.ndarray, ...] | None = None
+        self._views: list[tuple[np.ndarray, ...]] = []
+        if len({vec.num_envs for vec in self.vecs}) == 1:
+            self._adopt()
+
+    def _adopt(self) -> None:
+        """Every member's step arrays (observations, rewards, terminations, truncations, autoresets) become rows of
+        one ``(K, E, ...)`` array each, holding their values: one write and one copy then serve every member."""
+        self.arrays = tuple(np.stack([getattr(vec, name) for vec in self.vecs]) for name in _STEP_ARRAYS)
+        for m, vec in enumerate(self.vecs):
+            for name, shared in zip(_STEP_ARRAYS, self.arrays, strict=True):
+                setattr(vec, name, shared[m])
+        self._views = [tuple(getattr(vec, name) for name in _STEP_ARRAYS) for vec in self.vecs]
+
+    def _adopted(self) -> bool:
+        """Whether every member's step arrays are still the rows `_adopt` made (its own ``reset`` or a restore
+        replaces them: they are then adopted again, values and all)."""
+        for vec, (o, r, t, u, a) in zip(self.vecs, self._views, strict=True):
+            if (vec._observations is not o or vec._rewards is not r or vec._terminations is not t
+                    or vec._truncations is not u or vec._autoreset_envs is not a):
+                return False
+        return True
 
     @staticmethod
     def fits(vector_envs: Sequence[gym.vector.VectorEnv]) -> bool:
@@ -79,6 +106,8 @@ class CartPoleTogether:
         member's ``envs.step(actions[m])`` returns (None for the others), every env left as that call leaves it.
         A member whose envs raise (an invalid action, its env's own reset or step) gets the exception in place of
         its step, and the others step on: a failure stays its member's."""
+        if self.arrays is not None and not self._adopted():
+            self._adopt()
         plain: list[tuple[Any, ...]] = []  # (vec, i, unwrapped, time limit) of the envs that take the numpy step
         plain_actions: list[np.ndarray] = []
         blocks: list[tuple[int, list[int] | None]] = []  # (member, its envs in ``plain``; None: all of them)
@@ -125,12 +154,18 @@ class CartPoleTogether:
         if plain:
             self.stepped_together += len(plain)
             self._physics(plain, np.concatenate(plain_actions), blocks)
+        if self.arrays is not None and not failed and all(a is not None for a in actions):  # one copy each for all
+            o, r, t, u, a = self.arrays
+            np.logical_or(t, u, out=a)
+            rc, tc, uc = r.copy(), t.copy(), u.copy()
+            return [(np.copy(o[m]) if vec.copy else o[m], rc[m], tc[m], uc[m], infos[m])
+                    for m, vec in enumerate(self.vecs)]
         out: list[Step | Exception | None] = []
         for m, (vec, act) in enumerate(zip(self.vecs, actions, strict=True)):
             if act is None or m in failed:
                 out.append(failed.get(m))
                 continue
-            vec._autoreset_envs = np.logical_or(vec._terminations, vec._truncations)
+            np.logical_or(vec._terminations, vec._truncations, out=vec._autoreset_envs)
             obs = vec._observations
             out.append((np.copy(obs) if vec.copy else obs, np.copy(vec._rewards), np.copy(vec._terminations),
                         np.copy(vec._truncations), infos[m]))
@@ -138,41 +173,64 @@ class CartPoleTogether:
 
     def _physics(self, envs: list[tuple[Any, ...]], actions: np.ndarray,
                  blocks: list[tuple[int, list[int] | None]]) -> None:
-        """CartPoleEnv.step's arithmetic for every plain env at once (float64, in its order of operations); each
-        member's results written where its ``SyncVectorEnv.step`` keeps them, all of its envs at once where they all
-        stepped here (``blocks``: each member's envs in ``envs``, in order)."""
+        """CartPoleEnv.step's arithmetic for every plain env at once (float64, in its order of operations); the
+        results written where each member's ``SyncVectorEnv.step`` keeps them: into the shared step arrays in one
+        write each (`_adopt`), else member by member, all of its envs at once where they all stepped here
+        (``blocks``: each member's envs in ``envs``, in order)."""
         c = self.c
         state = np.array([u.state for _, _, u, _ in envs], dtype=np.float64)  # (n, 4)
         force = np.where(actions == 1, c["force_mag"], -c["force_mag"])  # CartPoleEnv's: one env, one action
         new = np.stack(euler_step(c, *state.T, force), axis=1)  # (n, 4): each row one env's next state
         terminated = fallen(c, new[:, 0], new[:, 2])
         obs = new.astype(np.float32)
-        truncated = np.zeros(len(envs), dtype=bool)
-        for j, (_, _, u, limit) in enumerate(envs):
-            u.state = new[j]
+        ends: list[bool] = []
+        for (_, _, u, limit), row in zip(envs, new, strict=True):
+            u.state = row
             if limit is not None:
                 limit._elapsed_steps += 1
-                truncated[j] = limit._elapsed_steps >= limit._max_episode_steps
+                ends.append(limit._elapsed_steps >= limit._max_episode_steps)
+            else:
+                ends.append(False)
+        truncated = np.array(ends)
         if np.count_nonzero(terminated):
             for j in np.flatnonzero(terminated).tolist():
                 vec, i, u, _ = envs[j]
                 u.steps_beyond_terminated = 0  # the pole just fell (reward 1.0, as CartPoleEnv gives it)
                 self.plain[self.member[id(vec)]][i] = False  # its next step is its reset
-        at = 0
-        for m, mine in blocks:
+        if self.arrays is not None:  # into the shared step arrays: one write each for every member's rows
+            o, r, te, tr, _ = self.arrays
+            e = o.shape[1]
+            if len(envs) == o.shape[0] * e:  # every env of every member, in order
+                o[...] = obs.reshape(o.shape)
+                r[...] = 1.0
+                te[...] = terminated.reshape(te.shape)
+                tr[...] = truncated.reshape(tr.shape)
+            else:
+                at = np.concatenate([np.arange(m * e, (m + 1) * e) if mine is None else m * e + np.asarray(mine)
+                                     for m, mine in blocks])
+                o.reshape(-1, *o.shape[2:])[at] = obs
+                r.reshape(-1)[at] = 1.0
+                te.reshape(-1)[at] = terminated
+                tr.reshape(-1)[at] = truncated
+        j = 0
+        for m, mine in blocks:  # each env's own observation (SyncVectorEnv keeps them in a list too)
             vec = self.vecs[m]
-            if mine is None:  # every env of the member: whole rows, as SyncVectorEnv's concatenate writes them
-                rows = slice(at, at + vec.num_envs)
-                vec._env_obs[:] = obs[rows]
-                vec._observations[:] = obs[rows]
-                vec._rewards[:] = 1.0
-                vec._terminations[:] = terminated[rows]
-                vec._truncations[:] = truncated[rows]
-                at += vec.num_envs
+            if mine is None:
+                if self.arrays is None:
+                    rows = slice(j, j + vec.num_envs)
+                    vec._observations[:] = obs[rows]
+                    vec._rewards[:] = 1.0
+                    vec._terminations[:] = terminated[rows]
+                    vec._truncations[:] = truncated[rows]
+                vec._env_obs[:] = obs[j:j + vec.num_envs]
+                j += vec.num_envs
                 continue
             for i in mine:
-                _put(vec, i, obs[at], 1.0, bool(terminated[at]), bool(truncated[at]))
-                at += 1
+                if self.arrays is None:
+                    _put(vec, i, obs[j], 1.0, bool(terminated[j]), bool(truncated[j]))
+                else:
+                    vec._env_obs[i] = obs[j]
+                j += 1
 
 
 def euler_step(c: dict[str, Any], x: np.ndarray, x_dot: np.ndarray, theta: np.ndarray, theta_dot: np.ndarray,

@@ -97,6 +97,34 @@ def test_a_member_restored_from_a_checkpoint_steps_on_together_as_alone() -> Non
     assert all(_same(capture(a), capture(b)) for a, b in zip(alone, fresh, strict=True))
 
 
+def test_members_of_other_sizes_and_a_member_reset_by_hand_step_as_alone() -> None:
+    """Members with as many envs each keep their step arrays as rows of shared ones; a member whose vector env is
+    reset by hand (new arrays) steps on from its new state, as do members of other sizes (nothing shared)."""
+    for sizes in ((4, 4, 4), (4, 6, 3)):
+        alone = [make_vector_env("CartPole-v1", n) for n in sizes]
+        together = [make_vector_env("CartPole-v1", n) for n in sizes]
+        for m, (a, b) in enumerate(zip(alone, together, strict=True)):
+            a.reset(seed=11 * m)
+            b.reset(seed=11 * m)
+        stepper = CartPoleTogether(together)
+        assert (stepper.arrays is not None) == (len(set(sizes)) == 1)
+        rng = np.random.default_rng(5)
+        obs = [v._observations.copy() for v in alone]
+        ends = 0
+        for t in range(300):
+            if t == 150:  # a reset outside the stepper: the vector env makes new step arrays
+                alone[1].reset(seed=99)
+                together[1].reset(seed=99)
+                obs[1] = alone[1]._observations.copy()
+            acts = [rng.integers(0, 2, len(o)) for o in obs]  # random: poles fall every few dozen steps
+            for m, want in enumerate(_step_alike(stepper, alone, acts)):
+                obs[m] = want[0].copy()
+                ends += int(want[2].sum()) if t > 150 and m == 1 else 0
+            if t % 50 == 0:
+                assert all(_same(capture(a), capture(b)) for a, b in zip(alone, together, strict=True)), (sizes, t)
+        assert ends > 5
+
+
 @pytest.mark.parametrize("case", ["numpy_vector", "other_env", "single", "sutton_barto", "wrapped"])
 def test_envs_off_the_plain_path_are_not_stepped_together(case: str) -> None:
     import gymnasium as gym
