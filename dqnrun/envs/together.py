@@ -154,12 +154,17 @@ class CartPoleTogether:
         if plain:
             self.stepped_together += len(plain)
             self._physics(plain, np.concatenate(plain_actions), blocks)
-        if self.arrays is not None and not failed and all(a is not None for a in actions):  # one copy each for all
+        if self.arrays is not None:  # one autoreset update and one copy each for every member
             o, r, t, u, a = self.arrays
-            np.logical_or(t, u, out=a)
+            moved = [m for m, act in enumerate(actions) if act is not None and m not in failed]
+            if len(moved) == len(self.vecs):
+                np.logical_or(t, u, out=a)
+            else:  # the others' rows stay as their own last step left them
+                a[moved] = t[moved] | u[moved]
             rc, tc, uc = r.copy(), t.copy(), u.copy()
-            return [(np.copy(o[m]) if vec.copy else o[m], rc[m], tc[m], uc[m], infos[m])
-                    for m, vec in enumerate(self.vecs)]
+            return [failed.get(m) if act is None or m in failed else
+                    (np.copy(o[m]) if vec.copy else o[m], rc[m], tc[m], uc[m], infos[m])
+                    for m, (vec, act) in enumerate(zip(self.vecs, actions, strict=True))]
         out: list[Step | Exception | None] = []
         for m, (vec, act) in enumerate(zip(self.vecs, actions, strict=True)):
             if act is None or m in failed:
