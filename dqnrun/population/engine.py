@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,13 +170,14 @@ class Population:
     # --- the whole population ---------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         try:
-            for m in self.members:
-                self._start(m)
-            self._stack()
-            for m in self._live:
-                self._open_session(m)
-            self.together = TogetherEnvs.of(self._live)
-            self._loop()
+            with optimizers_without_dynamo():
+                for m in self.members:
+                    self._start(m)
+                self._stack()
+                for m in self._live:
+                    self._open_session(m)
+                self.together = TogetherEnvs.of(self._live)
+                self._loop()
         except BaseException as exc:  # a second Ctrl-C: every member records itself interrupted, at once
             for m in self._live:
                 with self.router.member(m.key):
@@ -356,9 +358,7 @@ class Population:
         """Every member whose evaluation is due after this step, evaluated side by side; each member's session
         then takes its result as its own evaluation (`member_evaluation`)."""
         due = [m for m, t in stepped if m.training and m.session.eval_due(t.before)]  # type: ignore[union-attr]
-        if not due:
-            return
-        results = evaluate_together(self.learner, [(m.slot.index, m.run) for m in due])  # type: ignore[arg-type]
+        results = evaluate_together(self.learner, [(m.slot.index, m.run) for m in due]) if due else {}  # type: ignore[arg-type]
         for m in due:
             m.eval_result = results[m.slot.index]  # type: ignore[index]
 
@@ -441,6 +441,35 @@ class Population:
                 m.slot.index = None
         for i, m in enumerate(self._live):
             m.slot.index = i
+
+
+@contextmanager
+def optimizers_without_dynamo() -> Iterator[None]:
+    """While a population runs: torch.optim's methods that torch wraps in ``torch._disable_dynamo`` (an optimizer's
+    ``add_param_group``, ``load_state_dict``, ``state_dict``...) call their function directly instead of importing
+    ``torch._dynamo`` at their first call to wrap it (~1 s of CPU here, in every worker, while the sweep starts).
+    A population makes its members' solo optimizers only to build, restore and export their state (its own batched
+    step updates the weights) and compiles nothing (``compile=true`` stands alone, `grouping`), so nothing is left
+    for dynamo to stay out of. Methods whose wrapper is already made are left as they are; on leaving, the others
+    import dynamo again at their next call, as before."""
+    import torch.optim
+
+    marker = torch._disable_dynamo(lambda: None).__code__  # every such wrapper runs this code
+    seeded = []
+    classes = [torch.optim.Optimizer, *(c for c in vars(torch.optim).values()
+                                        if isinstance(c, type) and issubclass(c, torch.optim.Optimizer))]
+    for cls in classes:
+        for attr in vars(cls).values():
+            fn = getattr(attr, "__wrapped__", None)
+            if getattr(attr, "__code__", None) is marker and fn is not None and not hasattr(fn, "__dynamo_disable"):
+                fn.__dynamo_disable = fn  # what the wrapper calls in place of dynamo's wrapping of fn
+                seeded.append(fn)
+    try:
+        yield
+    finally:
+        for fn in seeded:
+            if getattr(fn, "__dynamo_disable", None) is fn:
+                del fn.__dynamo_disable
 
 
 class TogetherEnvs:

@@ -2,7 +2,7 @@
 (by the command line, before its preflight, where it can tell: `start_early`), kept from one launch to the next
 (an Optuna study launches a batch of trials at a time) and killed when the command ends.
 
-A fresh worker takes ~1.5 s on this machine to import what a population needs (torch alone is 1.1 s); joblib's
+A fresh worker takes ~1.3 s on this machine to import what a population needs (torch alone is 1.1 s); joblib's
 ``Parallel`` starts its workers only when the first population is handed over, after the sweep composed every job
 and wrote every member's directory, so the two waits came one after the other. Here the workers start first and
 import in an initializer, on the other core, while this process composes (`dqnrun.population.launch.launch`). And
@@ -26,13 +26,13 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BL
 
 
 def warm() -> None:
-    """In a fresh worker: import what a population imports (torch and its dynamo, the engine, the DQN family, the
-    networks). And
+    """In a fresh worker: import what a population imports (torch, the engine, the DQN family, the networks; not
+    torch's dynamo, which a population never needs: `dqnrun.population.engine.optimizers_without_dynamo`). And
     give tqdm a thread lock: its default lock holds a multiprocessing semaphore (a process's bars share it with
     the processes it forks), which a killed worker would leave behind for the resource tracker to report."""
     import threading
 
-    import torch._dynamo  # noqa: F401  (torch.optim's optimizers import it when the first one is made: 1 s here)
+    import torch  # noqa: F401
     from tqdm import tqdm
 
     import dqnrun.algos.dqn  # noqa: F401

@@ -726,3 +726,29 @@ def test_frame_rings_too_large_to_share_stay_each_members_own(monkeypatch) -> No
     monkeypatch.setattr(rows.torch, "zeros", no_memory)
     assert rows.StackedFrames.fits(replays) and rows.StackedFrames.share(replays) is None
     assert all(r.store.writer is None and r.store._ring is ring for r, ring in zip(replays, own, strict=True))
+
+
+@pytest.mark.parametrize("kind", [["env=cartpole"], ["algo=pqn", "env=cartpole", "total_steps=1024"]])
+def test_a_population_never_imports_torchs_dynamo(tmp_path, kind: list[str]) -> None:
+    """Its members' optimizers are made, restored and exported without torch._dynamo (1 s of every worker's start
+    here: `optimizers_without_dynamo`); a fresh interpreter that trains a population of 2 has not imported it."""
+    import subprocess
+    import sys
+
+    args = ["train", "-m", "seed=0,1", "total_steps=2000", "eval.every=1000", "eval.episodes=2", "log.progress=false",
+            "checkpoint.every=1000", *kind, "hydra/launcher=population", "hydra.launcher.n_jobs=1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    code = f"""
+import sys
+from dqnrun.cli import main
+sys.argv = ["dqnrun", *{args!r}]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("torch._dynamo" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "False"
+    assert len(list((tmp_path / "sweep").rglob("last.pt"))) == 2  # both members trained and saved

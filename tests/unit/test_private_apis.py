@@ -4,6 +4,8 @@ fails loudly, naming the API, when a dependency changes it."""
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -82,3 +84,24 @@ def test_gymnasium_cartpole_and_vector_env_internals_the_together_steppers_write
     numpy_vec.reset(seed=0)
     assert numpy_vec.state.shape == (4, 3) and numpy_vec.steps.dtype == np.int32
     assert numpy_vec.prev_done.dtype == np.bool_ and (numpy_vec.low, numpy_vec.high) == (-0.05, 0.05)
+
+
+def test_torch_disable_dynamo_wrappers_read_a_cached_function() -> None:
+    """dqnrun.population.engine.optimizers_without_dynamo seeds the cache that torch's ``_disable_dynamo`` wrappers
+    read (``fn.__dynamo_disable``, ``fn`` their ``__wrapped__``), so that a population's optimizers never import
+    torch._dynamo. In a fresh interpreter: optimizers made, saved and restored inside it import none; one made after
+    it does, as torch does by itself."""
+    code = """
+import sys, torch
+from dqnrun.population.engine import optimizers_without_dynamo
+with optimizers_without_dynamo():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    for make in (torch.optim.Adam, torch.optim.RAdam, torch.optim.RMSprop, torch.optim.SGD):
+        opt = make(p, lr=1e-3)
+        opt.load_state_dict(opt.state_dict())
+    inside = "torch._dynamo" in sys.modules
+torch.optim.Adam(p, lr=1e-3)
+print(inside, "torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]

@@ -15,14 +15,16 @@ def test_workers_start_warm_run_in_order_and_are_killed(monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
     workers = Workers(2, cores=4)
     try:
-        out = workers.run([lambda i=i: (i, os.getpid(), "torch._dynamo" in sys.modules,
-                                        os.environ.get("OMP_NUM_THREADS")) for i in range(3)])
+        out = workers.run([lambda i=i: (i, os.getpid(), "dqnrun.population.engine" in sys.modules,
+                                        os.environ.get("OMP_NUM_THREADS"), "torch._dynamo" in sys.modules)
+                           for i in range(3)])
     finally:
         workers.close()
     assert [o[0] for o in out] == [0, 1, 2]  # in the order of the calls
     pids = {o[1] for o in out}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
     assert all(o[2] for o in out)  # what a population imports, imported before its first call (`warm`)
+    assert not any(o[4] for o in out)  # but not torch's dynamo (1 s here), which a population never needs
     assert all(o[3] == "2" for o in out)  # 4 cores, 2 workers: 2 threads each
     deadline = time.time() + 10
     while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
