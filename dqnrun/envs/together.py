@@ -60,13 +60,12 @@ class CartPoleTogether:
         self.vecs = list(vector_envs)
         self.c = cartpole_constants(self.vecs[0].envs[0].unwrapped)  # type: ignore[attr-defined]
         self.chains = [[_chain(env) for env in vec.envs] for vec in self.vecs]  # wrappers never change
-        # each env's place in the numpy step: (vec, i, CartPoleEnv, TimeLimit or None)
-        self.rows = [[(vec, i, c[0], c[1]) if c is not None else None for i, c in enumerate(chains)]
-                     for vec, chains in zip(self.vecs, self.chains, strict=True)]
+        # each env's place in the numpy step: (member, i, CartPoleEnv, TimeLimit or None)
+        self.rows = [[(m, i, c[0], c[1]) if c is not None else None for i, c in enumerate(chains)]
+                     for m, chains in enumerate(self.chains)]
         # whether each env was seen on the plain path (`_plain`) and has only taken the numpy step since: it stays
         # there until its pole falls (its next step is then its own reset, after which it is checked again)
         self.plain = [[False] * vec.num_envs for vec in self.vecs]
-        self.member = {id(vec): m for m, vec in enumerate(self.vecs)}
         self.stepped_together = 0  # env steps taken by the numpy step (the others went through their env)
         # members with as many envs each keep their step arrays as rows of shared ones (`_adopt`)
         self.arrays: tuple[np.ndarray, ...] | None = None
@@ -108,7 +107,7 @@ class CartPoleTogether:
         its step, and the others step on: a failure stays its member's."""
         if self.arrays is not None and not self._adopted():
             self._adopt()
-        plain: list[tuple[Any, ...]] = []  # (vec, i, unwrapped, time limit) of the envs that take the numpy step
+        plain: list[tuple[Any, ...]] = []  # (member, i, unwrapped, time limit) of the envs that take the numpy step
         plain_actions: list[np.ndarray] = []
         blocks: list[tuple[int, list[int] | None]] = []  # (member, its envs in ``plain``; None: all of them)
         infos: list[dict[str, Any]] = [{} for _ in self.vecs]
@@ -199,9 +198,9 @@ class CartPoleTogether:
         truncated = np.array(ends)
         if np.count_nonzero(terminated):
             for j in np.flatnonzero(terminated).tolist():
-                vec, i, u, _ = envs[j]
+                m, i, u, _ = envs[j]
                 u.steps_beyond_terminated = 0  # the pole just fell (reward 1.0, as CartPoleEnv gives it)
-                self.plain[self.member[id(vec)]][i] = False  # its next step is its reset
+                self.plain[m][i] = False  # its next step is its reset
         if self.arrays is not None:  # into the shared step arrays: one write each for every member's rows
             o, r, te, tr, _ = self.arrays
             e = o.shape[1]

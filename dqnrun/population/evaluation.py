@@ -129,8 +129,7 @@ def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, 
     state = np.stack([v.state for v in vecs], axis=1)  # (4, K, E) float64: each member's (4, E), as its env keeps it
     limit = np.array([v.max_episode_steps for v in vecs])
     k_all, n_envs = state.shape[1:]
-    steps = np.zeros((k_all, n_envs), dtype=np.int64)
-    ep_ret = np.zeros((k_all, n_envs), dtype=np.float64)
+    steps = np.zeros((k_all, n_envs), dtype=np.int64)  # of each env's first episode: its return (1 a step)
     active = np.zeros((k_all, n_envs), dtype=bool)
     for k, p in enumerate(plans):
         active[k, :p.episodes] = True
@@ -151,12 +150,11 @@ def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, 
         force = np.sign(act[li, ei] - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
         new = np.stack(euler_step(c, *state[:, ki, ei], force))  # (4, n): contiguous rows, as its own state's
         state[:, ki, ei] = new
-        steps[ki, ei] += 1
+        steps[ki, ei] += 1  # CartPole's reward is 1 a step, the step that ends an episode included
         ended = fallen(c, new[0], new[2]) | (steps[ki, ei] >= limit[ki])
-        ep_ret[ki, ei] += 1.0  # CartPole's reward, the step that ends an episode included
         active[ki[ended], ei[ended]] = False
         done = ~active[live].any(axis=1)
         for k in live[done].tolist():
-            out[slots[k]] = float(ep_ret[k, :plans[k].episodes].mean())
+            out[slots[k]] = float(steps[k, :plans[k].episodes].mean())
         live = live[~done]
     return out
