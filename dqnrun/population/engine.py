@@ -324,10 +324,11 @@ class Population:
         router = self.router
         ready: list[tuple[int, Member, float]] = []
         draws = np.empty((len(live), 2 * live[0].session.n_envs))  # type: ignore[union-attr]  # one env count
+        armed = faults.armed()
         for i, m in enumerate(live):
             router.current = m.key
             try:
-                ready.append((i, m, explore_draws(m, draws[len(ready)])))
+                ready.append((i, m, explore_draws(m, draws[len(ready)], armed)))
             except Exception as exc:
                 self._failed(m, exc)
         actions = choose_actions(learner, live, ready, draws[:len(ready)])
@@ -495,11 +496,12 @@ class TogetherEnvs:
         return [out[self.slot[id(m)]] for m in sent]
 
 
-def explore_draws(m: Member, out: np.ndarray) -> float:
+def explore_draws(m: Member, out: np.ndarray, armed: bool = True) -> float:
     """Member ``m``'s epsilon at this step; its uniform draws ``(2E,)`` from its own generator into ``out``: what its
     solo run's `dqnrun.acting.epsilon_greedy` draws (the first E decide who explores, the last E the random
-    actions)."""
-    faults.point("act")
+    actions). ``armed``: a fault is set (`faults.armed`), so mark the point ``act``."""
+    if armed:
+        faults.point("act")
     dqn, session = m.dqn, m.session
     assert session is not None
     step = session.step

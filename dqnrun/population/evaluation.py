@@ -97,6 +97,26 @@ def counted_actions(learner: PopulationLearner, obs: Sequence[np.ndarray], activ
     return out
 
 
+def stacked_counted_actions(learner: PopulationLearner, obs: np.ndarray, active: np.ndarray,
+                            counted: tuple[np.ndarray, np.ndarray], slots: Sequence[int], cache: dict,
+                            explore: Sequence[tuple[float, np.random.Generator, int]]) -> np.ndarray:
+    """`counted_actions` for members of one env count, in arrays: obs ``(L, E, ...)``, ``active`` ``(L, E)`` and its
+    ``np.nonzero`` (``counted``) -> actions ``(L, E)``. The same forward (each member's counted envs packed to the
+    front, in order) and the same draws."""
+    li, ei = counted
+    place = (np.cumsum(active, axis=1) - 1)[li, ei]  # each counted env's row in its member's packed batch
+    x = np.zeros((len(obs), max(int(place.max(initial=-1)) + 1, 1), *obs.shape[2:]), dtype=obs.dtype)
+    x[li, place] = obs[li, ei]
+    with learner.evaluation():
+        greedy = learner.greedy(x, rows=slots, cache=cache)
+    actions = np.zeros(active.shape, dtype=np.int64)
+    actions[li, ei] = greedy[li, place]
+    for i, (epsilon, rng, n_actions) in enumerate(explore):
+        if epsilon > 0.0:
+            actions[i] = epsilon_greedy(obs[i], lambda _, a=actions[i]: a, epsilon, rng, n_actions)
+    return actions
+
+
 def cartpoles_fit(members: Sequence[tuple[int, Run]]) -> bool:
     """Whether `evaluate_cartpoles` takes these members' evaluations: Gymnasium's numpy CartPoles stepped together
     (`CartPoleVectorTogether`), as many envs each, every member's episodes in one round of its envs, no masks."""
@@ -140,12 +160,11 @@ def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, 
         rows = active[live]
         ks = live.tolist()
         obs = state[:, live].transpose(1, 2, 0).astype(np.float32)  # (L, E, 4), as CartPoleVectorEnv returns it
-        actions = counted_actions(learner, list(obs), list(rows), [slots[k] for k in ks], weights,
-                                  [(plans[k].epsilon, plans[k].rng, int(runs[k].spec.n_actions)) for k in ks])
-        act = np.stack(actions)
+        li, ei = np.nonzero(rows)  # the counted envs still in their episode
+        act = stacked_counted_actions(learner, obs, rows, (li, ei), [slots[k] for k in ks], weights,
+                                      [(plans[k].epsilon, plans[k].rng, int(runs[k].spec.n_actions)) for k in ks])
         if invalid_actions(act):
             raise ValueError("an action outside CartPole's 0 and 1")
-        li, ei = np.nonzero(rows)  # the counted envs still in their episode
         ki = live[li]
         force = np.sign(act[li, ei] - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
         new = np.stack(euler_step(c, *state[:, ki, ei], force))  # (4, n): contiguous rows, as its own state's

@@ -110,7 +110,16 @@ class StackedMLP:
         if flat.dim() != 2 or flat.shape[1] != self.size:
             raise ValueError(f"flat parameters must be (K, {self.size}), got {tuple(flat.shape)}")
         self.flat = flat
+        self._rowmajor: list[np.ndarray] | None = None  # a frozen copy's weights as (K, in, out), for numpy
         self._bind()
+
+    def frozen(self, members: Sequence[int]) -> StackedMLP:
+        """A copy of ``members``' weights (in this order) that stays as it is: an evaluation's. On a CPU its forward
+        takes numpy's products (`numpy_products`) on row-major copies of its weights, made here once."""
+        out = StackedMLP(self.flat[list(members)].contiguous(), self.shapes, self.activation, self.conv)
+        if out.flat.device.type == "cpu":
+            out._rowmajor = [w.transpose(1, 2).contiguous().numpy() for w in out.weights]
+        return out
 
     @property
     def in_features(self) -> int:
@@ -179,10 +188,14 @@ class StackedMLP:
                 conv_acts += [x, hc]
             h = hc.view(k, -1, self.conv.patches, f).transpose(2, 3).reshape(k, -1, f * self.conv.patches)
         last = len(self.weights) - 1
+        rowmajor = self._rowmajor if self._rowmajor is not None and numpy_products(h) else None
         for i, (w_t, b) in enumerate(zip(self._w_t, self._b_row, strict=True)):
             if acts is not None:
                 acts.append(h)
-            h = torch.baddbmm(b, h, w_t)
+            if rowmajor is not None:
+                h = torch.from_numpy(np.matmul(h.contiguous().numpy(), rowmajor[i])).add_(b)
+            else:
+                h = torch.baddbmm(b, h, w_t)
             if i < last:
                 h = h.relu_() if self.relu else h.tanh_()
         return h
@@ -273,6 +286,14 @@ class BatchedAdam:
                                beta2=beta2, weight_decay=self.weight_decay, eps=self.eps, maximize=False)
 
 
+def numpy_products(t: torch.Tensor) -> bool:
+    """Whether a stack's batched products take numpy's ``matmul`` (OpenBLAS, one sgemm per member) rather than
+    torch's ``bmm``/``baddbmm`` (MKL): on a CPU where torch runs one thread (a population per core, the launcher's
+    default). Measured here (AMD EPYC, one thread, 8 members, 128 rows): (128, 64) @ (64, 64) 76 us against 94;
+    (128, 64) @ (64, 2) 5 us against 19. With more threads torch's products split the members between them."""
+    return t.device.type == "cpu" and torch.get_num_threads() == 1
+
+
 # From this many rows per member (an evaluation's envs), torch's batched products beat numpy's on the CPU
 # (measured for [128, 128]: 530 vs 391 us at 100 rows, 64 vs 98 us at 4); below it numpy's lower call cost wins.
 TORCH_ACTING_ROWS = 16
@@ -361,8 +382,11 @@ class PopulationLearner:
         k, e = obs.shape[:2]
         subset = self._subset(rows)
         if self._np_layers is None or e >= TORCH_ACTING_ROWS:
-            net = self.online if subset is None else subset_of(
-                cache, "net", subset, lambda: self.online.like(self.online.flat[subset]))
+            if cache is not None:  # the weights stay as they are while the caller keeps its cache
+                members = list(range(k)) if subset is None else subset
+                net = subset_of(cache, "net", members, lambda: self.online.frozen(members))
+            else:
+                net = self.online if subset is None else self.online.like(self.online.flat[subset])
             with torch.inference_mode():
                 q = net.forward(self._feats(torch.as_tensor(obs, device=self.device)))
                 return q.argmax(2).cpu().numpy()
@@ -476,15 +500,22 @@ class PopulationLearner:
             loss = (grad_q * diff).sum(1).mul_(0.5)
         dq = torch.zeros_like(q).scatter_(2, idx, grad_q.unsqueeze(2))
         online, grads = self.online, self.grad
+        by_numpy = numpy_products(dq)
         for i in range(len(online.weights) - 1, -1, -1):
             out_f, in_f = online.shapes[i]
-            if in_f <= NARROW_INPUT and out_f >= 4 * in_f:  # x^T dq, transposed: 5x faster for CartPole's 4 -> 128
+            if by_numpy:  # one sgemm per member, straight into its row of the flat gradient
+                np.matmul(dq.numpy().transpose(0, 2, 1), acts[i].numpy(), out=grads.weights[i].numpy())
+            elif in_f <= NARROW_INPUT and out_f >= 4 * in_f:  # x^T dq, transposed: 5x faster for CartPole's 4 -> 128
                 grads.weights[i].copy_(torch.bmm(acts[i].transpose(1, 2), dq).transpose(1, 2))
             else:  # into a fresh tensor, then copied: ``out=`` a strided view of the flat gradient rounds differently
                 grads.weights[i].copy_(torch.bmm(dq.transpose(1, 2), acts[i]))  # with the number of members
             torch.sum(dq, 1, out=grads.biases[i])
             if i > 0:
-                dq = self.derivative(torch.bmm(dq, online.weights[i]), acts[i])
+                if by_numpy:
+                    back = torch.from_numpy(np.matmul(dq.numpy(), online.weights[i].numpy()))
+                else:
+                    back = torch.bmm(dq, online.weights[i])
+                dq = self.derivative(back, acts[i])
         if online.conv is not None:  # back through the flattening and the ReLU into the shared filters
             patches, hc = conv_acts
             k, f, p = hc.shape[0], online.conv.filters, online.conv.patches

@@ -28,6 +28,11 @@ _ERRORS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}
 _seen: Counter[str] = Counter()
 
 
+def armed() -> bool:
+    """Whether any fault is set (a hot loop asks once, then marks its points only if so)."""
+    return bool(os.environ.get(ENV))
+
+
 def point(name: str) -> None:
     """Mark that a run reached ``name``; performs the injected fault if one is set for it."""
     spec = os.environ.get(ENV)

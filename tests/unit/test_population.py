@@ -22,6 +22,18 @@ def _dqn(overrides: list[str], preset: list[str] = SMALL):
     return builders.build_algorithm(cfg, builders.build_env_spec(cfg.env))
 
 
+@pytest.fixture(params=[1, 2], ids=["numpy-products", "torch-products"])
+def products(request):
+    """Torch on one thread (a stack's products through numpy, `numpy_products`) or two (torch's batched products)."""
+    from dqnrun.population.stacked import numpy_products
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    assert numpy_products(torch.zeros(1)) == (request.param == 1)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 # --- grouping -----------------------------------------------------------------------------------------
 def test_seeds_and_per_member_hyperparameters_share_one_population() -> None:
     cfgs = [compose_train(["env=cartpole", f"seed={s}", f"optimizer.lr={lr}", f"learner.gamma={g}",
@@ -171,7 +183,7 @@ def _members_equal_solo(solo: list, twins: list, pop, atol: float = 1e-5) -> Non
 
 @pytest.mark.parametrize("double", [False, True])
 @pytest.mark.parametrize("n_step", [False, True])
-def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_step: bool) -> None:
+def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_step: bool, products: int) -> None:
     extra = [f"learner.double={str(double).lower()}"]
     solo = [_dqn([*m, *extra]) for m in MEMBERS]
     twins = [_dqn([*m, *extra]) for m in MEMBERS]  # the same seeds: the same initial weights
@@ -181,6 +193,30 @@ def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_ste
     _members_equal_solo(solo, twins, pop)
     # and the members really learned different things (per-member lr, gamma, cap): not one shared update
     assert not torch.allclose(solo[0].learner.online.linears[0].weight, solo[2].learner.online.linears[0].weight)
+
+
+def test_an_evaluations_frozen_stack_acts_as_the_live_one(products: int) -> None:
+    """An evaluation acts on a copy of its members' weights (`StackedMLP.frozen`), with numpy's products on row-major
+    copies where torch runs one thread: the same Q-values as the live stack's forward, whatever the members' order,
+    and a copy that stays as it was when the live weights move on."""
+    dqns = [_dqn(m) for m in MEMBERS]
+    pop = stack_members(dqns)
+    x = torch.randn(3, 40, 4, generator=torch.Generator().manual_seed(5))
+    frozen = pop.online.frozen([2, 0])
+    assert frozen._rowmajor is not None  # on a CPU; its forward takes them where torch runs one thread
+    torch.testing.assert_close(frozen.forward(x[[2, 0]]), pop.online.forward(x)[[2, 0]], atol=1e-6, rtol=0)
+    before = frozen.forward(x[[2, 0]])
+    pop.update(_stack(_batches(1, 3, seed=4, n_step=False)[0]))
+    assert torch.equal(frozen.forward(x[[2, 0]]), before)
+    assert not torch.allclose(pop.online.forward(x)[[2, 0]], before)
+    # and the greedy actions of an evaluation (its cache holds the frozen copy) are each member's own
+    obs = x.numpy()
+    cache: dict = {}
+    got = pop.greedy(obs, rows=[0, 1, 2], cache=cache)
+    assert "net" in cache
+    for i, d in enumerate(dqns):
+        export_member(pop, i, d)
+        np.testing.assert_array_equal(got[i], d.learner.greedy_actions(obs[i]))
 
 
 def test_only_the_active_members_step() -> None:
@@ -268,7 +304,7 @@ def _image_batches(n: int, k: int, seed: int, pong: bool = False) -> list[list[B
 
 
 @pytest.mark.parametrize("double", [False, True])
-def test_minatar_members_batched_updates_equal_their_solo_updates(double: bool) -> None:
+def test_minatar_members_batched_updates_equal_their_solo_updates(double: bool, products: int) -> None:
     extra = [f"learner.double={str(double).lower()}"]
     solo = [_minatar_dqn([*m, *extra]) for m in MEMBERS]
     twins = [_minatar_dqn([*m, *extra]) for m in MEMBERS]
@@ -684,7 +720,7 @@ def test_members_frame_rings_share_one_tensor_and_one_gather_returns_each_member
                 assert torch.equal(sa[key], sb[key]), key
 
 
-def test_a_members_updates_do_not_depend_on_how_many_members_share_its_population() -> None:
+def test_a_members_updates_do_not_depend_on_how_many_members_share_its_population(products: int) -> None:
     """Bit for bit, whether a member trains with others or alone (the others having ended, or resumed from other
     steps): a population's stacked update once wrote a layer's weight gradient with ``bmm(out=<strided view>)``,
     whose rounding changed with the number of members, so a member resumed beside members at other steps drifted
