@@ -97,26 +97,6 @@ def counted_actions(learner: PopulationLearner, obs: Sequence[np.ndarray], activ
     return out
 
 
-def stacked_counted_actions(learner: PopulationLearner, obs: np.ndarray, active: np.ndarray,
-                            counted: tuple[np.ndarray, np.ndarray], slots: Sequence[int], cache: dict,
-                            explore: Sequence[tuple[float, np.random.Generator, int]]) -> np.ndarray:
-    """`counted_actions` for members of one env count, in arrays: obs ``(L, E, ...)``, ``active`` ``(L, E)`` and its
-    ``np.nonzero`` (``counted``) -> actions ``(L, E)``. The same forward (each member's counted envs packed to the
-    front, in order) and the same draws."""
-    li, ei = counted
-    place = (np.cumsum(active, axis=1) - 1)[li, ei]  # each counted env's row in its member's packed batch
-    x = np.zeros((len(obs), max(int(place.max(initial=-1)) + 1, 1), *obs.shape[2:]), dtype=obs.dtype)
-    x[li, place] = obs[li, ei]
-    with learner.evaluation():
-        greedy = learner.greedy(x, rows=slots, cache=cache)
-    actions = np.zeros(active.shape, dtype=np.int64)
-    actions[li, ei] = greedy[li, place]
-    for i, (epsilon, rng, n_actions) in enumerate(explore):
-        if epsilon > 0.0:
-            actions[i] = epsilon_greedy(obs[i], lambda _, a=actions[i]: a, epsilon, rng, n_actions)
-    return actions
-
-
 def cartpoles_fit(members: Sequence[tuple[int, Run]]) -> bool:
     """Whether `evaluate_cartpoles` takes these members' evaluations: Gymnasium's numpy CartPoles stepped together
     (`CartPoleVectorTogether`), as many envs each, every member's episodes in one round of its envs, no masks."""
@@ -131,14 +111,15 @@ def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, 
     """`evaluate_together` for members whose evaluations are one round of CartPole envs each (`cartpoles_fit`): what
     `dqnrun.envs.episode_rounds` returns for each member (reset its envs from its seed, step until every counted
     episode ended, sum each one's rewards), computed for all of them in ``(members, envs)`` arrays. Each member acts
-    as `evaluate_together` has it act: one batched greedy forward over the envs still counting, action 0 for the
-    others, its own epsilon draws, and stops when its last counted episode ends.
+    as `evaluate_together` has it act: one batched greedy forward, its own epsilon draws, and stops when its last
+    counted episode ends.
 
-    Only the counted episodes are stepped, with ``CartPoleVectorEnv.step``'s arithmetic (`euler_step`, `fallen`, its
-    step count and time limit): an env whose episode has ended only resets and steps on in its solo evaluation, and
-    nothing it returns depends on that. The envs themselves are reset and read, never stepped: an evaluation starts
-    by reseeding them, and nothing else reads them. A failure (an env raising, an action outside CartPole's) fails
-    every member here: the caller then evaluates them each on its own."""
+    Every env of the members still stepping steps, with ``CartPoleVectorEnv.step``'s arithmetic (`euler_step`,
+    `fallen`, its step count and time limit), element by element as its own env computes it; an env whose counted
+    episode has ended steps on unread (in its solo evaluation it resets and steps on, and nothing it returns depends
+    on that), so its greedy action and state cost nothing to pick out. The envs themselves are reset and read,
+    never stepped: an evaluation starts by reseeding them, and nothing else reads them. A failure (an env raising,
+    an action outside CartPole's) fails every member here: the caller then evaluates them each on its own."""
     slots = [s for s, _ in members]
     runs = [run for _, run in members]
     plans = [run.eval_plan() for run in runs]  # type: ignore[attr-defined]
@@ -146,34 +127,35 @@ def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, 
     c = cartpole_constants(vecs[0])
     for v, p in zip(vecs, plans, strict=True):
         v.reset(seed=p.seed)
-    state = np.stack([v.state for v in vecs], axis=1)  # (4, K, E) float64: each member's (4, E), as its env keeps it
-    limit = np.array([v.max_episode_steps for v in vecs])
-    k_all, n_envs = state.shape[1:]
-    steps = np.zeros((k_all, n_envs), dtype=np.int64)  # of each env's first episode: its return (1 a step)
-    active = np.zeros((k_all, n_envs), dtype=bool)
+    state = np.stack([v.state for v in vecs], axis=1)  # (4, L, E) float64: each member's (4, E), as its env keeps it
+    limit = np.array([v.max_episode_steps for v in vecs])[:, None]
+    steps = np.zeros(state.shape[1:], dtype=np.int64)  # of each env's first episode: its return (1 a step)
+    active = np.zeros(state.shape[1:], dtype=bool)  # the counted episodes still going
     for k, p in enumerate(plans):
         active[k, :p.episodes] = True
-    live = np.arange(k_all)  # the members still stepping, as rows of the arrays above
+    live = list(range(len(members)))  # the members still stepping: row i of the arrays is member live[i]
     weights: dict = {}
     out: dict[int, Any] = {}
-    while live.size:
-        rows = active[live]
-        ks = live.tolist()
-        obs = state[:, live].transpose(1, 2, 0).astype(np.float32)  # (L, E, 4), as CartPoleVectorEnv returns it
-        li, ei = np.nonzero(rows)  # the counted envs still in their episode
-        act = stacked_counted_actions(learner, obs, rows, (li, ei), [slots[k] for k in ks], weights,
-                                      [(plans[k].epsilon, plans[k].rng, int(runs[k].spec.n_actions)) for k in ks])
-        if invalid_actions(act):
-            raise ValueError("an action outside CartPole's 0 and 1")
-        ki = live[li]
-        force = np.sign(act[li, ei] - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
-        new = np.stack(euler_step(c, *state[:, ki, ei], force))  # (4, n): contiguous rows, as its own state's
-        state[:, ki, ei] = new
-        steps[ki, ei] += 1  # CartPole's reward is 1 a step, the step that ends an episode included
-        ended = fallen(c, new[0], new[2]) | (steps[ki, ei] >= limit[ki])
-        active[ki[ended], ei[ended]] = False
-        done = ~active[live].any(axis=1)
-        for k in live[done].tolist():
-            out[slots[k]] = float(steps[k, :plans[k].episodes].mean())
-        live = live[~done]
+    with np.errstate(over="ignore", invalid="ignore"):  # an ended episode's env steps on unread, wherever it goes
+        while live:
+            obs = state.transpose(1, 2, 0).astype(np.float32)  # (L, E, 4), as CartPoleVectorEnv returns it
+            with learner.evaluation():
+                act = learner.greedy(obs, rows=[slots[k] for k in live], cache=weights)
+            for i, k in enumerate(live):
+                if plans[k].epsilon > 0.0:  # its own draws, as `greedy_actor` makes them for its solo run
+                    act[i] = epsilon_greedy(obs[i], lambda _, a=act[i]: a, plans[k].epsilon, plans[k].rng,
+                                            int(runs[k].spec.n_actions))
+            if invalid_actions(act[active]):
+                raise ValueError("an action outside CartPole's 0 and 1")
+            force = np.sign(act - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
+            state = np.stack(euler_step(c, *state, force))
+            steps += active  # CartPole's reward is 1 a step, the step that ends an episode included
+            active &= ~(fallen(c, state[0], state[2]) | (steps >= limit))
+            done = ~active.any(axis=1)
+            if done.any():
+                for i in np.flatnonzero(done).tolist():
+                    out[slots[live[i]]] = float(steps[i, :plans[live[i]].episodes].mean())
+                keep = np.flatnonzero(~done)
+                live = [live[i] for i in keep.tolist()]
+                state, steps, active, limit = state[:, keep], steps[keep], active[keep], limit[keep]
     return out
