@@ -81,3 +81,26 @@ def test_the_preflight_composes_each_shape_once() -> None:
             cfg = c.task("train", ["env=cartpole", f"seed={seed}", "optimizer.lr=1e-3"])
             assert cfg.seed == seed and cfg.optimizer.lr == 1e-3 and "hydra" not in cfg
         assert loader.load_configuration.derived == 3
+
+
+def test_a_request_made_again_gets_a_copy_of_its_config_once(loader) -> None:
+    """Hydra's sweeper composes a batch's jobs to check them, then the launcher composes the same jobs: the second
+    request gets a copy of the first's config (not composed or derived again); what a caller does to its copy
+    reaches no later request; a third request composes again; only the last `Deriver.RECENT` requests are kept."""
+    d = Deriver(lambda **kw: ConfigLoaderImpl.load_configuration(loader, **kw), loader.repository.group_exists)
+    job = ["env=cartpole", "seed=1"]
+    first = d("train", job, RunMode.RUN)
+    first.seed = 99
+    again = d("train", job, RunMode.RUN)
+    assert (d.repeated, d.derived) == (1, 0) and again is not first
+    same(again, fresh(loader, job))
+    again.seed = 98
+    same(d("train", job, RunMode.RUN), fresh(loader, job))
+    assert (d.repeated, d.derived) == (1, 1)
+    d.RECENT = 2
+    for seed in (2, 3, 4):
+        d("train", ["env=cartpole", f"seed={seed}"], RunMode.RUN)
+    d("train", ["env=cartpole", "seed=2"], RunMode.RUN)  # pushed out by seeds 3 and 4: derived again
+    assert (d.repeated, d.derived) == (1, 5)
+    same(d("train", ["env=cartpole", "seed=4"], RunMode.RUN), fresh(loader, ["env=cartpole", "seed=4"]))
+    assert d.repeated == 2
