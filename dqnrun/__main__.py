@@ -1,4 +1,4 @@
-from dqnrun.cli import main
+from dqnrun.cli import console
 
 if __name__ == "__main__":
-    main()
+    console()

@@ -158,3 +158,40 @@ def test_tiny_override_list_is_valid() -> None:
 
     cfg = compose_train(TINY)
     assert cfg.total_steps == 1200
+
+
+def _console(tmp_path: Path, before: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``before`` (Python), then the ``dqnrun`` command's entry point (`dqnrun.cli.console`) with ``argv``, in a
+    fresh interpreter whose stdout is a pipe (block-buffered: what is not flushed before the exit is lost)."""
+    script = f"import sys\n{before}\nsys.argv = ['dqnrun', *{argv!r}]\nfrom dqnrun.cli import console\nconsole()\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, text=True, capture_output=True, timeout=120,
+                          env=_buffered())
+
+
+def _buffered() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+def test_the_command_exits_quickly_with_mains_exit_code_its_output_and_its_exit_handlers(tmp_path: Path) -> None:
+    """`console` skips Python's teardown (os._exit) once main is done: main's exit code, every byte it printed
+    (through a pipe), the exit handlers' work; a thread that is not a daemon makes it exit as Python does."""
+    mark = tmp_path / "atexit.txt"
+    hook = f"import atexit\natexit.register(lambda: open({str(mark)!r}, 'w').write('ran'))"
+    proc = _console(tmp_path, hook, ["train", "env=mountaincar", "--cfg", "job"])  # a long print, exit 0
+    assert proc.returncode == 0, proc.stderr
+    plain = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['dqnrun', 'train', 'env=mountaincar', "
+                            "'--cfg', 'job']; from dqnrun.cli import main; main()"], cwd=tmp_path, text=True,
+                           capture_output=True, timeout=120, env=_buffered())  # through main: Python's own exit
+    assert "MountainCar-v0" in proc.stdout and proc.stdout == plain.stdout and mark.read_text() == "ran"
+    assert _console(tmp_path, "", ["--version"]).stdout.startswith("dqnrun ")  # a print no logging handler flushes
+    proc = _console(tmp_path, "", ["train", "env=nonexistent"])  # bad input: one line, exit 2
+    assert proc.returncode == 2 and proc.stderr.startswith("dqnrun train: error: unknown env preset")
+    proc = _console(tmp_path, "import dqnrun.cli as c\nc.main = lambda: sys.exit('gone')", [])  # sys.exit("text")
+    assert proc.returncode == 1 and proc.stderr.strip() == "gone"
+    late = tmp_path / "thread.txt"
+    thread = ("import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.5), "
+              f"open({str(late)!r}, 'w').write('done'))).start()")
+    proc = _console(tmp_path, thread, ["--version"])
+    assert proc.returncode == 0 and proc.stdout.startswith("dqnrun ") and late.read_text() == "done"

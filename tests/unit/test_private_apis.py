@@ -105,3 +105,13 @@ print(inside, "torch._dynamo" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+
+def test_python_runs_its_exit_handlers_on_request() -> None:
+    """`dqnrun.cli.console` runs the exit handlers itself, then skips the interpreter's teardown (os._exit). In a
+    fresh interpreter: running them here would run this test session's own."""
+    code = ("import atexit, os\natexit.register(print, 'handler ran', flush=True)\natexit._run_exitfuncs()\n"
+            "os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "handler ran\n", out
