@@ -110,7 +110,7 @@ class StackedMLP:
         if flat.dim() != 2 or flat.shape[1] != self.size:
             raise ValueError(f"flat parameters must be (K, {self.size}), got {tuple(flat.shape)}")
         self.flat = flat
-        self._rowmajor: list[np.ndarray] | None = None  # a frozen copy's weights as (K, in, out), for numpy
+        self._rowmajor: list[np.ndarray | None] | None = None  # a frozen copy's small layers (K, in, out)
         self._bind()
 
     def frozen(self, members: Sequence[int]) -> StackedMLP:
@@ -118,7 +118,8 @@ class StackedMLP:
         takes numpy's products (`numpy_products`) on row-major copies of its weights, made here once."""
         out = StackedMLP(self.flat[list(members)].contiguous(), self.shapes, self.activation, self.conv)
         if out.flat.device.type == "cpu":
-            out._rowmajor = [w.transpose(1, 2).contiguous().numpy() for w in out.weights]
+            out._rowmajor = [w.transpose(1, 2).contiguous().numpy() if w.shape[1] * w.shape[2] <= NUMPY_LAYER else None
+                             for w in out.weights]
         return out
 
     @property
@@ -192,7 +193,7 @@ class StackedMLP:
         for i, (w_t, b) in enumerate(zip(self._w_t, self._b_row, strict=True)):
             if acts is not None:
                 acts.append(h)
-            if rowmajor is not None:
+            if rowmajor is not None and rowmajor[i] is not None:
                 h = torch.from_numpy(np.matmul(h.contiguous().numpy(), rowmajor[i])).add_(b)
             else:
                 h = torch.baddbmm(b, h, w_t)
@@ -287,11 +288,16 @@ class BatchedAdam:
 
 
 def numpy_products(t: torch.Tensor) -> bool:
-    """Whether a stack's batched products take numpy's ``matmul`` (OpenBLAS, one sgemm per member) rather than
-    torch's ``bmm``/``baddbmm`` (MKL): on a CPU where torch runs one thread (a population per core, the launcher's
-    default). Measured here (AMD EPYC, one thread, 8 members, 128 rows): (128, 64) @ (64, 64) 76 us against 94;
-    (128, 64) @ (64, 2) 5 us against 19. With more threads torch's products split the members between them."""
+    """Whether a stack's batched products for layers of at most `NUMPY_LAYER` weights take numpy's ``matmul``
+    (OpenBLAS, one sgemm per member) rather than torch's ``bmm``/``baddbmm`` (MKL): on a CPU where torch runs one
+    thread (a population per core, the launcher's default). Measured here (AMD EPYC, one thread, 8 members, 128
+    rows): (128, 64) @ (64, 64) 76 us against 94, (128, 64) @ (64, 2) 5 us against 19, (128, 128) @ (128, 128)
+    even; larger layers slower (MinAtar's (32, 1024) @ (1024, 128) 891 us against 769). With more threads torch's
+    products split the members between them."""
     return t.device.type == "cpu" and torch.get_num_threads() == 1
+
+
+NUMPY_LAYER = 64 * 64  # weights of the largest layer whose products `numpy_products` sends to numpy
 
 
 # From this many rows per member (an evaluation's envs), torch's batched products beat numpy's on the CPU
@@ -503,7 +509,8 @@ class PopulationLearner:
         by_numpy = numpy_products(dq)
         for i in range(len(online.weights) - 1, -1, -1):
             out_f, in_f = online.shapes[i]
-            if by_numpy:  # one sgemm per member, straight into its row of the flat gradient
+            small = by_numpy and out_f * in_f <= NUMPY_LAYER
+            if small:  # one sgemm per member, straight into its row of the flat gradient
                 np.matmul(dq.numpy().transpose(0, 2, 1), acts[i].numpy(), out=grads.weights[i].numpy())
             elif in_f <= NARROW_INPUT and out_f >= 4 * in_f:  # x^T dq, transposed: 5x faster for CartPole's 4 -> 128
                 grads.weights[i].copy_(torch.bmm(acts[i].transpose(1, 2), dq).transpose(1, 2))
@@ -511,7 +518,7 @@ class PopulationLearner:
                 grads.weights[i].copy_(torch.bmm(dq.transpose(1, 2), acts[i]))  # with the number of members
             torch.sum(dq, 1, out=grads.biases[i])
             if i > 0:
-                if by_numpy:
+                if small:
                     back = torch.from_numpy(np.matmul(dq.numpy(), online.weights[i].numpy()))
                 else:
                     back = torch.bmm(dq, online.weights[i])
