@@ -21,7 +21,6 @@ with Hydra's own compositions.
 
 from __future__ import annotations
 
-import copy
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,7 +51,7 @@ class Deriver:
 
         self.compose, self.group_exists = compose, group_exists
         self.parser = OverridesParser.create()
-        self.bases: dict[Shape, tuple[list[Any], DictConfig]] = {}
+        self.bases: dict[Shape, tuple[list[Any], bytes]] = {}  # each shape's first config, pickled
         self.derived = 0  # configs derived rather than composed (for tests and measurements)
         # the configs of the last requests, pickled, each given again once: Hydra's sweeper composes a batch's
         # jobs to check them, then the launcher composes the same jobs (a copy: 1.5 ms against ~14 to derive)
@@ -92,7 +91,7 @@ class Deriver:
         if held is None:
             cfg = fresh()
             if recorded(cfg, parsed):
-                self.bases[key] = (parsed, copy.deepcopy(cfg))
+                self.bases[key] = (parsed, pickle.dumps(cfg))
             return cfg
         self.derived += 1
         return derive(held[1], held[0], parsed, [kind[0] == "value" for kind in shape])
@@ -132,12 +131,13 @@ def recorded(cfg: DictConfig, parsed: Sequence[Any]) -> bool:
                for have, want in zip(lists, (task, own), strict=True))
 
 
-def derive(base: DictConfig, base_parsed: Sequence[Any], parsed: Sequence[Any], values: Sequence[bool]) -> DictConfig:
-    """``base`` (composed from ``base_parsed``) with ``parsed``'s values (where ``values``) set again, in order, and
-    its record rewritten: what Hydra composes from ``parsed`` when the two share a shape (`Deriver.shape`)."""
+def derive(base: bytes, base_parsed: Sequence[Any], parsed: Sequence[Any], values: Sequence[bool]) -> DictConfig:
+    """``base`` (composed from ``base_parsed``, pickled: a copy unpickles in ~1.5 ms against ~4 for a deepcopy) with
+    ``parsed``'s values (where ``values``) set again, in order, and its record rewritten: what Hydra composes from
+    ``parsed`` when the two share a shape (`Deriver.shape`)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
-    cfg = copy.deepcopy(base)
+    cfg = pickle.loads(base)
     ConfigLoaderImpl._apply_overrides_to_config([o for o, v in zip(parsed, values, strict=True) if v], cfg)
     record = cfg.hydra.overrides
     for name, is_own in (("task", False), ("hydra", True)):
