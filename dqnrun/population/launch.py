@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -226,6 +225,7 @@ def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -
     directory with ``.hydra/``, its task config (normalized, resolved while its Hydra config is current) and
     its `Job` (overrides as typed)."""
     from dqnrun.config.compose import as_typed_overrides, normalize
+    from dqnrun.config.derive import copy_config
     from dqnrun.run.lifecycle import Job
 
     HydraConfig.instance().set_config(sweep_config)
@@ -233,7 +233,7 @@ def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -
     with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
         sweep_config.hydra.runtime.output_dir = str(output_dir.resolve())
     HydraConfig.instance().set_config(sweep_config)
-    task_cfg = pickle.loads(pickle.dumps(sweep_config))  # a copy: ~1.5 ms against ~4 for a deepcopy
+    task_cfg = copy_config(sweep_config)
     with read_write(task_cfg), open_dict(task_cfg):
         del task_cfg["hydra"]
     OmegaConf.resolve(task_cfg)

@@ -104,3 +104,27 @@ def test_a_request_made_again_gets_a_copy_of_its_config_once(loader) -> None:
     assert (d.repeated, d.derived) == (1, 5)
     same(d("train", ["env=cartpole", "seed=4"], RunMode.RUN), fresh(loader, ["env=cartpole", "seed=4"]))
     assert d.repeated == 2
+
+
+def test_a_config_that_does_not_pickle_is_kept_as_a_deepcopy() -> None:
+    """`keep` pickles a config (the cheap copy) and falls back to a deepcopy where pickling fails: a structured node
+    whose class is not importable as itself (a local class here; Hydra's plugin config classes imported under two
+    names in CI's test workers). Each `thaw` is a fresh copy either way."""
+    from dataclasses import dataclass
+
+    from dqnrun.config.derive import copy_config, keep, thaw
+
+    @dataclass
+    class Local:
+        x: int = 1
+
+    plain = OmegaConf.create({"a": {"b": 1}})
+    odd = OmegaConf.create({"a": OmegaConf.structured(Local)})
+    assert isinstance(keep(plain), bytes) and not isinstance(keep(odd), bytes)
+    for cfg in (plain, odd):
+        held = keep(cfg)
+        first, second = thaw(held), thaw(held)
+        first.a = {"b": 5} if cfg is plain else Local(x=5)
+        assert OmegaConf.to_container(second) == OmegaConf.to_container(cfg) != OmegaConf.to_container(first)
+        copied = copy_config(cfg)
+        assert copied is not cfg and OmegaConf.to_container(copied) == OmegaConf.to_container(cfg)
