@@ -76,7 +76,7 @@ class Deriver:
         self.parser = OverridesParser.create()
         self.bases: dict[Shape, tuple[list[Any], Held]] = {}  # each shape's first config, kept (`keep`)
         self.derived = 0  # configs derived rather than composed (for tests and measurements)
-        # the configs of the last requests, pickled, each given again once: Hydra's sweeper composes a batch's
+        # the configs of the last requests (`keep`), each given again once: Hydra's sweeper composes a batch's
         # jobs to check them, then the launcher composes the same jobs (a copy: 1.5 ms against ~14 to derive)
         self.recent: dict[tuple[Any, ...], Held] = {}
         self.repeated = 0
