@@ -48,9 +48,8 @@ def thaw(held: Held) -> DictConfig:
 
 
 def copy_config(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` (`keep`, then `thaw`: by pickling where it pickles)."""
-    held = keep(cfg)
-    return pickle.loads(held) if isinstance(held, bytes) else held
+    """A copy of ``cfg``: by pickling where it pickles (`keep`, `thaw`)."""
+    return thaw(keep(cfg))
 
 
 def deriving(loader: Any) -> Any:

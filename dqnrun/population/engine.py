@@ -496,7 +496,7 @@ class TogetherEnvs:
         return [out[self.slot[id(m)]] for m in sent]
 
 
-def explore_draws(m: Member, out: np.ndarray, armed: bool = True) -> float:
+def explore_draws(m: Member, out: np.ndarray, armed: bool) -> float:
     """Member ``m``'s epsilon at this step; its uniform draws ``(2E,)`` from its own generator into ``out``: what its
     solo run's `dqnrun.acting.epsilon_greedy` draws (the first E decide who explores, the last E the random
     actions). ``armed``: a fault is set (`faults.armed`), so mark the point ``act``."""

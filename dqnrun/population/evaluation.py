@@ -134,18 +134,24 @@ def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, 
     for k, p in enumerate(plans):
         active[k, :p.episodes] = True
     live = list(range(len(members)))  # the members still stepping: row i of the arrays is member live[i]
+
+    def acting(live: list[int]) -> tuple[list[int], list[tuple[int, Any, int]]]:
+        """The live members' slots, and the rows, plans and action counts of those that explore (set when members
+        leave, not every step)."""
+        return ([slots[k] for k in live],
+                [(i, plans[k], int(runs[k].spec.n_actions)) for i, k in enumerate(live) if plans[k].epsilon > 0.0])
+
+    rows, exploring = acting(live)
     weights: dict = {}
     out: dict[int, Any] = {}
     with np.errstate(over="ignore", invalid="ignore"):  # an ended episode's env steps on unread, wherever it goes
         while live:
             obs = state.transpose(1, 2, 0).astype(np.float32)  # (L, E, 4), as CartPoleVectorEnv returns it
             with learner.evaluation():
-                act = learner.greedy(obs, rows=[slots[k] for k in live], cache=weights)
-            for i, k in enumerate(live):
-                if plans[k].epsilon > 0.0:  # its own draws, as `greedy_actor` makes them for its solo run
-                    act[i] = epsilon_greedy(obs[i], lambda _, a=act[i]: a, plans[k].epsilon, plans[k].rng,
-                                            int(runs[k].spec.n_actions))
-            if invalid_actions(act[active]):
+                act = learner.greedy(obs, rows=rows, cache=weights)
+            for i, plan, n_actions in exploring:  # its own draws, as `greedy_actor` makes them for its solo run
+                act[i] = epsilon_greedy(obs[i], lambda _, a=act[i]: a, plan.epsilon, plan.rng, n_actions)
+            if invalid_actions(act):
                 raise ValueError("an action outside CartPole's 0 and 1")
             force = np.sign(act - 0.5) * c["force_mag"]  # CartPoleVectorEnv's
             state = np.stack(euler_step(c, *state, force))
@@ -158,4 +164,5 @@ def evaluate_cartpoles(learner: PopulationLearner, members: Sequence[tuple[int, 
                 keep = np.flatnonzero(~done)
                 live = [live[i] for i in keep.tolist()]
                 state, steps, active, limit = state[:, keep], steps[keep], active[keep], limit[keep]
+                rows, exploring = acting(live)
     return out
