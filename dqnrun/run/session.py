@@ -201,6 +201,8 @@ class Session:
         self._shared_obs = shares_obs_buffer(envs)  # the env overwrites its obs array in place on every step
         self._two_halves = steps_in_two_halves(envs)
         self._sent: np.ndarray | None = None
+        self._all_valid = np.ones(self.n_envs, dtype=bool)  # ``valid`` of a step without autoresets (read-only)
+        self._all_valid.flags.writeable = False
         if self._shared_obs:
             cursor.obs = cursor.obs.copy()
         self._pending: list[tuple[int, float, int]] = []
@@ -264,13 +266,19 @@ class Session:
                 next_obs, reward, terminated, truncated, info = stepped
         except Exception as exc:  # the env's own bug: named by the lifecycle (`dqnrun.envs.diagnose`)
             raise EnvError(f"step() raised {type(exc).__name__}: {exc}", "step", exc) from exc
-        valid = ~c.autoreset
         done = info[GAME_OVER] if GAME_OVER in info else terminated | truncated  # a whole game ended
-        c.ep_return += reward * valid
-        c.ep_length += valid
+        if np.count_nonzero(c.autoreset):  # some env's step was its autoreset, which counts for nothing
+            valid = ~c.autoreset
+            c.ep_return += reward * valid
+            c.ep_length += valid
+            ended = done & valid
+        else:  # every env's step is a transition (most steps): the same sums, three operations fewer
+            valid = self._all_valid
+            c.ep_return += reward
+            c.ep_length += 1
+            ended = done
         before = state.step
         state.step += self.n_envs
-        ended = done & valid
         if np.count_nonzero(ended):
             for e in np.flatnonzero(ended):
                 self._pending.append((state.step, float(c.ep_return[e]), int(c.ep_length[e])))
