@@ -3,8 +3,9 @@
 Each member keeps its own `dqnrun.replay.ReplayBuffer` (its accumulator, its sampler and its RNG streams, its
 checkpoints: a solo run's), but the columns of its row storage become views of member k's slice of one packed
 ``(K, N, W)`` byte tensor (`RowStorage.home`, `StackedRows`). A batched update then draws each member's rows with
-its own sampler, as its solo run does, and gathers all of them with one ``index_select`` (a member's rows offset by
-k N) instead of one gather per member and column and a stack of the results (`StackedRows` says what it measured).
+its own sampler, as its solo run does, and gathers all of them with one row fetch (a member's rows offset by k N:
+numpy's ``take`` on the CPU, ``index_select`` on an accelerator) instead of one gather per member and column and a
+stack of the results (`StackedRows` says what it measured).
 
 It takes what a row storage holds: transitions (``replay.storage=transitions``) with uniform or prioritized
 sampling. `StackedFrames` does the same for frame rings (the Atari presets): the members' rings are rows of one
@@ -76,6 +77,10 @@ class StackedRows:
         names = ("obs", "next_obs", "action", "reward", "terminated") + (("discount",) if self.with_discount else ())
         # what a batch reads of each column, worked out once: (name, first byte, end byte, dtype, shape of a row)
         self._reads = [(name, *column_span(*self.layout[name]), *self.layout[name][1:]) for name in names]
+        if self.device.type == "cpu":  # the same, for numpy's gather
+            self._packed_np = self.packed.numpy()
+            self._np_reads = [(name, start, end, torch.empty((), dtype=dtype).numpy().dtype, shape)
+                              for name, start, end, dtype, shape in self._reads]
 
     @staticmethod
     def fits(replays: Sequence[ReplayBuffer]) -> bool:
@@ -91,15 +96,19 @@ class StackedRows:
             at = np.zeros((k, *first.shape), dtype=np.int64)
             for slot, (rows, _, replay) in draws.items():
                 np.add(np.asarray(rows), self.row[id(replay.store)] * self.capacity, out=at[slot])
-            idx = torch.from_numpy(at)
+            # numpy's take and views, then torch views of them: 13 us for 8 members x 128 rows against 30 us for
+            # index_select and torch's 18 view calls (the same values and strides)
+            got = np.take(self._packed_np, at.reshape(-1), axis=0)  # (K*G*B, W): one row fetch per drawn row
+            cols = {name: torch.from_numpy(got[:, start:end].view(np_dtype).reshape(*at.shape, *shape))
+                    for name, start, end, np_dtype, shape in self._np_reads}
         else:
             idx = torch.zeros((k, *first.shape), dtype=torch.int64, device=self.device)
             for slot, (rows, _, replay) in draws.items():
                 torch.add(torch.as_tensor(rows, device=self.device), self.row[id(replay.store)] * self.capacity,
                           out=idx[slot])
-        picked = self.packed.index_select(0, idx.view(-1))  # (K*G*B, W): one row fetch per drawn row
-        cols = {name: picked[:, start:end].view(dtype).view(*idx.shape, *shape)
-                for name, start, end, dtype, shape in self._reads}
+            picked = self.packed.index_select(0, idx.view(-1))  # (K*G*B, W): one row fetch per drawn row
+            cols = {name: picked[:, start:end].view(dtype).view(*idx.shape, *shape)
+                    for name, start, end, dtype, shape in self._reads}
         weights = stacked_weights(draws, k, self.device)
         return Batch(cols["obs"], cols["action"], cols["reward"], cols["next_obs"], cols["terminated"],
                      cols.get("discount"), weights)
