@@ -209,14 +209,20 @@ def test_an_evaluations_frozen_stack_acts_as_the_live_one(products: int) -> None
     pop.update(_stack(_batches(1, 3, seed=4, n_step=False)[0]))
     assert torch.equal(frozen.forward(x[[2, 0]]), before)
     assert not torch.allclose(pop.online.forward(x)[[2, 0]], before)
-    # and the greedy actions of an evaluation (its cache holds the frozen copy) are each member's own
+    # and the greedy actions of an evaluation (its cache holds its copy of the weights: row-major numpy arrays where
+    # torch runs one thread, else the frozen stack) are each member's own, and stay so while the live weights move
     obs = x.numpy()
     cache: dict = {}
     got = pop.greedy(obs, rows=[0, 1, 2], cache=cache)
-    assert "net" in cache
+    assert list(cache) == (["rowmajor"] if products == 1 else ["net"])
     for i, d in enumerate(dqns):
         export_member(pop, i, d)
         np.testing.assert_array_equal(got[i], d.learner.greedy_actions(obs[i]))
+    with torch.no_grad():
+        pop.online.flat.neg_()  # the live weights move (far: every member's actions change)
+    np.testing.assert_array_equal(pop.greedy(obs, rows=[0, 1, 2], cache=cache), got)
+    assert not np.array_equal(pop.greedy(obs, rows=[0, 1, 2], cache={}), got)  # the live weights did move
+    np.testing.assert_array_equal(pop.greedy(obs[[2, 0]], rows=[2, 0], cache={})[1], pop.greedy(obs)[0])
 
 
 def test_only_the_active_members_step() -> None:
