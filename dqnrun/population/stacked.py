@@ -110,17 +110,12 @@ class StackedMLP:
         if flat.dim() != 2 or flat.shape[1] != self.size:
             raise ValueError(f"flat parameters must be (K, {self.size}), got {tuple(flat.shape)}")
         self.flat = flat
-        self._rowmajor: list[np.ndarray | None] | None = None  # a frozen copy's small layers (K, in, out)
         self._bind()
 
     def frozen(self, members: Sequence[int]) -> StackedMLP:
-        """A copy of ``members``' weights (in this order) that stays as it is: an evaluation's. On a CPU its forward
-        takes numpy's products (`numpy_products`) on row-major copies of its weights, made here once."""
-        out = StackedMLP(self.flat[list(members)].contiguous(), self.shapes, self.activation, self.conv)
-        if out.flat.device.type == "cpu":
-            out._rowmajor = [w.transpose(1, 2).contiguous().numpy() if w.shape[1] * w.shape[2] <= NUMPY_LAYER else None
-                             for w in out.weights]
-        return out
+        """A copy of ``members``' weights (in this order) that stays as it is: an evaluation's, off the CPU or where
+        torch runs more than one thread (`PopulationLearner.greedy`)."""
+        return self.like(self.flat[list(members)])
 
     @property
     def in_features(self) -> int:
@@ -189,14 +184,10 @@ class StackedMLP:
                 conv_acts += [x, hc]
             h = hc.view(k, -1, self.conv.patches, f).transpose(2, 3).reshape(k, -1, f * self.conv.patches)
         last = len(self.weights) - 1
-        rowmajor = self._rowmajor if self._rowmajor is not None and numpy_products(h) else None
         for i, (w_t, b) in enumerate(zip(self._w_t, self._b_row, strict=True)):
             if acts is not None:
                 acts.append(h)
-            if rowmajor is not None and rowmajor[i] is not None:
-                h = torch.from_numpy(np.matmul(h.contiguous().numpy(), rowmajor[i])).add_(b)
-            else:
-                h = torch.baddbmm(b, h, w_t)
+            h = torch.baddbmm(b, h, w_t)
             if i < last:
                 h = h.relu_() if self.relu else h.tanh_()
         return h
@@ -388,16 +379,15 @@ class PopulationLearner:
         the weights stay as they are: an evaluation) keeps those members' weights between calls."""
         k, e = obs.shape[:2]
         subset = self._subset(rows)
+        members = list(range(k)) if subset is None else subset
         if self._np_layers is not None and cache is not None and numpy_products(self.online.flat):
             # an evaluation, where torch runs one thread: row-major copies of its members' weights, made once, and
             # numpy's products at any row count (100 eval envs of 8 [64, 64] members: ~95 us a step against ~150
             # through torch's calls around the same products)
-            members = list(range(k)) if subset is None else subset
             return self._numpy_greedy(obs, subset_of(cache, "rowmajor", members, lambda: [
                 (np.ascontiguousarray(w_t[members]), b[members]) for w_t, b in self._np_layers]))
         if self._np_layers is None or e >= TORCH_ACTING_ROWS:
             if cache is not None:  # the weights stay as they are while the caller keeps its cache
-                members = list(range(k)) if subset is None else subset
                 net = subset_of(cache, "net", members, lambda: self.online.frozen(members))
             else:
                 net = self.online if subset is None else self.online.like(self.online.flat[subset])

@@ -196,14 +196,14 @@ def test_ten_batched_updates_equal_each_members_solo_updates(double: bool, n_ste
 
 
 def test_an_evaluations_frozen_stack_acts_as_the_live_one(products: int) -> None:
-    """An evaluation acts on a copy of its members' weights (`StackedMLP.frozen`), with numpy's products on row-major
-    copies where torch runs one thread: the same Q-values as the live stack's forward, whatever the members' order,
-    and a copy that stays as it was when the live weights move on."""
+    """An evaluation acts on a copy of its members' weights: row-major numpy copies where torch runs one thread, else
+    a frozen stack (`StackedMLP.frozen`) with the same Q-values as the live stack's forward, whatever the members'
+    order; either copy stays as it was when the live weights move on."""
     dqns = [_dqn(m) for m in MEMBERS]
     pop = stack_members(dqns)
     x = torch.randn(3, 40, 4, generator=torch.Generator().manual_seed(5))
     frozen = pop.online.frozen([2, 0])
-    assert frozen._rowmajor is not None  # on a CPU; its forward takes them where torch runs one thread
+    assert not np.shares_memory(frozen.flat.numpy(), pop.online.flat.numpy())  # its own copy, made once
     torch.testing.assert_close(frozen.forward(x[[2, 0]]), pop.online.forward(x)[[2, 0]], atol=1e-6, rtol=0)
     before = frozen.forward(x[[2, 0]])
     pop.update(_stack(_batches(1, 3, seed=4, n_step=False)[0]))
