@@ -11,18 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from dqnrun.envs import make_env, make_vector_env, obs_dtype_and_shape, probe_spaces, resolve_env_id
 from dqnrun.errors import UsageError
-from dqnrun.replay import ReplayBuffer
+
+if TYPE_CHECKING:  # torch is imported where a part is built: an env's spec and probe load none
+    import torch
+    from torch import nn
+
+    from dqnrun.replay import ReplayBuffer
 
 # `device=auto` puts a network on CUDA only when it is big enough to gain from it. For DQN-sized MLPs the
 # update is dominated by per-op dispatch, which a GPU does not shorten, and acting then pays a host-device
@@ -135,6 +138,8 @@ def build_network(cfg_network: DictConfig, spec: EnvSpec, **head: Any) -> nn.Mod
 
 def resolve_device(requested: str, network: nn.Module, spec: EnvSpec) -> torch.device:
     """`auto`: CUDA for pixel observations or networks with >= AUTO_CUDA_MIN_PARAMS parameters."""
+    import torch
+
     if requested != "auto":
         return torch.device(requested)
     if not torch.cuda.is_available():
@@ -154,12 +159,16 @@ def build_optimizer(cfg_optimizer: DictConfig, params: Any, device: torch.device
 
 def _obs_storage(spec: EnvSpec) -> tuple[tuple[int, ...], torch.dtype]:
     """Per-observation shape and the torch dtype replay stores it in (the observation space's dtype)."""
+    import torch
+
     np_dtype, shape, _ = obs_dtype_and_shape(spec.observation_space)
     return shape, torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
 
 
 def check_replay_memory(cfg_replay: DictConfig, spec: EnvSpec, num_envs: int = 1) -> None:
     """Estimate the buffer's bytes before allocating it; refuse what the machine cannot hold."""
+    from dqnrun.replay import ReplayBuffer
+
     shape, dtype = _obs_storage(spec)
     storage = cfg_replay.get("storage", "transitions")
     need = ReplayBuffer.nbytes(cfg_replay.capacity, shape, dtype, storage=storage, num_envs=num_envs,
@@ -186,6 +195,8 @@ def build_replay(cfg_replay: DictConfig, spec: EnvSpec, device: torch.device, se
 
 def _replay_device(requested: str, learner_device: torch.device) -> torch.device:
     """``auto``: the learner's device, so that a sampled batch never crosses the bus."""
+    import torch
+
     return learner_device if requested in (None, "auto") else torch.device(requested)
 
 

@@ -14,10 +14,14 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dqnrun import __version__
 from dqnrun.cli.terminal import guard_streams, interrupt_on_signals
 from dqnrun.errors import Interrupted, UsageError
+
+if TYPE_CHECKING:
+    from dqnrun.config.preflight import Checked
 
 USAGE = f"""dqnrun {__version__}: train and evaluate DQN agents on Gymnasium environments
 
@@ -296,6 +300,20 @@ def run_app(command: str, rest: list[str]) -> None:
             release()
 
 
+def checks_built(checked: Checked) -> None:
+    """A sweep's preflight checks that build the network (`dqnrun.config.preflight.check_built`): handed to a
+    population's workers where they were started early and Hydra's basic sweeper writes nothing but multirun.yaml
+    before the launcher waits for them (an Optuna study's storage would outlive a failure); here otherwise."""
+    from functools import partial
+
+    from dqnrun.config.preflight import check_built
+    from dqnrun.population.workers import check_early
+
+    basic = checked.sweeper == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    if not (basic and check_early(partial(check_built, checked.built), checked.undo_sweep_dir)):
+        check_built(checked.built)
+
+
 def _run_app(command: str, rest: list[str], flags: list[str], typed: dict[str, str], info: list[str]) -> None:
     from dqnrun.config.preflight import expand, preflight, quote
 
@@ -313,7 +331,9 @@ def _run_app(command: str, rest: list[str], flags: list[str], typed: dict[str, s
                 from dqnrun.sweep import available_cores
 
                 start_early(overrides, len(expand(overrides, True)), available_cores())
-            checked = preflight(command, overrides, multirun)
+            checked = preflight(command, overrides, multirun, build=not multirun)
+            if multirun and checked.built:
+                checks_built(checked)
             rest += checked.extra
             if checked.run_dir is not None:  # own the run's directory before Hydra writes into it
                 lock = own(checked.run_dir)

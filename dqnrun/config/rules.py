@@ -2,7 +2,8 @@
 
 Each failure is a UsageError naming the key, the bad value and what to do instead. Validation never writes to
 the config (`dqnrun.config.compose.normalize` turns ``total_steps=1e5`` into an int before it). Rules of the
-keys every run has live here; an algorithm's own keys are checked by its ``build.check`` (`ALGORITHM_RULES`).
+keys every run has live here; an algorithm's own keys are checked by its ``rules.check`` (`algorithm_rules`). No
+torch here: the command line validates a sweep in a process that never trains.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqnrun.envs import SEED_LIMIT
 from dqnrun.errors import UsageError
-from dqnrun.networks import ACTIVATIONS, NORMS, TORSOS
 
 INF = math.inf
+# The network options `dqnrun.networks` builds (its ACTIVATIONS, NORMS and TORSOS; a test keeps the two the same)
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
+NORMS = ("layernorm",)
+TORSOS = ("nature", "minatar")
 # (kind, low, high, low_inclusive, high_inclusive, nullable)
 Rule = tuple[str, float, float, bool, bool, bool]
 TRAIN_RULES: dict[str, Rule] = {
@@ -54,7 +58,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "env.vectorization": ("auto", "sync", "async", "vector"),
     "objective": ("auc", "best_eval", "final_eval", "steps_to_solve"),
     "network.conv": (None, *TORSOS),
-    "network.activation": tuple(ACTIVATIONS),
+    "network.activation": ACTIVATIONS,
     "network.norm": (None, *NORMS),
 }
 _ABSENT = object()
@@ -106,22 +110,36 @@ def cross_check(cfg: DictConfig, rules: dict[str, Rule], bool_keys: tuple[str, .
             raise UsageError(f"{key}={value!r} is not one of {' | '.join(str(c) for c in allowed)}")
 
 
-def algorithm_module(cfg: DictConfig) -> Any:
-    """The ``build`` module of the algorithm ``cfg.algo`` names (its rules, preflight, parts)."""
-    from dqnrun.algos import build_module, name_of
+def algorithm_name(cfg: DictConfig) -> str:
+    """The registered name of the algorithm ``cfg.algo`` names."""
+    from dqnrun.algos import name_of
 
     target = OmegaConf.select(cfg, "algo._target_", default=None)
     if not isinstance(target, str):
         raise UsageError("algo is not set; pick an algorithm with algo=dqn")
     try:
-        return build_module(name_of(target))
+        return name_of(target)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
 
 
+def algorithm_rules(cfg: DictConfig) -> Any:
+    """The ``rules`` module of the algorithm ``cfg.algo`` names (its keys' rules, checks, FROZEN_ON_RESUME)."""
+    from dqnrun.algos import rules_module
+
+    return rules_module(algorithm_name(cfg))
+
+
+def algorithm_module(cfg: DictConfig) -> Any:
+    """The ``build`` module of the algorithm ``cfg.algo`` names (its parts, policy and preflight; imports torch)."""
+    from dqnrun.algos import build_module
+
+    return build_module(algorithm_name(cfg))
+
+
 def int_rules(cfg: DictConfig) -> list[str]:
     """Every key whose rule wants an integer (for `dqnrun.config.compose.normalize`)."""
-    rules = {**TRAIN_RULES, **getattr(algorithm_module(cfg), "RULES", {})}
+    rules = {**TRAIN_RULES, **getattr(algorithm_rules(cfg), "RULES", {})}
     return [k for k, r in rules.items() if r[0] == "int"]
 
 
@@ -165,7 +183,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     ):
         raise UsageError("schedule=exponential needs schedule.start > 0 and schedule.end > 0; "
                          "use schedule=linear to decay to 0")
-    module = algorithm_module(cfg)
+    module = algorithm_rules(cfg)
     if cfg.env.get("action_mask") and not getattr(module, "ACTION_MASKS", False):
         raise UsageError(f"env.action_mask=true: algo={cfg.algo._target_.split('.')[-2]} does not act through "
                          "action masks yet; use algo=dqn or algo=pqn, or env.action_mask=false")

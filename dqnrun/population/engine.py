@@ -28,13 +28,11 @@ import os
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from dqnrun import builders
 from dqnrun.acting import actions_from_draws
@@ -44,27 +42,17 @@ from dqnrun.population.evaluation import evaluate_together
 from dqnrun.population.logs import MemberLogs
 from dqnrun.population.member import MemberAlgo, Slot, stack_members, torch_stream
 from dqnrun.population.rows import StackedFrames, StackedRows
+from dqnrun.population.spec import MemberSpec
 from dqnrun.population.stacked import PopulationLearner
 from dqnrun.population.watch import Watch
 from dqnrun.replay import Batch
 from dqnrun.run import artifacts as A
 from dqnrun.run import faults
-from dqnrun.run.lifecycle import Job, Run, _log_failure, env_failure, owned_dir, run_label
+from dqnrun.run.lifecycle import Run, _log_failure, env_failure, owned_dir, run_label
 from dqnrun.run.lock import RunDirBusy, RunLock, remove_stale_temp_files
 from dqnrun.run.session import Cadence, Session, StopFlag, crossings
 
 log = logging.getLogger("dqnrun.population")
-
-
-@dataclass
-class MemberSpec:
-    """One member to train: its config (normalized), its job (directory, overrides), how lines name it and the
-    setting whose aggregate statistics it joins (its overrides without the seed)."""
-
-    cfg: DictConfig
-    job: Job
-    label: str
-    setting: str
 
 
 class MemberStop:

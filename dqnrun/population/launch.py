@@ -26,20 +26,24 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from dqnrun.errors import Interrupted
+from dqnrun.errors import Interrupted, UsageError
 from dqnrun.population import grouping
-from dqnrun.population.engine import MemberSpec, Population
 from dqnrun.population.logs import FORMAT, MemberLogs, routed
+from dqnrun.population.spec import MemberSpec
 from dqnrun.population.stats import iqm
-from dqnrun.population.workers import Workers, release, resolve_n_jobs, worker_count, workers_for
+from dqnrun.population.workers import Workers, release, resolve_n_jobs, settle_checks, worker_count, workers_for
+from dqnrun.run.artifacts import Job
 from dqnrun.sweep import SWEEP_ID_ENV, available_cores, limit_threads
+
+if TYPE_CHECKING:  # the engine (torch) is imported where a population trains: in a worker, where there are workers
+    from dqnrun.population.engine import Population
 
 log = logging.getLogger("dqnrun.population")
 
@@ -100,9 +104,13 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     n_workers = worker_count(opts.n_jobs, len(job_overrides), opts.seeds_per_job)
-    workers = workers_for(n_workers, available_cores()) if n_workers > 1 and not opts.submitit else None
     try:  # the workers import while the jobs compose
+        workers = workers_for(n_workers, available_cores(), sweep_dir) if n_workers > 1 and not opts.submitit else None
         return _launch(launcher, job_overrides, initial_job_idx, sweep_dir, workers)
+    except UsageError as exc:  # the preflight's checks that build a network, run in the workers (`settle_checks`)
+        release()
+        print(f"dqnrun train: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     except BaseException:  # a worker may have died with it: the next launch starts fresh ones
         release()
         raise
@@ -111,7 +119,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, sweep_dir: Path,
             workers: Workers | None) -> list[JobReturn]:
     config, ctx, opts = launcher.config, launcher.hydra_context, launcher.options
-    jobs, members = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, 1)
+    jobs, members, records = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, 1)
+    settle_checks(sweep_dir)  # what the preflight left to the workers holds, before any member's directory exists
+    for files in records:
+        write_record(files)
     alone_jobs = {j.num: grouping.eligibility(members[j.members[0]].spec.cfg, opts.autograd) for j in jobs}
     eligible = [i for i, r in enumerate(members) if alone_jobs[jobs[r.job].num] is None]
     the_plan = grouping.plan([members[i].spec.cfg for i in eligible], opts.max_members, opts.n_jobs,
@@ -162,10 +173,12 @@ def _value_of(ret: JobReturn) -> float:
 
 # --- composing the members ------------------------------------------------------------------------------
 def compose(ctx: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int, seeds: int,
-            share: int) -> tuple[list[JobSlot], list[MemberRecord]]:
-    """Every job's config, and its members' run directories with Hydra's record in them."""
+            share: int) -> tuple[list[JobSlot], list[MemberRecord], list[dict[Path, str]]]:
+    """Every job's config, its members, and the files of each member's run directory (Hydra's record: written by
+    `write_record`)."""
     jobs: list[JobSlot] = []
     members: list[MemberRecord] = []
+    records: list[dict[Path, str]] = []
     varying = varying_keys(job_overrides)
     for offset, overrides in enumerate(job_overrides):
         num = first + offset
@@ -180,12 +193,13 @@ def compose(ctx: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]]
             variants = [([*kept, f"seed={seed + k}", f"hydra.sweep.subdir={subdir}/{k}"], k) for k in range(seeds)]
         for member_overrides, k in variants:
             sweep_config = base if k is None else _sweep_config(ctx, config, member_overrides, num)
-            spec = member_dir(sweep_config, share, label=f"job {num}" if k is None else f"job {num} seed {k}",
-                              setting=_setting(overrides, varying))
+            spec, files = member_dir(sweep_config, share, label=f"job {num}" if k is None else f"job {num} seed {k}",
+                                     setting=_setting(overrides, varying))
             job.members.append(len(members))
             members.append(MemberRecord(spec, sweep_config, len(jobs)))
+            records.append(files)
         jobs.append(job)
-    return jobs, members
+    return jobs, members, records
 
 
 def _sweep_config(ctx: Any, config: DictConfig, overrides: list[str], num: int) -> DictConfig:
@@ -220,13 +234,12 @@ def varying_keys(job_overrides: Sequence[Sequence[str]]) -> set[str]:
             and (len(v) > 1 or sum(any(_key(o) == k for o in ov) for ov in job_overrides) < n)}
 
 
-def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -> MemberSpec:
-    """What Hydra's ``run_job`` and the `dqnrun train` task do before training, for one member: its output
-    directory with ``.hydra/``, its task config (normalized, resolved while its Hydra config is current) and
-    its `Job` (overrides as typed)."""
+def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -> tuple[MemberSpec, dict[Path, str]]:
+    """What Hydra's ``run_job`` and the `dqnrun train` task do before training, for one member: its task config
+    (normalized, resolved while its Hydra config is current), its `Job` (overrides as typed), and the files of its
+    output directory (``.hydra/``; `write_record` writes them)."""
     from dqnrun.config.compose import as_typed_overrides, normalize
     from dqnrun.config.derive import copy_config
-    from dqnrun.run.lifecycle import Job
 
     HydraConfig.instance().set_config(sweep_config)
     output_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
@@ -237,18 +250,27 @@ def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -
     with read_write(task_cfg), open_dict(task_cfg):
         del task_cfg["hydra"]
     OmegaConf.resolve(task_cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
     task_overrides = list(OmegaConf.to_container(sweep_config.hydra.overrides.task))  # type: ignore[arg-type]
     typed = as_typed_overrides(task_overrides)
+    files = {output_dir: ""}  # the directory itself, even where Hydra keeps no record (hydra.output_subdir=null)
     subdir = sweep_config.hydra.output_subdir
     if subdir is not None:
         record = output_dir / str(subdir)
-        record.mkdir(parents=True, exist_ok=True)
-        (record / "config.yaml").write_text(OmegaConf.to_yaml(task_cfg))
-        (record / "hydra.yaml").write_text(OmegaConf.to_yaml(HydraConfig.instance().cfg))  # type: ignore[arg-type]
-        (record / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(typed)))
+        files[record / "config.yaml"] = OmegaConf.to_yaml(task_cfg)
+        files[record / "hydra.yaml"] = OmegaConf.to_yaml(HydraConfig.instance().cfg)  # type: ignore[arg-type]
+        files[record / "overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create(typed))
     job = Job(output_dir.resolve(), typed, multirun=True, cpu_share=share)
-    return MemberSpec(normalize(task_cfg), job, label, setting)
+    return MemberSpec(normalize(task_cfg), job, label, setting), files
+
+
+def write_record(files: dict[Path, str]) -> None:
+    """A member's output directory and Hydra's record in it (`member_dir`'s files; a directory maps to "")."""
+    for path, text in files.items():
+        if not text:
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 # --- what the sweep's first lines say ---------------------------------------------------------------------
@@ -392,6 +414,8 @@ def population_class(specs: list[MemberSpec]) -> type[Population]:
         from dqnrun.population.pqn import PQNPopulation
 
         return PQNPopulation
+    from dqnrun.population.engine import Population
+
     return Population
 
 

@@ -34,7 +34,8 @@ from torch import nn
 from dqnrun import metrics as M
 from dqnrun.acting import epsilon_greedy
 from dqnrun.algos.base import Algorithm
-from dqnrun.algos.pqn import LOSSES, q_lambda_returns
+from dqnrun.algos.pqn.loop import LOSSES
+from dqnrun.algos.pqn.returns import q_lambda_returns
 from dqnrun.population.engine import Member, Population
 from dqnrun.population.functional import StackedParams, StackedQ, grouped_gradients, q_of
 from dqnrun.population.stacked import count_update, subset_of

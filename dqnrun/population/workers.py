@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
+
+from dqnrun.errors import UsageError
 
 # the thread-pool variables joblib's loky backend caps in its workers (joblib._parallel_backends)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
@@ -35,7 +39,7 @@ def warm() -> None:
     import torch  # noqa: F401
     from tqdm import tqdm
 
-    import dqnrun.algos.dqn  # noqa: F401
+    import dqnrun.algos.dqn.loop  # noqa: F401
     import dqnrun.networks  # noqa: F401
     import dqnrun.population.engine  # noqa: F401
 
@@ -101,20 +105,51 @@ def start_early(overrides: list[str], n_jobs_count: int, cores: int) -> None:
         _held = Workers(n, cores)
 
 
-def workers_for(n: int, cores: int) -> Workers:
+def workers_for(n: int, cores: int, sweep_dir: Path) -> Workers:
     """``n`` workers: this process's, where it holds as many (started early, or by the last launch), else fresh
-    ones, held for the next launch."""
+    ones, held for the next launch (once the early checks of the sweep in ``sweep_dir`` are in: `settle_checks`)."""
     global _held
     if _held is not None and _held.n != n:
+        settle_checks(sweep_dir)  # the early checks run in those workers: their verdict first
         release()
     if _held is None:
         _held = Workers(n, cores)
     return _held
 
 
+_checks: tuple[Future, Callable[[Path], None]] | None = None  # the preflight's checks handed to the workers, and undo
+
+
+def check_early(check: Callable[[], None], undo: Callable[[Path], None]) -> bool:
+    """Hand ``check`` (the preflight's checks that need torch: `dqnrun.config.preflight.check_built`) to the workers
+    started early, which run it once torch is in: this process composes the sweep meanwhile, and torch never
+    loads here. ``undo`` removes what the sweep's start wrote before a failure was known (`settle_checks`). False,
+    and nothing handed over, where no workers are held."""
+    global _checks
+    if _held is None:
+        return False
+    _checks = (_held.executor.submit(check), undo)
+    return True
+
+
+def settle_checks(sweep_dir: Path) -> None:
+    """Wait for the early checks, if any: the launcher does before it writes a member's directory. Their
+    UsageError is raised here, after ``undo(sweep_dir)`` (the sweep's directory as the sweeper made it)."""
+    global _checks
+    pending, _checks = _checks, None
+    if pending is None:
+        return
+    future, undo = pending
+    try:
+        future.result()
+    except UsageError:
+        undo(sweep_dir)
+        raise
+
+
 def release() -> None:
     """Kill this process's workers: at the end of the command, or after a launch that failed."""
-    global _held
-    held, _held = _held, None
+    global _held, _checks
+    held, _held, _checks = _held, None, None
     if held is not None:
         held.close()

@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -104,6 +104,16 @@ BOOKKEEPING_KEYS = frozenset({"resume", "log.progress", "log.every", "name", "ta
                               "checkpoint.every", "checkpoint.keep_last", "checkpoint.save_replay",
                               "checkpoint.replay_max_gb"})
 SEED_KEY = "seed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where a run sits: its directory, the overrides it was started with, and its place in a sweep."""
+
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    multirun: bool = False
+    cpu_share: int | None = None  # cores this job may use when jobs run side by side; None: no limit
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import socket
 import time
 import traceback
 from collections.abc import Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from dqnrun import __version__, builders
 from dqnrun import metrics as M
 from dqnrun.acting import greedy_actor
 from dqnrun.algos import name_of
-from dqnrun.config.rules import algorithm_module, validate_train_config
+from dqnrun.config.rules import algorithm_rules, validate_train_config
 from dqnrun.envs import IN_TRAINING_EVAL_SEED_BASE, SEED_LIMIT, SEED_STRIDE, ActQuery, diagnose, drive, episode_rounds
 from dqnrun.envs import state as env_state
 from dqnrun.envs.masks import vector_mask
@@ -50,6 +50,7 @@ from dqnrun.errors import DqnrunError, EnvError, UsageError, WriteError, write_f
 from dqnrun.run import artifacts as A
 from dqnrun.run import checkpoint as C
 from dqnrun.run import faults
+from dqnrun.run.artifacts import Job
 from dqnrun.run.lock import RunDirBusy, RunLock, remove_stale_temp_files
 from dqnrun.run.session import Cadence, EnvCursor, LoopState, Session, StopFlag
 from dqnrun.sweep import SWEEP_ID_ENV
@@ -57,7 +58,7 @@ from dqnrun.sweep import SWEEP_ID_ENV
 log = logging.getLogger("dqnrun.train")
 
 # Changing these would make a resume meaningless (other env, other algorithm, other streams); each algorithm
-# adds its own (`FROZEN_ON_RESUME` of its build module: network shape, buffer size, ...).
+# adds its own (`FROZEN_ON_RESUME` of its rules module: network shape, buffer size, ...).
 FROZEN_ON_RESUME = ("algo._target_", "env.id", "env.kwargs", "env.num_envs", "env.wrappers", "seed")
 
 
@@ -71,16 +72,6 @@ class EvalPlan:
     epsilon: float
     rng: np.random.Generator
     masked: bool
-
-
-@dataclass(frozen=True)
-class Job:
-    """Where a run sits: its directory, the overrides it was started with, and its place in a sweep."""
-
-    run_dir: Path
-    overrides: list[str] = field(default_factory=list)
-    multirun: bool = False
-    cpu_share: int | None = None  # cores this job may use when jobs run side by side; None: no limit
 
 
 # --- pure helpers ----------------------------------------------------------------------------------
@@ -151,7 +142,7 @@ def merge_resume_config(stored: dict[str, Any], cfg: DictConfig, overrides: list
         OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
     merged.resume = cfg.resume
     original = OmegaConf.create(stored)
-    for key in (*FROZEN_ON_RESUME, *algorithm_module(original).FROZEN_ON_RESUME):
+    for key in (*FROZEN_ON_RESUME, *algorithm_rules(original).FROZEN_ON_RESUME):
         old, new = OmegaConf.select(original, key), OmegaConf.select(merged, key)
         if old != new:
             raise UsageError(f"resume: {key} cannot change on resume ({_show(old)} -> {_show(new)}); "

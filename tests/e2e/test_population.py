@@ -4,6 +4,7 @@ their member, seeds per job, exact resume, the aggregate TensorBoard runs, submi
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -451,3 +452,41 @@ def test_bad_input_to_a_population_sweep_is_one_line_after_its_early_workers_are
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "did you mean network.hidden" in proc.stderr, proc.stderr
     assert not sweep.exists()
+
+
+PROBE = '''import atexit, os, sys
+_command = "train" in sys.argv  # the command line (its workers, killed at the end, write nothing)
+def _probe():
+    with open(os.environ["DQNRUN_TEST_PROBE"], "a") as f:
+        f.write(f"{_command} {'torch' in sys.modules}\\n")
+atexit.register(_probe)
+'''
+
+
+def test_a_population_sweeps_command_line_never_loads_torch_and_its_workers_check_the_network(
+        tmp_path: Path) -> None:
+    """Side by side, torch loads only in the workers: they check what needs it (the network fits the env) while
+    the command line composes (dqnrun.config.preflight.check_built); a network that does not fit is still one line,
+    exit 2, and no directory, the sweep's and its parents' included."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PROBE)
+    probe = tmp_path / "probe.txt"
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "DQNRUN_TEST_PROBE": str(probe)}
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "seed=0,1", *POP, *SHORT, "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+                   tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert all(results(sweep / j)["status"] == "completed" for j in ("0", "1"))
+    assert probe.read_text().split("\n").count("True False") == 1, probe.read_text()  # the command line: no torch
+
+    for where in ([f"hydra.sweep.dir={tmp_path / 'new' / 'sweep'}"], []):  # a given sweep dir, the default one
+        proc = run_cli(["train", "-m", "seed=0,1", "network=nature_cnn", *POP, *SHORT, "hydra.launcher.n_jobs=2",
+                        *where], tmp_path, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("dqnrun train: error: network: cannot build dqnrun.networks.QNetwork: "
+                                      "conv=nature needs image observations"), proc.stderr
+        assert not (tmp_path / "new").exists() and not (tmp_path / "outputs").exists()
+    assert probe.read_text().split("\n").count("True False") == 3  # its workers checked it: still no torch here

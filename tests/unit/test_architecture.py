@@ -15,7 +15,7 @@ CONFIG_AWARE = ("dqnrun", "dqnrun.__main__", "dqnrun.api", "dqnrun.builders", "d
                 "dqnrun.evaluate", "dqnrun.export", "dqnrun.policy", "dqnrun.run.lifecycle", "dqnrun.sweep",
                 # a population's launcher, grouping and engine: the lifecycle of many runs at once
                 "dqnrun.population.launch", "dqnrun.population.grouping", "dqnrun.population.engine",
-                "dqnrun.population.evaluation")
+                "dqnrun.population.evaluation", "dqnrun.population.spec")
 # What a module below the builders must never import: the layers above it.
 UPPER = ("dqnrun.api", "dqnrun.builders", "dqnrun.cli", "dqnrun.config.compose", "dqnrun.config.preflight",
          "dqnrun.evaluate", "dqnrun.export", "dqnrun.policy", "dqnrun.report", "dqnrun.run.lifecycle", "dqnrun.sweep")
@@ -37,7 +37,7 @@ MODULES = modules()
 
 def is_config_aware(module: str) -> bool:
     return module == "dqnrun" or any(module == p or module.startswith(p + ".") for p in CONFIG_AWARE[1:]) or (
-        module.startswith("dqnrun.algos.") and module.endswith(".build"))
+        module.startswith("dqnrun.algos.") and module.endswith((".build", ".rules")))
 
 
 def imported_names(module: str) -> set[str]:

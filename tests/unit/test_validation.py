@@ -176,3 +176,38 @@ def test_network_tabular_on_a_box_env_names_the_observation_space_not_a_preset_k
     with pytest.raises(UsageError, match="network=tabular needs a Discrete observation space") as err:
         builders.build_network(cfg.network, builders.build_env_spec(cfg.env))
     assert "v_min" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_network_options_validation_offers_are_the_ones_the_networks_build() -> None:
+    from dqnrun import networks
+    from dqnrun.config import rules
+
+    assert tuple(networks.ACTIVATIONS) == rules.ACTIVATIONS
+    assert tuple(networks.NORMS) == rules.NORMS
+    assert tuple(networks.TORSOS) == rules.TORSOS
+
+
+def test_checking_a_config_and_probing_its_env_load_no_torch() -> None:
+    """What the command line of a population sweep does before its workers take over (dqnrun.config.preflight):
+    compose, validate (every algorithm's rules), probe the env, compose the members; torch stays out."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from dqnrun import builders
+from dqnrun.config.compose import compose, rewrite
+from dqnrun.config.preflight import preflight
+from dqnrun.config.rules import validate_train_config
+import dqnrun.population.launch, hydra_plugins.dqnrun_population
+for overrides in (["env=cartpole"], ["algo=pqn", "env=cartpole"], ["env=minatar_breakout"], ["env=frozenlake"]):
+    cfg = compose("train", rewrite(overrides)[0])[0]
+    validate_train_config(cfg)
+    builders.build_env_spec(cfg.env)
+checked = preflight("train", ["env=cartpole", "seed=0,1"], multirun=True, build=False)
+assert len(checked.built) == 2, checked.built
+print("torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dqnrun.algos.dqn.heads import head_of
 from dqnrun.algos.dqn.quantile import quantile_huber_loss, quantile_target
 from dqnrun.algos.dqn.targets import LOSSES, categorical_projection, dead_end, legal, munchausen_target, td_target
 from dqnrun.errors import UsageError
@@ -25,14 +26,6 @@ from dqnrun.fastpath import (
 )
 from dqnrun.networks import fixed_taus
 from dqnrun.replay import Batch
-
-# learner.distributional -> the network's head: false (a Q-value per action), true or c51 (C51), qr, iqn
-HEADS = {False: "q", True: "c51", "c51": "c51", "qr": "qr", "iqn": "iqn"}
-
-
-def head_of(distributional: bool | str) -> str:
-    """The network head ``learner.distributional`` asks for: ``q`` | ``c51`` | ``qr`` | ``iqn``."""
-    return HEADS[distributional]
 
 
 class Learner:
