@@ -128,8 +128,10 @@ class SweepSummary(Callback):
         for d, reason in failed:
             print(f"dqnrun train: job {d.relative_to(sweep_dir)} failed: {reason} (log: {d / 'train.log'})", file=out)
         if failed:
-            print(f"dqnrun train: {len(failed)} of {len(jobs)} jobs failed; their logs are listed above; "
+            jobs_word = "jobs" if len(jobs) != 1 else "job"
+            print(f"dqnrun train: {len(failed)} of {len(jobs)} {jobs_word} failed; their logs are listed above; "
                   f"the other jobs' results are in {sweep_dir}", file=out)
         else:
-            print(f"dqnrun train: all {len(jobs)} jobs finished in {sweep_dir}", file=out)
+            done = f"all {len(jobs)} jobs" if len(jobs) != 1 else "its 1 job"
+            print(f"dqnrun train: {done} finished in {sweep_dir}", file=out)
         print(f"summarize them with: {runnable('dqnrun')} report {sweep_dir}", file=out)

@@ -277,8 +277,9 @@ def write_record(files: dict[Path, str]) -> None:
 def say_plan(jobs: list[JobSlot], members: list[MemberRecord], populations: list[list[int]],
              alone: dict[int, str | None], the_plan: grouping.Plan, opts: Options) -> None:
     n_members = len(members)
-    what = f"{len(jobs)} jobs" + (f" x {opts.seeds_per_job} seeds = {n_members} runs" if opts.seeds_per_job > 1
-                                  else "")
+    what = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
+    if opts.seeds_per_job > 1:
+        what += f" x {opts.seeds_per_job} seeds = {n_members} runs"
     where = f"{len(populations)} population{'s' if len(populations) != 1 else ''}"
     n_alone = sum(1 for j in jobs if alone[j.num] is not None)
     alone_part = f" and {n_alone} job{'s' if n_alone != 1 else ''} on {'their' if n_alone != 1 else 'its'} own"

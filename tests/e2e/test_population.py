@@ -490,3 +490,10 @@ def test_a_population_sweeps_command_line_never_loads_torch_and_its_workers_chec
                                       "conv=nature needs image observations"), proc.stderr
         assert not (tmp_path / "new").exists() and not (tmp_path / "outputs").exists()
     assert probe.read_text().split("\n").count("True False") == 3  # its workers checked it: still no torch here
+
+
+def test_a_one_job_population_sweep_says_job_not_jobs(tmp_path: Path) -> None:
+    proc = run_cli(["train", "-m", "seed=0", *POP, *SHORT, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:2] == ["dqnrun train: 1 job in 1 population", "  population 1: 1 member (job 0)"]
+    assert f"dqnrun train: its 1 job finished in {tmp_path / 'sweep'}" in proc.stdout
