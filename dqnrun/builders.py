@@ -206,10 +206,12 @@ def build_logger(cfg: DictConfig, run_dir: Path, label: str, purge_step: int | N
 
     specs = cfg.get("logger") or {}
     config = OmegaConf.to_container(cfg, resolve=True)
+    # the run's config goes to the constructor as it is: an instantiate kwarg is first merged into a DictConfig
+    # (7 of a CartPole logger's 8 ms)
     loggers = [
         _build(f"logger.{name}: cannot start {spec.get('_target_')}", lambda spec=spec: instantiate(
-            spec, _recursive_=False, _convert_="all", run_dir=run_dir, label=label, purge_step=purge_step,
-            run_config=config))
+            spec, _partial_=True, _recursive_=False, _convert_="all")(
+            run_dir=run_dir, label=label, purge_step=purge_step, run_config=config))
         for name, spec in specs.items() if spec is not None
     ]
     return loggers[0] if len(loggers) == 1 else MultiLogger(loggers)
