@@ -184,28 +184,34 @@ def export_member(learner: PopulationLearner, slot: int, dqn: DQN, policy_only: 
         dst._n = int(learner.n[slot])
 
 
-class MemberAlgo(Algorithm):
-    """The `Algorithm` a member's lifecycle (`Run`) and `Session` talk to: its DQN, with its learning state read
-    from the population while it is a member (``slot.index``) and from its own objects once it has left."""
+class MemberOf(Algorithm):
+    """The `Algorithm` a member's lifecycle (`Run`) and `Session` talk to: its own algorithm (``own``, what its solo
+    run trains), with its learning state read from the population while it is a member (``slot.index``) and from
+    its own objects once it has left. A subclass says how a member's state comes out of its stack (`export_from`)
+    and what it logs (`read_metrics`)."""
 
-    def __init__(self, dqn: DQN, learner: PopulationLearner, slot: Slot) -> None:
-        self.dqn, self.learner, self.slot = dqn, learner, slot
-        self.device = dqn.device
+    def __init__(self, own: Any, learner: Any, slot: Slot) -> None:
+        self.own, self.learner, self.slot = own, learner, slot
+        self.device = own.device
+
+    def export_from(self, index: int, policy_only: bool = False) -> None:
+        """Row ``index`` of the stack into ``own``'s objects (only its policy's weights with ``policy_only``)."""
+        raise NotImplementedError
 
     @property
     def policy(self) -> nn.Module:  # type: ignore[override]
         if self.slot.index is not None:
-            export_member(self.learner, self.slot.index, self.dqn, policy_only=True)
-        return self.dqn.policy
+            self.export_from(self.slot.index, policy_only=True)
+        return self.own.policy
 
     @property
     def updates(self) -> int:
-        return int(self.learner.updates[self.slot.index]) if self.slot.index is not None else self.dqn.updates
+        return int(self.learner.updates[self.slot.index]) if self.slot.index is not None else self.own.updates
 
     def act(self, obs: np.ndarray, step: int, rng: np.random.Generator,
             mask: np.ndarray | None = None) -> np.ndarray:
         self.policy  # noqa: B018  # the member's current weights into its own network first
-        return self.dqn.act(obs, step, rng)
+        return self.own.act(obs, step, rng, mask)
 
     def train(self, session: Session) -> None:
         raise RuntimeError("a population member is trained by its population, not on its own")
@@ -213,20 +219,44 @@ class MemberAlgo(Algorithm):
     def export(self) -> None:
         """Everything into the member's own objects (before a checkpoint, and when it leaves)."""
         if self.slot.index is not None:
-            export_member(self.learner, self.slot.index, self.dqn)
+            self.export_from(self.slot.index)
 
     def state_dict(self) -> dict[str, Any]:
         self.export()
-        return self.dqn.state_dict()
+        return self.own.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.dqn.load_state_dict(state)
+        self.own.load_state_dict(state)
 
     def data_state(self) -> dict[str, Any] | None:
-        return self.dqn.data_state()
+        return self.own.data_state()
 
     def load_data_state(self, state: dict[str, Any] | None, step: int) -> None:
-        self.dqn.load_data_state(state, step)
+        self.own.load_data_state(state, step)
+
+    def check_finite(self) -> None:
+        if self.slot.index is None:
+            self.own.check_finite()
+        elif not bool(torch.isfinite(self.learner.loss_sum[self.slot.index] + self.learner.q_sum[self.slot.index])):
+            raise FloatingPointError("non-finite loss or Q-value")
+
+    def nonfinite_cause(self) -> str | None:
+        return self.own.nonfinite_cause()
+
+    def init_from(self, policy_state: dict[str, Any]) -> None:
+        self.own.init_from(policy_state)
+
+
+class MemberAlgo(MemberOf):
+    """A DQN member (`MemberOf`): its `DQN`, its learning state in a `PopulationLearner` (or the batched autograd
+    path's, or a Q-table stack)."""
+
+    @property
+    def dqn(self) -> DQN:
+        return self.own
+
+    def export_from(self, index: int, policy_only: bool = False) -> None:
+        export_member(self.learner, index, self.own, policy_only=policy_only)
 
     def read_metrics(self, step: int) -> dict[str, float]:
         out = {M.EPSILON: self.dqn.schedule(step),  # as the solo loop logs them
@@ -240,14 +270,3 @@ class MemberAlgo(Algorithm):
             out[M.TD_LOSS], out[M.Q_VALUES] = learned["td_loss"], learned["q_values"]
         return out
 
-    def check_finite(self) -> None:
-        if self.slot.index is None:
-            self.dqn.check_finite()
-        elif not bool(torch.isfinite(self.learner.loss_sum[self.slot.index] + self.learner.q_sum[self.slot.index])):
-            raise FloatingPointError("non-finite loss or Q-value")
-
-    def nonfinite_cause(self) -> str | None:
-        return self.dqn.nonfinite_cause()
-
-    def init_from(self, policy_state: dict[str, Any]) -> None:
-        self.dqn.init_from(policy_state)

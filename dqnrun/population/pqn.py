@@ -33,17 +33,16 @@ from torch import nn
 
 from dqnrun import metrics as M
 from dqnrun.acting import epsilon_greedy
-from dqnrun.algos.base import Algorithm
 from dqnrun.algos.pqn.loop import LOSSES
 from dqnrun.algos.pqn.returns import q_lambda_returns
 from dqnrun.population.engine import Member, Population
 from dqnrun.population.functional import StackedParams, StackedQ, grouped_gradients, q_of
+from dqnrun.population.member import MemberOf
 from dqnrun.population.stacked import count_update, subset_of
 from dqnrun.run import faults
 
 if TYPE_CHECKING:
     from dqnrun.algos.pqn import PQN
-    from dqnrun.population.member import Slot
     from dqnrun.run.session import Session
 
 
@@ -296,68 +295,23 @@ def export_pqn(learner: PQNPopulationLearner, slot: int, pqn: PQN, policy_only: 
     pqn._loss_sum, pqn._q_sum, pqn._n = float(learner.loss_sum[slot]), float(learner.q_sum[slot]), int(learner.n[slot])
 
 
-class PQNMember(Algorithm):
-    """The `Algorithm` a PQN member's lifecycle and session talk to: its PQN, its learning state read from the
-    population while it is a member (``slot.index``) and from its own objects once it has left."""
-
-    def __init__(self, pqn: PQN, learner: PQNPopulationLearner, slot: Slot) -> None:
-        self.pqn, self.learner, self.slot = pqn, learner, slot
-        self.device = pqn.device
+class PQNMember(MemberOf):
+    """A PQN member (`MemberOf`): its `PQN`, its learning state in a `PQNPopulationLearner`."""
 
     @property
-    def policy(self) -> nn.Module:  # type: ignore[override]
-        if self.slot.index is not None:
-            export_pqn(self.learner, self.slot.index, self.pqn, policy_only=True)
-        return self.pqn.policy
+    def pqn(self) -> PQN:
+        return self.own
 
-    @property
-    def updates(self) -> int:
-        return int(self.learner.updates[self.slot.index]) if self.slot.index is not None else self.pqn.updates
-
-    def act(self, obs: np.ndarray, step: int, rng: np.random.Generator,
-            mask: np.ndarray | None = None) -> np.ndarray:
-        self.policy  # noqa: B018  # the member's current weights into its own network first
-        return self.pqn.act(obs, step, rng, mask)
-
-    def train(self, session: Session) -> None:
-        raise RuntimeError("a population member is trained by its population, not on its own")
-
-    def export(self) -> None:
-        if self.slot.index is not None:
-            export_pqn(self.learner, self.slot.index, self.pqn)
-
-    def state_dict(self) -> dict[str, Any]:
-        self.export()
-        return self.pqn.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pqn.load_state_dict(state)
-
-    def data_state(self) -> dict[str, Any] | None:
-        return self.pqn.data_state()
-
-    def load_data_state(self, state: dict[str, Any] | None, step: int) -> None:
-        self.pqn.load_data_state(state, step)
+    def export_from(self, index: int, policy_only: bool = False) -> None:
+        export_pqn(self.learner, index, self.own, policy_only=policy_only)
 
     def read_metrics(self, step: int) -> dict[str, float]:
         if self.slot.index is None:
-            return self.pqn.read_metrics(step)
+            return self.own.read_metrics(step)
         self.check_finite()
-        out = {M.EPSILON: self.pqn.schedule(step), M.LEARNING_RATE: self.learner.lr[self.slot.index]}
+        out = {M.EPSILON: self.own.schedule(step), M.LEARNING_RATE: self.learner.lr[self.slot.index]}
         out.update(self.learner.read_metrics(self.slot.index) or {})
         return out
-
-    def check_finite(self) -> None:
-        if self.slot.index is None:
-            self.pqn.check_finite()
-        elif not bool(torch.isfinite(self.learner.loss_sum[self.slot.index] + self.learner.q_sum[self.slot.index])):
-            raise FloatingPointError("non-finite loss or Q-value")
-
-    def nonfinite_cause(self) -> str | None:
-        return self.pqn.nonfinite_cause()
-
-    def init_from(self, policy_state: dict[str, Any]) -> None:
-        self.pqn.init_from(policy_state)
 
 
 def act_and_send(pqn: PQN, session: Session, q: np.ndarray) -> np.ndarray:
