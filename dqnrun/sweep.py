@@ -128,8 +128,8 @@ class SweepSummary(Callback):
         for d, reason in failed:
             print(f"dqnrun train: job {d.relative_to(sweep_dir)} failed: {reason} (log: {d / 'train.log'})", file=out)
         if failed:
-            jobs_word = "jobs" if len(jobs) != 1 else "job"
-            print(f"dqnrun train: {len(failed)} of {len(jobs)} {jobs_word} failed; their logs are listed above; "
+            noun = "jobs" if len(jobs) != 1 else "job"
+            print(f"dqnrun train: {len(failed)} of {len(jobs)} {noun} failed; their logs are listed above; "
                   f"the other jobs' results are in {sweep_dir}", file=out)
         else:
             done = f"all {len(jobs)} jobs" if len(jobs) != 1 else "its 1 job"

@@ -300,7 +300,7 @@ def run_app(command: str, rest: list[str]) -> None:
             release()
 
 
-def checks_built(checked: Checked) -> None:
+def hand_over_built_checks(checked: Checked) -> None:
     """A sweep's preflight checks that build the network (`dqnrun.config.preflight.check_built`): handed to a
     population's workers where they were started early and Hydra's basic sweeper writes nothing but multirun.yaml
     before the launcher waits for them (an Optuna study's storage would outlive a failure); here otherwise."""
@@ -333,7 +333,7 @@ def _run_app(command: str, rest: list[str], flags: list[str], typed: dict[str, s
                 start_early(overrides, len(expand(overrides, True)), available_cores())
             checked = preflight(command, overrides, multirun, build=not multirun)
             if multirun and checked.built:
-                checks_built(checked)
+                hand_over_built_checks(checked)
             rest += checked.extra
             if checked.run_dir is not None:  # own the run's directory before Hydra writes into it
                 lock = own(checked.run_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,7 +238,7 @@ def _jobs_of(members: Sequence[int], num: Sequence[int]) -> list[int]:
     return sorted({num[i] for i in members})
 
 
-def jobs_word(jobs: Sequence[int]) -> str:
+def jobs_word(jobs: Sized) -> str:
     return "job" if len(jobs) == 1 else "jobs"
 
 

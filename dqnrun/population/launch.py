@@ -95,6 +95,7 @@ class MemberRecord:
     spec: MemberSpec
     sweep_config: DictConfig
     job: int  # index of its JobSlot
+    files: dict[Path, str] = field(default_factory=dict)  # Hydra's record in its run directory (`write_record`)
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
@@ -119,10 +120,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, sweep_dir: Path,
             workers: Workers | None) -> list[JobReturn]:
     config, ctx, opts = launcher.config, launcher.hydra_context, launcher.options
-    jobs, members, records = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, 1)
+    jobs, members = compose(ctx, config, job_overrides, initial_job_idx, opts.seeds_per_job, 1)
     settle_checks(sweep_dir)  # what the preflight left to the workers holds, before any member's directory exists
-    for files in records:
-        write_record(files)
+    for r in members:
+        write_record(r.spec.job.run_dir, r.files)
     alone_jobs = {j.num: grouping.eligibility(members[j.members[0]].spec.cfg, opts.autograd) for j in jobs}
     eligible = [i for i, r in enumerate(members) if alone_jobs[jobs[r.job].num] is None]
     the_plan = grouping.plan([members[i].spec.cfg for i in eligible], opts.max_members, opts.n_jobs,
@@ -173,12 +174,11 @@ def _value_of(ret: JobReturn) -> float:
 
 # --- composing the members ------------------------------------------------------------------------------
 def compose(ctx: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int, seeds: int,
-            share: int) -> tuple[list[JobSlot], list[MemberRecord], list[dict[Path, str]]]:
-    """Every job's config, its members, and the files of each member's run directory (Hydra's record: written by
+            share: int) -> tuple[list[JobSlot], list[MemberRecord]]:
+    """Every job's config, and its members with the files of their run directories (Hydra's record, written by
     `write_record`)."""
     jobs: list[JobSlot] = []
     members: list[MemberRecord] = []
-    records: list[dict[Path, str]] = []
     varying = varying_keys(job_overrides)
     for offset, overrides in enumerate(job_overrides):
         num = first + offset
@@ -196,10 +196,9 @@ def compose(ctx: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]]
             spec, files = member_dir(sweep_config, share, label=f"job {num}" if k is None else f"job {num} seed {k}",
                                      setting=_setting(overrides, varying))
             job.members.append(len(members))
-            members.append(MemberRecord(spec, sweep_config, len(jobs)))
-            records.append(files)
+            members.append(MemberRecord(spec, sweep_config, len(jobs), files))
         jobs.append(job)
-    return jobs, members, records
+    return jobs, members
 
 
 def _sweep_config(ctx: Any, config: DictConfig, overrides: list[str], num: int) -> DictConfig:
@@ -252,7 +251,7 @@ def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -
     OmegaConf.resolve(task_cfg)
     task_overrides = list(OmegaConf.to_container(sweep_config.hydra.overrides.task))  # type: ignore[arg-type]
     typed = as_typed_overrides(task_overrides)
-    files = {output_dir: ""}  # the directory itself, even where Hydra keeps no record (hydra.output_subdir=null)
+    files: dict[Path, str] = {}
     subdir = sweep_config.hydra.output_subdir
     if subdir is not None:
         record = output_dir / str(subdir)
@@ -263,12 +262,10 @@ def member_dir(sweep_config: DictConfig, share: int, label: str, setting: str) -
     return MemberSpec(normalize(task_cfg), job, label, setting), files
 
 
-def write_record(files: dict[Path, str]) -> None:
-    """A member's output directory and Hydra's record in it (`member_dir`'s files; a directory maps to "")."""
+def write_record(run_dir: Path, files: dict[Path, str]) -> None:
+    """A member's run directory and Hydra's record in it (`member_dir`'s files; none with hydra.output_subdir=null)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     for path, text in files.items():
-        if not text:
-            path.mkdir(parents=True, exist_ok=True)
-            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 
@@ -277,7 +274,7 @@ def write_record(files: dict[Path, str]) -> None:
 def say_plan(jobs: list[JobSlot], members: list[MemberRecord], populations: list[list[int]],
              alone: dict[int, str | None], the_plan: grouping.Plan, opts: Options) -> None:
     n_members = len(members)
-    what = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
+    what = f"{len(jobs)} {grouping.jobs_word(jobs)}"
     if opts.seeds_per_job > 1:
         what += f" x {opts.seeds_per_job} seeds = {n_members} runs"
     where = f"{len(populations)} population{'s' if len(populations) != 1 else ''}"
